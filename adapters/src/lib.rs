@@ -1,0 +1,2 @@
+//! streamkit: server, client and CLI on top of `streamkit-core`.
+pub use streamkit_core as core;

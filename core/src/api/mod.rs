@@ -1,0 +1,9 @@
+//! Every message type of the protocol (spec §1): data, requests and the polymorphic envelope.
+
+mod data;
+mod envelope;
+mod requests;
+
+pub use data::*;
+pub use envelope::*;
+pub use requests::*;

@@ -1,0 +1,17 @@
+//! # streamkit-core
+//!
+//! The sans-IO protocol core of streamkit: wire codecs, mux sessions and the per-store engine as pure
+//! state machines. No clock, socket, file, thread or randomness lives here; adapters (the `streamkit`
+//! crate) drive these machines on a runtime.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod api;
+pub mod lexkey;
+pub mod time;
+pub mod wire;
+
+pub use time::Millis;

@@ -1,0 +1,208 @@
+//! Stream-control objects (spec §2.6): how a logical stream ends, carried inside a frame's payload.
+//!
+//! ```text
+//! {"type":"mux::close"}                  end of what this side sends (half-close)
+//! {"type":"mux::close","err":"<text>"}   end with an error
+//! {"type":"mux::error","err":"<text>"}   rejection, inside `error` control frames
+//! ```
+//!
+//! Only objects whose `type` starts with `mux::` are stream control; any other object (even one with a
+//! `type` field) is application data.
+
+use alloc::string::String;
+use serde::{Deserialize, Serialize};
+
+use super::Codec;
+
+/// Prefix that marks a payload as stream control.
+pub const CONTROL_PREFIX: &str = "mux::";
+
+/// A parsed stream-control object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamControl {
+    /// `mux::close`, optionally with an error text.
+    Close {
+        /// The error text, if the stream ended with an error.
+        err: Option<String>,
+    },
+    /// `mux::error` with its text.
+    Error {
+        /// The error text.
+        err: String,
+    },
+    /// Another `mux::*` type; the receiver ends the stream with `unknown error type "<type>": <err>`.
+    Unknown {
+        /// The full type string.
+        kind: String,
+        /// The `err` field, possibly empty.
+        err: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Raw<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<alloc::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none", borrow, default)]
+    err: Option<alloc::borrow::Cow<'a, str>>,
+}
+
+impl StreamControl {
+    /// `mux::close` without error.
+    pub const fn close() -> Self {
+        StreamControl::Close { err: None }
+    }
+
+    /// `mux::close` with `err` (an empty text is a plain close, as Go's `omitempty` makes it).
+    pub fn close_with(err: impl Into<String>) -> Self {
+        let err = err.into();
+        StreamControl::Close { err: if err.is_empty() { None } else { Some(err) } }
+    }
+
+    /// `mux::error` with `err`.
+    pub fn error(err: impl Into<String>) -> Self {
+        StreamControl::Error { err: err.into() }
+    }
+
+    fn raw(&self) -> Raw<'_> {
+        use alloc::borrow::Cow::Borrowed;
+        match self {
+            StreamControl::Close { err } => {
+                Raw { kind: Some(Borrowed("mux::close")), err: err.as_deref().map(Borrowed) }
+            }
+            StreamControl::Error { err } => Raw {
+                kind: Some(Borrowed("mux::error")),
+                err: (!err.is_empty()).then_some(Borrowed(err.as_str())),
+            },
+            StreamControl::Unknown { kind, err } => Raw {
+                kind: Some(Borrowed(kind.as_str())),
+                err: (!err.is_empty()).then_some(Borrowed(err.as_str())),
+            },
+        }
+    }
+
+    /// Encodes the object with `codec`.
+    pub fn encode(&self, codec: Codec) -> alloc::vec::Vec<u8> {
+        codec.encode_value(&self.raw())
+    }
+
+    /// Parses `payload` as a stream-control object; `None` means it is ordinary data.
+    ///
+    /// Cheap for data: JSON payloads that do not contain `mux::` are rejected without parsing.
+    pub fn parse(codec: Codec, payload: &[u8]) -> Option<Self> {
+        let raw: Raw<'_> = match codec {
+            Codec::Json => {
+                let first = payload.iter().find(|b| !b.is_ascii_whitespace())?;
+                if *first != b'{' || !contains(payload, CONTROL_PREFIX.as_bytes()) {
+                    return None;
+                }
+                serde_json::from_slice(payload).ok()?
+            }
+            Codec::Cbor => {
+                // Maps only (major type 5); anything else is data.
+                if payload.first().map(|b| b >> 5) != Some(5) {
+                    return None;
+                }
+                let owned: RawOwned = super::cbor::from_slice(payload).ok()?;
+                return owned.into_control();
+            }
+        };
+        let kind = raw.kind?;
+        let kind = kind.as_ref();
+        if !kind.starts_with(CONTROL_PREFIX) {
+            return None;
+        }
+        let err = raw.err.map(|e| e.into_owned());
+        Some(Self::from_parts(kind, err))
+    }
+
+    fn from_parts(kind: &str, err: Option<String>) -> Self {
+        match kind {
+            "mux::close" => StreamControl::Close { err: err.filter(|e| !e.is_empty()) },
+            "mux::error" => StreamControl::Error { err: err.unwrap_or_default() },
+            other => StreamControl::Unknown { kind: other.into(), err: err.unwrap_or_default() },
+        }
+    }
+
+    /// The error text a reader of the stream sees (spec §2.6): `None` for a clean end.
+    pub fn reader_error(&self) -> Option<String> {
+        match self {
+            StreamControl::Close { err: None } => None,
+            StreamControl::Close { err: Some(e) } => Some(alloc::format!("remote closed stream: {e}")),
+            StreamControl::Error { err } => Some(alloc::format!("remote error: {err}")),
+            StreamControl::Unknown { kind, err } => {
+                Some(alloc::format!("unknown error type \"{kind}\": {err}"))
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawOwned {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    err: Option<String>,
+}
+
+impl RawOwned {
+    fn into_control(self) -> Option<StreamControl> {
+        let kind = self.kind?;
+        kind.starts_with(CONTROL_PREFIX).then(|| StreamControl::from_parts(&kind, self.err))
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_forms_match_go() {
+        assert_eq!(StreamControl::close().encode(Codec::Json), br#"{"type":"mux::close"}"#);
+        assert_eq!(
+            StreamControl::close_with("sequence gap: expected 3, got 4").encode(Codec::Json),
+            br#"{"type":"mux::close","err":"sequence gap: expected 3, got 4"}"#
+        );
+        assert_eq!(
+            StreamControl::error("access denied").encode(Codec::Json),
+            br#"{"type":"mux::error","err":"access denied"}"#
+        );
+    }
+
+    #[test]
+    fn parse_and_reader_errors() {
+        for codec in [Codec::Json, Codec::Cbor] {
+            let p = |c: StreamControl| StreamControl::parse(codec, &c.encode(codec));
+            assert_eq!(p(StreamControl::close()).unwrap().reader_error(), None);
+            assert_eq!(
+                p(StreamControl::close_with("boom")).unwrap().reader_error().unwrap(),
+                "remote closed stream: boom"
+            );
+            assert_eq!(
+                p(StreamControl::error("oops")).unwrap().reader_error().unwrap(),
+                "remote error: oops"
+            );
+            let weird = StreamControl::Unknown { kind: "mux::weird".into(), err: "x".into() };
+            assert_eq!(p(weird).unwrap().reader_error().unwrap(), "unknown error type \"mux::weird\": x");
+        }
+    }
+
+    #[test]
+    fn domain_objects_are_data() {
+        assert_eq!(StreamControl::parse(Codec::Json, br#"{"type":"close","data":"legit"}"#), None);
+        assert_eq!(
+            StreamControl::parse(Codec::Json, br#"{"sequence":1,"metadata":{"type":"mux::close"}}"#),
+            None
+        );
+        assert_eq!(StreamControl::parse(Codec::Json, br#""mux::close""#), None);
+        assert_eq!(StreamControl::parse(Codec::Json, b"{not json mux::"), None);
+        assert_eq!(
+            StreamControl::parse(Codec::Json, br#" {"err":"e","type":"mux::close","x":1}"#),
+            Some(StreamControl::close_with("e"))
+        );
+    }
+}

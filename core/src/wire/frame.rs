@@ -1,0 +1,223 @@
+//! The physical frame (Go `MuxerMsg`, spec §2.4) and its JSON and CBOR encodings.
+//!
+//! JSON (text WebSocket frames, what Go speaks), keys in Go's order, payload as padded base64:
+//!
+//! ```text
+//! {"ControlType":"data","store_id":"<uuid>","channel_id":"<uuid>","payload":"<base64>"[,"trace_context":{...}]}
+//! ```
+//!
+//! CBOR (binary WebSocket frames, subprotocol `streamkit.v1.cbor`): a definite-length array
+//!
+//! ```text
+//! [ control: text ("data" | "ping" | "pong" | "close" | "error"),
+//!   store_id: bytes(16), channel_id: bytes(16),
+//!   payload: bytes | null,
+//!   trace_context: map(text => text)        ; only present when non-empty ]
+//! ```
+//!
+//! Sizes are checked before anything is allocated: the whole frame against [`Limits::max_frame`], the
+//! decoded payload against [`Limits::max_payload`] (for JSON from the base64 length, before decoding).
+
+use alloc::borrow::Cow;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::serde_helpers::decode_base64;
+use super::{Limits, WireError, gojson};
+
+/// W3C trace propagation headers carried by a frame (`traceparent`, `tracestate`, `baggage`).
+pub type TraceContext = BTreeMap<String, String>;
+
+/// Kind of frame (`ControlType` on the wire).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ControlType {
+    /// A message of a logical stream.
+    Data,
+    /// Heartbeat request; answered with [`ControlType::Pong`].
+    Ping,
+    /// Heartbeat answer.
+    Pong,
+    /// Connection-wide shutdown.
+    Close,
+    /// Per-channel rejection (`mux::error` payload).
+    Error,
+    /// A value this implementation does not know; receivers ignore such frames.
+    Unknown(String),
+}
+
+impl ControlType {
+    /// The wire name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ControlType::Data => "data",
+            ControlType::Ping => "ping",
+            ControlType::Pong => "pong",
+            ControlType::Close => "close",
+            ControlType::Error => "error",
+            ControlType::Unknown(s) => s,
+        }
+    }
+
+    /// Parses a wire name; unknown names are kept.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "data" => ControlType::Data,
+            "ping" => ControlType::Ping,
+            "pong" => ControlType::Pong,
+            "close" => ControlType::Close,
+            "error" => ControlType::Error,
+            other => ControlType::Unknown(other.into()),
+        }
+    }
+}
+
+/// One muxer frame.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// What the frame is.
+    pub control: ControlType,
+    /// Store the logical stream belongs to (nil for ping/pong/close).
+    pub store_id: Uuid,
+    /// Logical stream id (nil for ping/pong/close).
+    pub channel_id: Uuid,
+    /// Inner message bytes; `None` is `null` on the wire (ping/pong/close).
+    pub payload: Option<Vec<u8>>,
+    /// Optional trace propagation headers (omitted when empty).
+    pub trace_context: TraceContext,
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frame")
+            .field("control", &self.control)
+            .field("store_id", &self.store_id)
+            .field("channel_id", &self.channel_id)
+            .field("payload_len", &self.payload.as_ref().map(Vec::len))
+            .field("trace_context", &self.trace_context)
+            .finish()
+    }
+}
+
+impl Frame {
+    /// A control frame without ids or payload (ping, pong, close).
+    pub fn control(control: ControlType) -> Self {
+        Self {
+            control,
+            store_id: Uuid::nil(),
+            channel_id: Uuid::nil(),
+            payload: None,
+            trace_context: TraceContext::new(),
+        }
+    }
+
+    /// A data frame for a logical stream.
+    pub fn data(store_id: Uuid, channel_id: Uuid, payload: Vec<u8>) -> Self {
+        Self {
+            control: ControlType::Data,
+            store_id,
+            channel_id,
+            payload: Some(payload),
+            trace_context: TraceContext::new(),
+        }
+    }
+
+    /// An `error` control frame for a logical stream; `payload` is an encoded `mux::error` object.
+    pub fn error(store_id: Uuid, channel_id: Uuid, payload: Vec<u8>) -> Self {
+        Self { control: ControlType::Error, ..Self::data(store_id, channel_id, payload) }
+    }
+
+    /// Appends the Go-compatible JSON text of the frame to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ControlType\":");
+        gojson::write_str(out, self.control.as_str());
+        out.extend_from_slice(b",\"store_id\":");
+        write_uuid(out, &self.store_id);
+        out.extend_from_slice(b",\"channel_id\":");
+        write_uuid(out, &self.channel_id);
+        out.extend_from_slice(b",\"payload\":");
+        match &self.payload {
+            None => out.extend_from_slice(b"null"),
+            Some(p) => gojson::write_base64(out, p),
+        }
+        if !self.trace_context.is_empty() {
+            out.extend_from_slice(b",\"trace_context\":{");
+            for (i, (k, v)) in self.trace_context.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                gojson::write_str(out, k);
+                out.push(b':');
+                gojson::write_str(out, v);
+            }
+            out.push(b'}');
+        }
+        out.push(b'}');
+    }
+
+    /// Decodes a JSON frame (any key order, unknown keys ignored), enforcing `limits`.
+    pub fn from_json(bytes: &[u8], limits: &Limits) -> Result<Self, WireError> {
+        limits.check_frame(bytes.len())?;
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Raw<'a> {
+            #[serde(rename = "ControlType", alias = "controltype", alias = "controlType", borrow)]
+            control: Option<Cow<'a, str>>,
+            store_id: Option<Uuid>,
+            channel_id: Option<Uuid>,
+            #[serde(borrow)]
+            payload: Option<Cow<'a, str>>,
+            trace_context: Option<TraceContext>,
+        }
+        let raw: Raw<'_> =
+            serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(alloc::format!("{e}")))?;
+        let payload = match raw.payload {
+            None => None,
+            Some(b64) => {
+                limits.check_payload(base64_decoded_len(b64.len()))?;
+                Some(
+                    decode_base64::<serde_json::Error>(&b64)
+                        .map_err(|e| WireError::Malformed(alloc::format!("{e}")))?,
+                )
+            }
+        };
+        Ok(Self {
+            control: ControlType::parse(raw.control.as_deref().unwrap_or("")),
+            store_id: raw.store_id.unwrap_or_default(),
+            channel_id: raw.channel_id.unwrap_or_default(),
+            payload,
+            trace_context: raw.trace_context.unwrap_or_default(),
+        })
+    }
+
+    /// Appends the CBOR encoding of the frame (see the module docs) to `out`.
+    pub fn write_cbor(&self, out: &mut Vec<u8>) {
+        super::cbor::write_frame(self, out)
+    }
+
+    /// Decodes a CBOR frame, enforcing `limits`.
+    pub fn from_cbor(bytes: &[u8], limits: &Limits) -> Result<Self, WireError> {
+        limits.check_frame(bytes.len())?;
+        let frame = super::cbor::read_frame(bytes)?;
+        if let Some(p) = &frame.payload {
+            limits.check_payload(p.len())?;
+        }
+        Ok(frame)
+    }
+}
+
+/// Number of bytes a padded base64 string of `len` characters decodes to (an upper bound for invalid
+/// input, which fails decoding anyway).
+pub fn base64_decoded_len(len: usize) -> usize {
+    len / 4 * 3
+}
+
+fn write_uuid(out: &mut Vec<u8>, id: &Uuid) {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.push(b'"');
+    out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
+    out.push(b'"');
+}

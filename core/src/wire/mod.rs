@@ -1,0 +1,238 @@
+//! Wire formats: the frame, the inner messages and their two codecs.
+//!
+//! * [`Codec::Json`]: Go-compatible JSON in WebSocket **text** frames (spec §1, §2.4). The frame's
+//!   `payload` is the base64 of the inner message's JSON.
+//! * [`Codec::Cbor`]: the same logical frames and messages in CBOR, in WebSocket **binary** frames,
+//!   negotiated with the WebSocket subprotocol [`CBOR_SUBPROTOCOL`]. Bytes are CBOR byte strings, never
+//!   base64. Frame layout: see [`frame`]. Inner messages are CBOR maps keyed by the JSON field names,
+//!   envelopes are `{"$type": text, "content": map}`, names are text strings, stream control is
+//!   `{"type": "mux::close", "err": text}`.
+//!
+//! Inner messages are not self-describing on the wire (a bare `Record` and a bare `SegmentStatus` are
+//! both plain objects), so a receiver decodes them with the [`MessageKind`] its operation expects.
+
+pub mod cbor;
+pub mod control;
+pub mod frame;
+pub mod gojson;
+pub mod serde_helpers;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::Serialize;
+
+use crate::api::{Entry, Envelope, EnvelopeError, LeaseResult, Record, SegmentStatus};
+pub use control::StreamControl;
+pub use frame::{ControlType, Frame, TraceContext};
+
+/// WebSocket subprotocol that selects the CBOR codec; without it a connection speaks JSON.
+pub const CBOR_SUBPROTOCOL: &str = "streamkit.v1.cbor";
+
+/// Default maximum size of one frame (Go `MaxPayloadBytes`, 8 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
+/// Default maximum size of one decoded inner message (6 MiB).
+pub const DEFAULT_MAX_PAYLOAD: usize = 6 << 20;
+
+/// Size limits applied before decoding allocates (spec §2.9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum bytes of one physical frame.
+    pub max_frame: usize,
+    /// Maximum bytes of one inner message (the frame's decoded payload).
+    pub max_payload: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_frame: DEFAULT_MAX_FRAME, max_payload: DEFAULT_MAX_PAYLOAD }
+    }
+}
+
+impl Limits {
+    /// Fails when a frame of `len` bytes is over the limit.
+    pub fn check_frame(&self, len: usize) -> Result<(), WireError> {
+        if len > self.max_frame {
+            return Err(WireError::FrameTooLarge { len, limit: self.max_frame });
+        }
+        Ok(())
+    }
+
+    /// Fails when an inner message of `len` bytes is over the limit.
+    pub fn check_payload(&self, len: usize) -> Result<(), WireError> {
+        if len > self.max_payload {
+            return Err(WireError::PayloadTooLarge { len, limit: self.max_payload });
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the wire layer. Texts that peers match on are Go's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// A frame over [`Limits::max_frame`]; the connection is closed.
+    #[error("frame payload size exceeds limit ({len} > {limit} bytes)")]
+    FrameTooLarge {
+        /// Size of the frame.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An inner message over [`Limits::max_payload`].
+    #[error("muxer payload too large ({len} > {limit} bytes)")]
+    PayloadTooLarge {
+        /// Size of the message.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Bytes that are not a frame or not the expected message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// An envelope that cannot be decoded (Go's texts).
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+}
+
+/// The codec of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// Go-compatible JSON, text frames.
+    Json,
+    /// CBOR, binary frames.
+    Cbor,
+}
+
+impl Codec {
+    /// Whether frames of this codec travel as WebSocket binary frames.
+    pub fn is_binary(self) -> bool {
+        matches!(self, Codec::Cbor)
+    }
+
+    /// Appends the encoding of `frame`.
+    pub fn write_frame(self, frame: &Frame, out: &mut Vec<u8>) {
+        match self {
+            Codec::Json => frame.write_json(out),
+            Codec::Cbor => frame.write_cbor(out),
+        }
+    }
+
+    /// The encoding of `frame`.
+    pub fn encode_frame(self, frame: &Frame) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96 + frame.payload.as_ref().map_or(0, |p| p.len() * 4 / 3));
+        self.write_frame(frame, &mut out);
+        out
+    }
+
+    /// Decodes one frame, enforcing `limits` before allocating.
+    pub fn decode_frame(self, bytes: &[u8], limits: &Limits) -> Result<Frame, WireError> {
+        match self {
+            Codec::Json => Frame::from_json(bytes, limits),
+            Codec::Cbor => Frame::from_cbor(bytes, limits),
+        }
+    }
+
+    /// Encodes any serializable value (a message body) with this codec.
+    pub fn encode_value<T: Serialize + ?Sized>(self, value: &T) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        self.write_value(value, &mut out);
+        out
+    }
+
+    /// Appends the encoding of any serializable value.
+    pub fn write_value<T: Serialize + ?Sized>(self, value: &T, out: &mut Vec<u8>) {
+        match self {
+            // Our message types only contain shapes the Go JSON writer supports.
+            Codec::Json => {
+                let _ = gojson::to_writer(out, value);
+            }
+            Codec::Cbor => cbor::to_writer(value, out),
+        }
+    }
+
+    /// Decodes a value of a known type with this codec.
+    pub fn decode_value<T: for<'de> serde::Deserialize<'de>>(self, bytes: &[u8]) -> Result<T, WireError> {
+        match self {
+            Codec::Json => {
+                serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(alloc::format!("{e}")))
+            }
+            Codec::Cbor => cbor::from_slice(bytes),
+        }
+    }
+
+    /// Encodes an inner message.
+    pub fn encode_message(self, message: &Message) -> Vec<u8> {
+        match message {
+            Message::Envelope(m) => self.encode_value(m),
+            Message::Record(m) => self.encode_value(m),
+            Message::Entry(m) => self.encode_value(m),
+            Message::Status(m) => self.encode_value(m),
+            Message::LeaseResult(m) => self.encode_value(m),
+            Message::Name(m) => self.encode_value(m),
+        }
+    }
+
+    /// Decodes an inner message of the expected `kind`.
+    pub fn decode_message(self, kind: MessageKind, bytes: &[u8]) -> Result<Message, WireError> {
+        Ok(match kind {
+            MessageKind::Envelope => Message::Envelope(match self {
+                Codec::Json => Envelope::from_json(bytes)?,
+                Codec::Cbor => Envelope::from_cbor(bytes)?,
+            }),
+            MessageKind::Record => Message::Record(self.decode_value(bytes)?),
+            MessageKind::Entry => Message::Entry(self.decode_value(bytes)?),
+            MessageKind::Status => Message::Status(self.decode_value(bytes)?),
+            MessageKind::LeaseResult => Message::LeaseResult(self.decode_value(bytes)?),
+            MessageKind::Name => Message::Name(self.decode_value(bytes)?),
+        })
+    }
+}
+
+/// An inner message of a logical stream, as a typed value (spec §1.4).
+///
+/// In-process transports pass these directly; socket transports encode them with a [`Codec`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// An envelope: requests, and worker-presence traffic in both directions.
+    Envelope(Envelope),
+    /// A bare record (Produce, client → server).
+    Record(Record),
+    /// A bare entry (Peek and Consume*, server → client).
+    Entry(Entry),
+    /// A bare segment status (Produce answers, subscriptions).
+    Status(SegmentStatus),
+    /// A bare lease result.
+    LeaseResult(LeaseResult),
+    /// A bare name (GetSpaces, GetSegments): a JSON string.
+    Name(String),
+}
+
+impl Message {
+    /// The kind of this message.
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Message::Envelope(_) => MessageKind::Envelope,
+            Message::Record(_) => MessageKind::Record,
+            Message::Entry(_) => MessageKind::Entry,
+            Message::Status(_) => MessageKind::Status,
+            Message::LeaseResult(_) => MessageKind::LeaseResult,
+            Message::Name(_) => MessageKind::Name,
+        }
+    }
+}
+
+/// What a receiver expects the next inner message to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// [`Message::Envelope`].
+    Envelope,
+    /// [`Message::Record`].
+    Record,
+    /// [`Message::Entry`].
+    Entry,
+    /// [`Message::Status`].
+    Status,
+    /// [`Message::LeaseResult`].
+    LeaseResult,
+    /// [`Message::Name`].
+    Name,
+}

@@ -1,0 +1,1 @@
+//! End-to-end suites for streamkit (see `tests/`).
