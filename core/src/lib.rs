@@ -11,6 +11,8 @@ extern crate alloc;
 
 pub mod api;
 pub mod lexkey;
+pub mod rand;
+pub mod storage;
 pub mod time;
 pub mod wire;
 
