@@ -57,7 +57,8 @@ mod tests {
         assert_eq!(a.next_u64(), b.next_u64());
         let id = a.uuid_v4();
         assert_eq!(id.get_version_num(), 4);
-        assert_ne!(id, b.uuid_v4().as_u128().wrapping_add(1).into());
+        assert_ne!(id, a.uuid_v4());
+        assert_eq!(b.uuid_v4().get_version_num(), 4);
         assert!(a.below(10) < 10);
         assert_eq!(a.below(0), 0);
     }

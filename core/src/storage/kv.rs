@@ -140,9 +140,9 @@ pub trait OrderedKv {
         let result = match op {
             StorageOp::Get { key } => self.get(key).map(StorageResult::Value),
             StorageOp::Scan(range) => self.scan(range).map(StorageResult::Pairs),
-            StorageOp::Commit(batch) => self
-                .commit(core::slice::from_ref(batch))
-                .map(|mut outcomes| StorageResult::Commit(outcomes.pop().unwrap_or(CommitOutcome::Committed))),
+            StorageOp::Commit(batch) => self.commit(core::slice::from_ref(batch)).map(|mut outcomes| {
+                StorageResult::Commit(outcomes.pop().unwrap_or(CommitOutcome::Committed))
+            }),
         };
         result.unwrap_or_else(StorageResult::Failed)
     }
