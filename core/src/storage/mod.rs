@@ -1,7 +1,8 @@
 //! The storage model, written once for every backend: the ordered key-value contract ([`kv`]), the key
-//! layout of spec §5.2 ([`keys`]), the stored encodings ([`encoding`]) and an in-memory store
-//! ([`memory`]).
+//! layout of spec §5.2 ([`keys`]) and the stored encodings ([`encoding`]).
 
+pub mod encoding;
+pub mod keys;
 pub mod kv;
 
 pub use kv::*;
