@@ -12,8 +12,10 @@ extern crate alloc;
 pub mod api;
 pub mod auth;
 pub mod lexkey;
+pub mod node;
 pub mod rand;
 pub mod storage;
+pub mod stream;
 pub mod time;
 pub mod wire;
 

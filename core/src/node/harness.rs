@@ -1,0 +1,285 @@
+//! A synchronous driver for one [`Node`] over an in-memory store and bus, on virtual time: the reference
+//! driver the node's tests use, and a model of what adapters do.
+//!
+//! Storage effects run immediately unless [`NodeHarness::hold_storage`] is set, in which case they wait until
+//! the test releases them (to interleave concurrent operations deliberately). Send credit returns as soon
+//! as a message is recorded, unless [`NodeHarness::manual_credit`] is set.
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+use uuid::Uuid;
+
+use super::{BusCommand, BusEvent, Node, NodeConfig, NodeOutput, OpId};
+use crate::api::{Entry, Envelope, Request, SegmentNotification, SegmentStatus};
+use crate::storage::memory::MemoryKv;
+use crate::storage::{OrderedKv, StorageOp};
+use crate::stream::{StreamEnd, StreamId};
+use crate::time::Millis;
+use crate::wire::Message;
+
+/// What the node did on one stream, as its client would see it.
+#[derive(Debug, Default, Clone)]
+pub struct StreamLog {
+    /// Messages sent to the client, in order.
+    pub sent: Vec<Message>,
+    /// `Some(error)` once the node closed the stream.
+    pub closed: Option<Option<String>>,
+}
+
+impl StreamLog {
+    /// The entries sent.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.sent.iter().filter_map(|m| if let Message::Entry(e) = m { Some(e.clone()) } else { None }).collect()
+    }
+
+    /// The statuses sent.
+    pub fn statuses(&self) -> Vec<SegmentStatus> {
+        self.sent.iter().filter_map(|m| if let Message::Status(s) = m { Some(s.clone()) } else { None }).collect()
+    }
+
+    /// The names sent.
+    pub fn names(&self) -> Vec<String> {
+        self.sent.iter().filter_map(|m| if let Message::Name(n) = m { Some(n.clone()) } else { None }).collect()
+    }
+
+    /// The close error, panicking if the stream is still open (tests only).
+    pub fn close_error(&self) -> Option<&str> {
+        self.closed.as_ref().expect("stream still open").as_deref()
+    }
+}
+
+enum Inbound {
+    Message(Message),
+    End(StreamEnd),
+}
+
+/// The test driver.
+pub struct NodeHarness {
+    /// The node under test.
+    pub node: Node,
+    /// Its store.
+    pub kv: MemoryKv,
+    /// Virtual time.
+    pub now: Millis,
+    /// Hold storage effects until [`NodeHarness::release_storage`].
+    pub hold_storage: bool,
+    /// Do not return send credit automatically.
+    pub manual_credit: bool,
+    /// Make bus publishes fail with this text.
+    pub bus_error: Option<String>,
+    /// Everything published on the bus.
+    pub published: Vec<SegmentNotification>,
+    /// Bus subscribe/unsubscribe calls, in order (`+route` / `-route`).
+    pub bus_calls: Vec<String>,
+    held: VecDeque<(OpId, StorageOp)>,
+    subscribed: BTreeSet<String>,
+    logs: BTreeMap<StreamId, StreamLog>,
+    inbox: BTreeMap<StreamId, VecDeque<Inbound>>,
+    next_channel: u128,
+}
+
+impl NodeHarness {
+    /// A harness with a fresh node and store.
+    pub fn new(config: NodeConfig) -> Self {
+        let now = Millis(1_000_000);
+        Self {
+            node: Node::new(Uuid::from_u128(0x5107e), config, now, 42),
+            kv: MemoryKv::new(),
+            now,
+            hold_storage: false,
+            manual_credit: false,
+            bus_error: None,
+            published: Vec::new(),
+            bus_calls: Vec::new(),
+            held: VecDeque::new(),
+            subscribed: BTreeSet::new(),
+            logs: BTreeMap::new(),
+            inbox: BTreeMap::new(),
+            next_channel: 0,
+        }
+    }
+
+    /// Opens a stream with `request` and runs until idle.
+    pub fn open(&mut self, request: Request) -> StreamId {
+        self.open_envelope(request.into_envelope())
+    }
+
+    /// Opens a stream with any envelope.
+    pub fn open_envelope(&mut self, envelope: Envelope) -> StreamId {
+        self.next_channel += 1;
+        let stream = StreamId { conn: 1, channel: Uuid::from_u128(self.next_channel) };
+        self.logs.insert(stream, StreamLog::default());
+        self.node.handle_request(self.now, stream, envelope);
+        self.run();
+        stream
+    }
+
+    /// Queues a message from the client; it is delivered when the node accepts input.
+    pub fn send(&mut self, stream: StreamId, message: Message) {
+        self.inbox.entry(stream).or_default().push_back(Inbound::Message(message));
+        self.run();
+    }
+
+    /// Queues the client's end of the stream (after its queued messages).
+    pub fn end(&mut self, stream: StreamId, end: StreamEnd) {
+        self.inbox.entry(stream).or_default().push_back(Inbound::End(end));
+        self.run();
+    }
+
+    /// The transport loses the stream.
+    pub fn abort(&mut self, stream: StreamId) {
+        self.inbox.remove(&stream);
+        self.node.handle_aborted(self.now, stream);
+        self.run();
+    }
+
+    /// Gives credit to a stream (with `manual_credit`).
+    pub fn credit(&mut self, stream: StreamId, frames: u32) {
+        self.node.handle_credit(self.now, stream, frames);
+        self.run();
+    }
+
+    /// The log of a stream.
+    pub fn log(&self, stream: StreamId) -> &StreamLog {
+        &self.logs[&stream]
+    }
+
+    /// Number of held storage effects.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Executes the oldest held storage effect and runs.
+    pub fn release_storage(&mut self) {
+        if let Some((op, request)) = self.held.pop_front() {
+            let result = self.kv.execute(&request);
+            self.node.handle_storage(self.now, op, result);
+        }
+        self.run();
+    }
+
+    /// Executes every held storage effect (and those they cause) and runs.
+    pub fn release_all(&mut self) {
+        let hold = core::mem::replace(&mut self.hold_storage, false);
+        while !self.held.is_empty() {
+            self.release_storage();
+        }
+        self.hold_storage = hold;
+    }
+
+    /// Advances virtual time by `ms`, firing timers on the way.
+    pub fn advance(&mut self, ms: u64) {
+        let target = self.now + Millis(ms);
+        loop {
+            self.run();
+            match self.node.poll_timeout() {
+                Some((at, _)) if at <= target => {
+                    self.now = self.now.max(at);
+                    self.node.handle_timeout(self.now);
+                }
+                _ => break,
+            }
+        }
+        self.now = target;
+        self.node.handle_timeout(self.now);
+        self.run();
+    }
+
+    /// Processes outputs, deliveries and due timers at the current time (and timers up to 2 ms ahead, so
+    /// the millisecond delay of space reads needs no explicit step), until nothing moves.
+    pub fn run(&mut self) {
+        for _ in 0..1_000_000 {
+            if let Some(out) = self.node.poll_output() {
+                self.apply(out);
+                continue;
+            }
+            if self.deliver_inbox() {
+                continue;
+            }
+            match self.node.poll_timeout() {
+                Some((at, _)) if at <= self.now + Millis(2) => {
+                    self.now = self.now.max(at);
+                    self.node.handle_timeout(self.now);
+                }
+                _ => return,
+            }
+        }
+        panic!("node harness: no quiescence after 1,000,000 steps (livelock)");
+    }
+
+    fn deliver_inbox(&mut self) -> bool {
+        let streams: Vec<StreamId> = self.inbox.keys().copied().collect();
+        let mut moved = false;
+        for stream in streams {
+            let Some(queue) = self.inbox.get_mut(&stream) else { continue };
+            match queue.front() {
+                Some(Inbound::Message(_)) if self.node.accepts_input(&stream) => {
+                    if let Some(Inbound::Message(m)) = queue.pop_front() {
+                        self.node.handle_message(self.now, stream, m);
+                        moved = true;
+                    }
+                }
+                Some(Inbound::End(_)) => {
+                    if let Some(Inbound::End(e)) = queue.pop_front() {
+                        self.node.handle_end(self.now, stream, e);
+                        moved = true;
+                    }
+                }
+                _ => {}
+            }
+            if self.inbox.get(&stream).is_some_and(VecDeque::is_empty) {
+                self.inbox.remove(&stream);
+            }
+        }
+        moved
+    }
+
+    fn apply(&mut self, out: NodeOutput) {
+        match out {
+            NodeOutput::Send { stream, message } => {
+                let log = self.logs.entry(stream).or_default();
+                assert!(log.closed.is_none(), "message after close on {stream:?}: {message:?}");
+                log.sent.push(message);
+                if !self.manual_credit {
+                    self.node.handle_credit(self.now, stream, 1);
+                }
+            }
+            NodeOutput::Close { stream, error } => {
+                let log = self.logs.entry(stream).or_default();
+                assert!(log.closed.is_none(), "stream {stream:?} closed twice");
+                log.closed = Some(error);
+                self.inbox.remove(&stream);
+            }
+            NodeOutput::Ready { .. } => {}
+            NodeOutput::Storage { op, request } => {
+                if self.hold_storage {
+                    self.held.push_back((op, request));
+                } else {
+                    let result = self.kv.execute(&request);
+                    self.node.handle_storage(self.now, op, result);
+                }
+            }
+            NodeOutput::Bus(BusCommand::Subscribe { op, route }) => {
+                self.bus_calls.push(alloc::format!("+{route}"));
+                self.subscribed.insert(route);
+                self.node.handle_bus(self.now, BusEvent::Subscribed { op, result: Ok(()) });
+            }
+            NodeOutput::Bus(BusCommand::Unsubscribe { route }) => {
+                self.bus_calls.push(alloc::format!("-{route}"));
+                self.subscribed.remove(&route);
+            }
+            NodeOutput::Bus(BusCommand::Publish { op, route, notification }) => {
+                if let Some(error) = self.bus_error.clone() {
+                    self.node.handle_bus(self.now, BusEvent::Published { op, result: Err(error) });
+                    return;
+                }
+                self.published.push(notification.clone());
+                if self.subscribed.contains(&route) {
+                    self.node.handle_bus(self.now, BusEvent::Notification { route, notification });
+                }
+                self.node.handle_bus(self.now, BusEvent::Published { op, result: Ok(()) });
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! What goes in and out of a store node.
+
+use alloc::format;
+use alloc::string::String;
+use uuid::Uuid;
+
+use crate::api::SegmentNotification;
+use crate::storage::StorageOp;
+use crate::stream::StreamId;
+use crate::wire::Message;
+
+/// Identifies one effect (storage or bus operation) so its completion can be routed back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpId(pub u64);
+
+/// An output of a node; drain with [`Node::poll_output`](super::Node::poll_output) after every input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeOutput {
+    /// Send a message on a stream.
+    Send {
+        /// The stream.
+        stream: StreamId,
+        /// The message.
+        message: Message,
+    },
+    /// End the stream: send `mux::close` (with `error` if any) and forget it (Go `closeSendAndRelease`).
+    /// The node emits nothing more for this stream and ignores later inputs for it.
+    Close {
+        /// The stream.
+        stream: StreamId,
+        /// The error text for `{"type":"mux::close","err":...}`.
+        error: Option<String>,
+    },
+    /// The stream accepts input again: deliver its queued messages with
+    /// [`Node::handle_message`](super::Node::handle_message) while
+    /// [`Node::accepts_input`](super::Node::accepts_input) holds.
+    Ready {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// Execute a storage operation and report with [`Node::handle_storage`](super::Node::handle_storage).
+    Storage {
+        /// Correlation id.
+        op: OpId,
+        /// The operation.
+        request: StorageOp,
+    },
+    /// Execute a bus command; completions and deliveries come back through
+    /// [`Node::handle_bus`](super::Node::handle_bus).
+    Bus(BusCommand),
+}
+
+/// A message-bus effect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusCommand {
+    /// Subscribe to a route; answer with [`BusEvent::Subscribed`]. Deliver its messages as
+    /// [`BusEvent::Notification`] until [`BusCommand::Unsubscribe`].
+    Subscribe {
+        /// Correlation id.
+        op: OpId,
+        /// The route.
+        route: String,
+    },
+    /// Stop delivering a route (issued exactly once per successful subscribe).
+    Unsubscribe {
+        /// The route.
+        route: String,
+    },
+    /// Publish a segment notification; answer with [`BusEvent::Published`].
+    Publish {
+        /// Correlation id.
+        op: OpId,
+        /// The route.
+        route: String,
+        /// The notification.
+        notification: SegmentNotification,
+    },
+}
+
+/// A completion or delivery from the message bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusEvent {
+    /// Result of [`BusCommand::Subscribe`].
+    Subscribed {
+        /// Correlation id.
+        op: OpId,
+        /// `Err` with the bus error text.
+        result: Result<(), String>,
+    },
+    /// Result of [`BusCommand::Publish`].
+    Published {
+        /// Correlation id.
+        op: OpId,
+        /// `Err` with the bus error text.
+        result: Result<(), String>,
+    },
+    /// A notification delivered on a subscribed route.
+    Notification {
+        /// The route.
+        route: String,
+        /// The notification.
+        notification: SegmentNotification,
+    },
+    /// Delivery on a subscribed route can no longer be guaranteed (bus outage); subscribers are closed
+    /// with `error` and the route counts as unsubscribed.
+    Lost {
+        /// The route.
+        route: String,
+        /// Why.
+        error: String,
+    },
+}
+
+/// Namespace of segment-notification route ids (the store id is the UUIDv5 namespace).
+const NOTIFICATION_ROUTE: &str = "inbox.streamkit.segment_notification";
+
+/// The bus route of a space's segment notifications:
+/// `inbox.streamkit.segment_notification[<UUIDv5(namespace = store id, name = space)>]` (spec §6.2).
+pub fn segment_notification_route(store_id: &Uuid, space: &str) -> String {
+    let id = Uuid::new_v5(store_id, space.as_bytes());
+    format!("{NOTIFICATION_ROUTE}[{}]", id.hyphenated())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_matches_the_spec_example() {
+        let store = Uuid::parse_str("6f1c2a9e-3b4d-4e5f-8a7b-1c2d3e4f5a6b").unwrap();
+        assert_eq!(
+            segment_notification_route(&store, "space0"),
+            "inbox.streamkit.segment_notification[10c8c765-9a9d-5d92-9226-d855e73fdcfe]"
+        );
+    }
+}
