@@ -63,6 +63,9 @@ impl Precondition {
 }
 
 /// An atomic unit of writes: all or nothing, and only if every precondition holds.
+///
+/// Backends apply `puts` in order (the last put of a key wins) and then `deletes`, so a key that is
+/// both put and deleted in one batch ends up absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     /// Conditions checked before anything is written.

@@ -3,5 +3,7 @@
 //! ([`memory`]).
 
 pub mod kv;
+pub mod memory;
 
 pub use kv::*;
+pub use memory::MemoryKv;
