@@ -11,7 +11,7 @@ use alloc::format;
 use alloc::vec::Vec;
 use core::ops::Bound;
 
-use super::kv::{CommitOutcome, KvError, OrderedKv, ScanRange, WriteBatch};
+use super::kv::{CommitOutcome, KvError, KvPair, OrderedKv, ScanRange, WriteBatch};
 
 /// Text of the error returned by every operation while the store is [unavailable](MemoryKv::set_unavailable).
 pub const UNAVAILABLE: &str = "memory store unavailable (injected fault)";
@@ -107,7 +107,7 @@ impl OrderedKv for MemoryKv {
         Ok(self.map.get(key).cloned())
     }
 
-    fn scan(&self, range: &ScanRange) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    fn scan(&self, range: &ScanRange) -> Result<Vec<KvPair>, KvError> {
         self.check_available()?;
         // BTreeMap::range panics on an inverted range, and an empty one has nothing to return.
         if range.limit == 0 || range.start >= range.end {
@@ -157,7 +157,7 @@ mod tests {
         ScanRange { start: start.to_vec(), end: end.to_vec(), reverse, limit }
     }
 
-    fn keys(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<&[u8]> {
+    fn keys(pairs: &[KvPair]) -> Vec<&[u8]> {
         pairs.iter().map(|(k, _)| k.as_slice()).collect()
     }
 
