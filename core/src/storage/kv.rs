@@ -15,6 +15,9 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+/// One key and its value, as scans return them.
+pub type KvPair = (Vec<u8>, Vec<u8>);
+
 /// A half-open key range `[start, end)` in byte order, read forward or backward, at most `limit` pairs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScanRange {
@@ -63,6 +66,9 @@ impl Precondition {
 }
 
 /// An atomic unit of writes: all or nothing, and only if every precondition holds.
+///
+/// Backends apply `puts` in order (the last put of a key wins) and then `deletes`, so a key that is
+/// both put and deleted in one batch ends up absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     /// Conditions checked before anything is written.
@@ -130,7 +136,7 @@ pub trait OrderedKv {
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
     /// Reads up to `range.limit` pairs of `range`, in key order (descending when `range.reverse`).
-    fn scan(&self, range: &ScanRange) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError>;
+    fn scan(&self, range: &ScanRange) -> Result<Vec<KvPair>, KvError>;
     /// Applies `batches` in order in one atomic (and, for durable backends, durable) transaction; see the
     /// module documentation for the group-commit semantics. Returns one outcome per batch.
     fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<CommitOutcome>, KvError>;

@@ -4,5 +4,7 @@
 pub mod encoding;
 pub mod keys;
 pub mod kv;
+pub mod memory;
 
 pub use kv::*;
+pub use memory::MemoryKv;
