@@ -3,7 +3,7 @@
 //! The sans-IO protocol core of streamkit: wire codecs, mux sessions and the per-store engine as pure
 //! state machines. No clock, socket, file, thread or randomness lives here; adapters (the `streamkit`
 //! crate) drive these machines on a runtime.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -30,17 +30,26 @@ pub struct StreamLog {
 impl StreamLog {
     /// The entries sent.
     pub fn entries(&self) -> Vec<Entry> {
-        self.sent.iter().filter_map(|m| if let Message::Entry(e) = m { Some(e.clone()) } else { None }).collect()
+        self.sent
+            .iter()
+            .filter_map(|m| if let Message::Entry(e) = m { Some(e.clone()) } else { None })
+            .collect()
     }
 
     /// The statuses sent.
     pub fn statuses(&self) -> Vec<SegmentStatus> {
-        self.sent.iter().filter_map(|m| if let Message::Status(s) = m { Some(s.clone()) } else { None }).collect()
+        self.sent
+            .iter()
+            .filter_map(|m| if let Message::Status(s) = m { Some(s.clone()) } else { None })
+            .collect()
     }
 
     /// The names sent.
     pub fn names(&self) -> Vec<String> {
-        self.sent.iter().filter_map(|m| if let Message::Name(n) = m { Some(n.clone()) } else { None }).collect()
+        self.sent
+            .iter()
+            .filter_map(|m| if let Message::Name(n) = m { Some(n.clone()) } else { None })
+            .collect()
     }
 
     /// The close error, panicking if the stream is still open (tests only).
@@ -153,6 +162,15 @@ impl NodeHarness {
     /// Executes the oldest held storage effect and runs.
     pub fn release_storage(&mut self) {
         if let Some((op, request)) = self.held.pop_front() {
+            let result = self.kv.execute(&request);
+            self.node.handle_storage(self.now, op, result);
+        }
+        self.run();
+    }
+
+    /// Executes the most recent held storage effect and runs.
+    pub fn release_newest_storage(&mut self) {
+        if let Some((op, request)) = self.held.pop_back() {
             let result = self.kv.execute(&request);
             self.node.handle_storage(self.now, op, result);
         }

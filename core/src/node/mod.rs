@@ -107,11 +107,23 @@ pub(crate) trait StreamOp {
     /// The peer ended its side of the stream.
     fn on_end(&mut self, sv: &mut Services, stream: StreamId, end: StreamEnd) -> Step;
     /// A storage effect of this operation completed.
-    fn on_storage(&mut self, _sv: &mut Services, _stream: StreamId, _tag: u32, _result: StorageResult) -> Step {
+    fn on_storage(
+        &mut self,
+        _sv: &mut Services,
+        _stream: StreamId,
+        _tag: u32,
+        _result: StorageResult,
+    ) -> Step {
         Step::Continue
     }
     /// A bus effect of this operation completed.
-    fn on_bus(&mut self, _sv: &mut Services, _stream: StreamId, _tag: u32, _result: Result<(), String>) -> Step {
+    fn on_bus(
+        &mut self,
+        _sv: &mut Services,
+        _stream: StreamId,
+        _tag: u32,
+        _result: Result<(), String>,
+    ) -> Step {
         Step::Continue
     }
     /// A timer or visibility wait of this operation fired.

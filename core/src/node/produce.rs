@@ -281,7 +281,11 @@ impl ProduceOp {
         let before = self.known_head();
         // Timestamps never go backwards within a segment, so its space-index order matches its sequence order.
         let ts = before.map_or(i64::MIN, |h| h.last_timestamp).max(sv.now.as_timestamp());
-        let trx = Trx { id: sv.rng.uuid_v4(), node: uuid::Uuid::nil(), number: before.map_or(0, |h| h.last_trx_number) + 1 };
+        let trx = Trx {
+            id: sv.rng.uuid_v4(),
+            node: uuid::Uuid::nil(),
+            number: before.map_or(0, |h| h.last_trx_number) + 1,
+        };
         let new_head = SegmentHead {
             first_sequence: before.map_or(chunk.first(), |h| h.first_sequence),
             first_timestamp: before.map_or(ts, |h| h.first_timestamp),
@@ -315,7 +319,14 @@ impl ProduceOp {
         self.phase = Phase::Committing { token, ts, new_head, retries };
     }
 
-    fn on_committed(&mut self, sv: &mut Services, stream: StreamId, token: Token, ts: i64, new_head: SegmentHead) {
+    fn on_committed(
+        &mut self,
+        sv: &mut Services,
+        stream: StreamId,
+        token: Token,
+        ts: i64,
+        new_head: SegmentHead,
+    ) {
         sv.watermarks.note_committed(token, ts);
         self.head = Some(Some(new_head));
         sv.heads.put(self.key.clone(), Some(new_head));
@@ -530,9 +541,10 @@ impl StreamOp for ProduceOp {
         self.sealed = None;
         match self.phase {
             // Effects in flight: finish them (the data may be committed; subscribers must hear of it).
-            Phase::Committing { .. } | Phase::Refreshing { .. } | Phase::Notifying { .. } | Phase::Publishing { .. } => {
-                Step::Continue
-            }
+            Phase::Committing { .. }
+            | Phase::Refreshing { .. }
+            | Phase::Notifying { .. }
+            | Phase::Publishing { .. } => Step::Continue,
             Phase::Idle | Phase::LoadingHead | Phase::WaitingLock { .. } => {
                 self.release_lock(sv, stream);
                 Step::Done

@@ -38,7 +38,15 @@ pub(crate) fn effective_limit(limit: u64) -> u64 {
     if limit == 0 || limit == u64::MAX { u64::MAX } else { limit.min(MAX_CONSUME_ENTRIES) }
 }
 
-fn scan(sv: &mut Services, stream: StreamId, tag: u32, start: &[u8], end: &[u8], reverse: bool, limit: usize) {
+fn scan(
+    sv: &mut Services,
+    stream: StreamId,
+    tag: u32,
+    start: &[u8],
+    end: &[u8],
+    reverse: bool,
+    limit: usize,
+) {
     let range = ScanRange { start: start.to_vec(), end: end.to_vec(), reverse, limit };
     sv.io.storage(Owner::Stream(stream, tag), StorageOp::Scan(range));
 }
@@ -266,15 +274,21 @@ pub(crate) struct ConsumeSpacesOp {
 }
 
 impl ConsumeSpacesOp {
-    pub fn start_space(sv: &mut Services, stream: StreamId, request: ConsumeSpace) -> Option<Box<dyn StreamOp>> {
+    pub fn start_space(
+        sv: &mut Services,
+        stream: StreamId,
+        request: ConsumeSpace,
+    ) -> Option<Box<dyn StreamOp>> {
         let offset = (!request.offset.is_empty()).then(|| request.offset.0);
         let spaces = alloc::vec![(request.space, offset)];
         Self::start(sv, stream, spaces, request.min_timestamp, request.max_timestamp, request.limit)
     }
 
     pub fn start_multi(sv: &mut Services, stream: StreamId, request: Consume) -> Option<Box<dyn StreamOp>> {
-        let spaces =
-            request.offsets.into_iter().map(|(space, offset)| (space, (!offset.is_empty()).then_some(offset.0)));
+        let spaces = request
+            .offsets
+            .into_iter()
+            .map(|(space, offset)| (space, (!offset.is_empty()).then_some(offset.0)));
         Self::start(sv, stream, spaces.collect(), request.min_timestamp, request.max_timestamp, request.limit)
     }
 
@@ -305,11 +319,20 @@ impl ConsumeSpacesOp {
             return None;
         }
         let now = sv.now.as_timestamp();
-        let mut op =
-            Self { cursors, min_ts: min_ts.min(now), max_ts, remaining: effective_limit(limit), started: false };
+        let mut op = Self {
+            cursors,
+            min_ts: min_ts.min(now),
+            max_ts,
+            remaining: effective_limit(limit),
+            started: false,
+        };
         if max_ts == 0 || max_ts >= now {
             // The bound reaches the current millisecond: start once it is over (see the module docs).
-            sv.io.timer(Owner::Stream(stream, TAG_START), sv.now + Millis(1), "space read waits for the millisecond to close");
+            sv.io.timer(
+                Owner::Stream(stream, TAG_START),
+                sv.now + Millis(1),
+                "space read waits for the millisecond to close",
+            );
             Some(Box::new(op))
         } else {
             match op.begin(sv, stream) {
@@ -455,7 +478,11 @@ impl ListOp {
         Self::start(sv, stream, keys::spaces_range())
     }
 
-    pub fn start_segments(sv: &mut Services, stream: StreamId, request: GetSegments) -> Option<Box<dyn StreamOp>> {
+    pub fn start_segments(
+        sv: &mut Services,
+        stream: StreamId,
+        request: GetSegments,
+    ) -> Option<Box<dyn StreamOp>> {
         if !keys::is_valid_name(&request.space) {
             sv.io.close(stream, None);
             return None;

@@ -5,8 +5,8 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::harness::NodeHarness;
 use super::NodeConfig;
+use super::harness::NodeHarness;
 use crate::api::*;
 use crate::lexkey::LexKey;
 use crate::stream::{StreamEnd, StreamId};
@@ -157,6 +157,7 @@ fn racing_producers_leave_exactly_one_to_n() {
             h.end(*s, StreamEnd::Finished);
         }
         h.release_all();
+        h.hold_storage = false;
         let entries = consume_segment(&mut h, seg_req("sp", "sg"));
         assert_eq!(seqs(&entries), (1..=25).collect::<Vec<_>>(), "{producers} producers");
         let winners = streams.iter().filter(|s| h.log(**s).close_error().is_none()).count();
@@ -215,7 +216,10 @@ fn peek_returns_last_entry_or_the_empty_entry() {
     produce(&mut h, "space0", "segment0", 1..=7);
     let s = h.open(Request::Peek(Peek { space: "space0".into(), segment: "segment0".into() }));
     let e = &h.log(s).entries()[0];
-    assert_eq!((e.sequence, e.space.as_str(), e.payload.as_deref()), (7, "space0", Some(&b"test data 7"[..])));
+    assert_eq!(
+        (e.sequence, e.space.as_str(), e.payload.as_deref()),
+        (7, "space0", Some(&b"test data 7"[..]))
+    );
 }
 
 #[test]
@@ -223,7 +227,10 @@ fn segment_bounds_are_inclusive() {
     let mut h = harness();
     produce(&mut h, "sp", "sg", 1..=10);
     let case = |h: &mut NodeHarness, min: u64, max: u64| {
-        seqs(&consume_segment(h, ConsumeSegment { min_sequence: min, max_sequence: max, ..seg_req("sp", "sg") }))
+        seqs(&consume_segment(
+            h,
+            ConsumeSegment { min_sequence: min, max_sequence: max, ..seg_req("sp", "sg") },
+        ))
     };
     assert_eq!(case(&mut h, 0, 0), (1..=10).collect::<Vec<_>>());
     assert_eq!(case(&mut h, 3, 3), [3]);
@@ -242,7 +249,11 @@ fn consume_limits() {
         assert_eq!(got.len(), expected, "limit {limit}");
     }
     h.advance(2);
-    let s = h.open(Request::ConsumeSpace(ConsumeSpace { space: "sp".into(), limit: 3, ..ConsumeSpace::default() }));
+    let s = h.open(Request::ConsumeSpace(ConsumeSpace {
+        space: "sp".into(),
+        limit: 3,
+        ..ConsumeSpace::default()
+    }));
     assert_eq!(h.log(s).entries().len(), 3);
 }
 
@@ -269,8 +280,11 @@ fn inventory_of_a_fresh_store_is_empty() {
     assert_eq!(h.log(s).close_error(), None);
     let s = h.open(Request::GetSegments(GetSegments { space: "missing-space".into() }));
     assert!(h.log(s).names().is_empty());
-    assert!(consume_segment(&mut h, ConsumeSegment { min_sequence: 1, ..seg_req("sp", "missing") }).is_empty());
-    let s = h.open(Request::ConsumeSpace(ConsumeSpace { space: "missing-space".into(), ..Default::default() }));
+    assert!(
+        consume_segment(&mut h, ConsumeSegment { min_sequence: 1, ..seg_req("sp", "missing") }).is_empty()
+    );
+    let s =
+        h.open(Request::ConsumeSpace(ConsumeSpace { space: "missing-space".into(), ..Default::default() }));
     assert!(h.log(s).entries().is_empty());
     let mut offsets = BTreeMap::new();
     offsets.insert(String::from("missing-space"), LexKey::empty());
@@ -303,7 +317,8 @@ fn consumer_operations() {
     let s = h.open(Request::Peek(Peek { space: "space0".into(), segment: "segment0".into() }));
     assert_eq!(h.log(s).entries()[0].sequence, n);
     assert_eq!(consume_segment(&mut h, seg_req("space0", "segment0")).len() as u64, n);
-    let got = consume_segment(&mut h, ConsumeSegment { min_sequence: n - 20, ..seg_req("space0", "segment0") });
+    let got =
+        consume_segment(&mut h, ConsumeSegment { min_sequence: n - 20, ..seg_req("space0", "segment0") });
     assert_eq!(got.len(), 21);
     let s = h.open(Request::ConsumeSpace(ConsumeSpace { space: "space0".into(), ..Default::default() }));
     assert_eq!(h.log(s).entries().len() as u64, 5 * n);
@@ -353,10 +368,12 @@ fn timestamp_bounds() {
     assert_eq!(seqs(&got), [2]);
     let got = consume_segment(&mut h, ConsumeSegment { max_timestamp: t1, ..seg_req("sp", "sg") });
     assert_eq!(seqs(&got), [1]);
-    let req = ConsumeSpace { space: "sp".into(), min_timestamp: t1 - 1, max_timestamp: t2, ..Default::default() };
+    let req =
+        ConsumeSpace { space: "sp".into(), min_timestamp: t1 - 1, max_timestamp: t2, ..Default::default() };
     let s = h.open(Request::ConsumeSpace(req));
     assert_eq!(seqs(&h.log(s).entries()), [1, 2]);
-    let req = ConsumeSpace { space: "sp".into(), min_timestamp: t1, max_timestamp: t2 - 1, ..Default::default() };
+    let req =
+        ConsumeSpace { space: "sp".into(), min_timestamp: t1, max_timestamp: t2 - 1, ..Default::default() };
     let s = h.open(Request::ConsumeSpace(req));
     assert!(h.log(s).entries().is_empty());
 }
@@ -373,10 +390,10 @@ fn watermark_hides_entries_behind_an_in_flight_write() {
     assert_eq!(h.held(), 1, "seg-a's commit is held");
     h.advance(5);
     let b = h.open(produce_req("sp", "seg-b"));
-    h.release_storage();
+    h.release_newest_storage();
     h.send(b, record(1));
     h.end(b, StreamEnd::Finished);
-    h.release_storage(); // seg-b commits; seg-a still in flight
+    h.release_newest_storage(); // seg-b commits; seg-a still in flight
     assert_eq!(h.log(b).statuses().len(), 1, "the later write acknowledges at once");
     assert!(h.published.is_empty(), "but its notification waits for the earlier write");
     h.hold_storage = false;

@@ -90,10 +90,7 @@ impl Watermarks {
     /// began earlier (Go `WaitUntilVisibleForPeers`): later concurrent writes do not hold it back.
     pub fn is_visible_for_peers(&self, token: Token, timestamp: i64) -> bool {
         let Some(me) = self.writes.get(&token) else { return true };
-        self.writes
-            .range(..token)
-            .filter(|(_, w)| w.space == me.space)
-            .all(|(_, w)| timestamp < w.fence)
+        self.writes.range(..token).filter(|(_, w)| w.space == me.space).all(|(_, w)| timestamp < w.fence)
     }
 
     /// Number of in-flight writes.
