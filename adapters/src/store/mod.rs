@@ -31,8 +31,8 @@ pub const DATABASE_FILE: &str = "streams.redb";
 ///
 /// Embedded stores live at `{data_dir}/{store_uuid}/streams.redb` (lowercase hyphenated UUID). This
 /// mirrors the Go layout `{Path}/{storeUUID}/streams` and gives each store a directory of its own, so
-/// that files belonging to one store (a future second database, exports, redb's lock-free temporary
-/// files) stay together and deleting a store is deleting a directory.
+/// that files belonging to one store (a later second database, exports) stay together and deleting a
+/// store is deleting its directory.
 ///
 /// A store must not be opened twice at once: redb locks its file, so the second open of an embedded
 /// store fails until the first [`StoreHandle`] is closed. The node manager keeps one handle per store.
