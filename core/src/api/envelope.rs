@@ -247,6 +247,30 @@ impl Request {
         }
     }
 
+    /// What the client sends on the stream after this request, if anything: records for Produce,
+    /// presence envelopes for SubscribeWorkers. Other operations read nothing after the request.
+    pub fn inbound_kind(&self) -> Option<crate::wire::MessageKind> {
+        match self {
+            Request::Produce(_) => Some(crate::wire::MessageKind::Record),
+            Request::SubscribeWorkers(_) => Some(crate::wire::MessageKind::Envelope),
+            _ => None,
+        }
+    }
+
+    /// What the server answers with on the stream (a client decodes with it).
+    pub fn outbound_kind(&self) -> crate::wire::MessageKind {
+        use crate::wire::MessageKind;
+        match self {
+            Request::Produce(_) | Request::SubscribeToSegmentStatus(_) => MessageKind::Status,
+            Request::Peek(_) | Request::ConsumeSegment(_) | Request::ConsumeSpace(_) | Request::Consume(_) => {
+                MessageKind::Entry
+            }
+            Request::GetSpaces(_) | Request::GetSegments(_) => MessageKind::Name,
+            Request::SubscribeWorkers(_) => MessageKind::Envelope,
+            Request::LeaseAcquire(_) | Request::LeaseRenew(_) | Request::LeaseRelease(_) => MessageKind::LeaseResult,
+        }
+    }
+
     /// The operation name used in logs, metrics and span names (`produce`, `consume_segment`, ...).
     pub fn op_name(&self) -> &'static str {
         match self {

@@ -1,0 +1,142 @@
+//! The server side: connections and the engine, as two kinds of state machines that exchange typed
+//! messages.
+//!
+//! ```text
+//!  socket ⇄ [ServerConnection: mux + codec]  ⇄ EngineInput / EngineOutput ⇄  [Engine: manager + nodes]
+//!                                                                                ⇅ storage / bus effects
+//! ```
+//!
+//! A [`ServerConnection`] owns one physical connection's mux session: it decodes frames and inner messages
+//! and encodes the answers, so codec work happens per connection (adapters run each connection on its own
+//! task). The [`Engine`] owns the stores' nodes and sees only typed messages, from socket connections and
+//! from in-process clients alike.
+//!
+//! Flow control between the two is credit based in both directions:
+//! * **inbound**: a connection forwards at most [`INPUT_WINDOW`] messages of a stream that the engine has
+//!   not yet acknowledged with [`EngineOutput::InputCredit`]; the rest wait in the mux's bounded queue
+//!   (whose overflow fails only that stream). The engine acknowledges a message once the stream's
+//!   operation has taken it.
+//! * **outbound**: the engine sends on a stream only while it has send credit; connections return it with
+//!   [`EngineInput::Credit`] as the transport takes frames.
+
+mod connection;
+mod engine;
+
+pub use connection::ServerConnection;
+pub use engine::{Engine, EngineConfig, EngineEffect};
+
+use alloc::string::String;
+use uuid::Uuid;
+
+use crate::api::Envelope;
+use crate::stream::{StreamEnd, StreamId};
+use crate::wire::Message;
+
+/// Messages of a stream a connection may forward before the engine acknowledges them.
+pub const INPUT_WINDOW: u32 = 256;
+
+/// From a connection (or an in-process client) to the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineInput {
+    /// A new stream for `store`; `request` is its first message (or why it could not be decoded).
+    Open {
+        /// The stream.
+        stream: StreamId,
+        /// Store named by the opening frame (already authorized by the connection).
+        store: Uuid,
+        /// The decoded envelope, or the decode error text.
+        request: Result<Envelope, String>,
+    },
+    /// A later message of the stream.
+    Message {
+        /// The stream.
+        stream: StreamId,
+        /// The message.
+        message: Message,
+    },
+    /// A later message that could not be decoded; the operation fails with this text.
+    Invalid {
+        /// The stream.
+        stream: StreamId,
+        /// The decode error.
+        error: String,
+    },
+    /// The peer ended its side of the stream.
+    End {
+        /// The stream.
+        stream: StreamId,
+        /// How.
+        end: StreamEnd,
+    },
+    /// The stream is gone (connection closed, overload); nothing more can be sent on it.
+    Aborted {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// The transport took `frames` messages of the stream.
+    Credit {
+        /// The stream.
+        stream: StreamId,
+        /// Number of messages.
+        frames: u32,
+    },
+}
+
+impl EngineInput {
+    /// The stream this input is about.
+    pub fn stream(&self) -> StreamId {
+        match self {
+            EngineInput::Open { stream, .. }
+            | EngineInput::Message { stream, .. }
+            | EngineInput::Invalid { stream, .. }
+            | EngineInput::End { stream, .. }
+            | EngineInput::Aborted { stream }
+            | EngineInput::Credit { stream, .. } => *stream,
+        }
+    }
+}
+
+/// From the engine to the connection (or in-process client) that owns the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineOutput {
+    /// Send a message on the stream.
+    Send {
+        /// The stream.
+        stream: StreamId,
+        /// The message.
+        message: Message,
+    },
+    /// End the stream with `mux::close` (and `error` if any), then forget it.
+    Close {
+        /// The stream.
+        stream: StreamId,
+        /// The error text.
+        error: Option<String>,
+    },
+    /// Refuse the stream with an `error` control frame (`mux::error`), e.g. `store unavailable`.
+    Reject {
+        /// The stream.
+        stream: StreamId,
+        /// The error text.
+        error: String,
+    },
+    /// The engine took `messages` more messages of the stream: the connection may forward that many more.
+    InputCredit {
+        /// The stream.
+        stream: StreamId,
+        /// Number of messages.
+        messages: u32,
+    },
+}
+
+impl EngineOutput {
+    /// The stream this output is about (its `conn` routes it to a connection).
+    pub fn stream(&self) -> StreamId {
+        match self {
+            EngineOutput::Send { stream, .. }
+            | EngineOutput::Close { stream, .. }
+            | EngineOutput::Reject { stream, .. }
+            | EngineOutput::InputCredit { stream, .. } => *stream,
+        }
+    }
+}
