@@ -12,6 +12,7 @@ extern crate alloc;
 pub mod api;
 pub mod auth;
 pub mod lexkey;
+pub mod mux;
 pub mod rand;
 pub mod storage;
 pub mod time;

@@ -1,0 +1,3 @@
+//! Tests of the mux session.
+
+mod fuzz;
