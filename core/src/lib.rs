@@ -14,6 +14,8 @@ pub mod auth;
 pub mod lexkey;
 pub mod mux;
 pub mod rand;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod storage;
 pub mod time;
 pub mod wire;
