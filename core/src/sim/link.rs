@@ -13,6 +13,7 @@ pub struct LinkConfig {
     pub latency: Millis,
     /// Probability in `[0, 1]` that a sent frame is lost. A WebSocket over TCP never loses a frame and
     /// keeps the connection: use loss only where a lossy or dying transport is what the test is about.
+    /// At `1.0` the link is a partition: the sender's close is lost too (as a FIN would be).
     pub drop_probability: f64,
 }
 
@@ -109,9 +110,16 @@ impl Link {
     /// The sender closes the transport at `now` (idempotent): frames in flight still arrive, then the
     /// receiver sees [`Delivery::Closed`].
     pub fn close(&mut self, now: Millis) {
-        if self.close_at.is_none() {
-            self.close_at = Some((now + self.config.latency).max(self.last_delivery));
+        if self.close_at.is_some() {
+            return;
         }
+        if self.config.drop_probability >= 1.0 {
+            // Partitioned: the receiver never learns about the close; it has to time out.
+            self.close_at = Some(Millis::NEVER);
+            self.close_delivered = true;
+            return;
+        }
+        self.close_at = Some((now + self.config.latency).max(self.last_delivery));
     }
 
     /// The transport breaks at `now`: frames in flight are lost and the receiver sees the close at once.

@@ -67,3 +67,12 @@ fn severed_link_loses_in_flight_frames() {
     assert_eq!(link.dropped, 1);
     assert!(link.is_idle());
 }
+
+#[test]
+fn a_partitioned_link_loses_the_close_too() {
+    let mut link = Link::new(LinkConfig { latency: Millis(1), drop_probability: 1.0 }, 1);
+    link.close(Millis(0));
+    assert!(link.is_closed());
+    assert!(link.is_idle());
+    assert_eq!(link.poll_delivery(Millis(100)), None);
+}
