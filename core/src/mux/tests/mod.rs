@@ -5,6 +5,7 @@ mod bounds;
 mod frames;
 mod fuzz;
 mod heartbeat;
+mod props;
 mod scenarios;
 mod shutdown;
 mod streams;
