@@ -57,19 +57,22 @@ fn silence_past_the_idle_timeout_aborts_every_stream() {
         let mut s = server_with(codec, MuxConfig::default(), StoreScopes::All);
         open(&mut s, ch(1), b"a");
         open(&mut s, ch(2), b"b");
-        let mut pings = 0;
+        let (mut pings, mut closes) = (0, 0);
         let mut at = T0;
         while !s.is_shut_down() {
             at = deadline(&s);
             // Our own writes do not count as activity.
             s.send(at, ch(1), b"tick".to_vec()).unwrap();
             s.handle_timeout(at);
-            pings += transmits(&mut s).iter().filter(|f| f.control == ControlType::Ping).count();
+            let sent = transmits(&mut s);
+            pings += sent.iter().filter(|f| f.control == ControlType::Ping).count();
+            closes += sent.iter().filter(|f| f.control == ControlType::Close).count();
             if !s.is_shut_down() {
                 events(&mut s);
             }
         }
         assert!((3..=4).contains(&pings), "pings before giving up: {pings}");
+        assert_eq!(closes, 1, "the peer is told, best effort");
         let mut evs = events(&mut s);
         assert_eq!(evs.pop(), Some(MuxEvent::Shutdown { reason: HEARTBEAT_TIMEOUT.into() }));
         assert_eq!(
