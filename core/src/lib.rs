@@ -11,9 +11,14 @@ extern crate alloc;
 
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod lexkey;
+pub mod mux;
 pub mod node;
 pub mod rand;
+pub mod server;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod storage;
 pub mod stream;
 pub mod time;

@@ -262,12 +262,15 @@ impl Request {
         use crate::wire::MessageKind;
         match self {
             Request::Produce(_) | Request::SubscribeToSegmentStatus(_) => MessageKind::Status,
-            Request::Peek(_) | Request::ConsumeSegment(_) | Request::ConsumeSpace(_) | Request::Consume(_) => {
-                MessageKind::Entry
-            }
+            Request::Peek(_)
+            | Request::ConsumeSegment(_)
+            | Request::ConsumeSpace(_)
+            | Request::Consume(_) => MessageKind::Entry,
             Request::GetSpaces(_) | Request::GetSegments(_) => MessageKind::Name,
             Request::SubscribeWorkers(_) => MessageKind::Envelope,
-            Request::LeaseAcquire(_) | Request::LeaseRenew(_) | Request::LeaseRelease(_) => MessageKind::LeaseResult,
+            Request::LeaseAcquire(_) | Request::LeaseRenew(_) | Request::LeaseRelease(_) => {
+                MessageKind::LeaseResult
+            }
         }
     }
 

@@ -312,6 +312,16 @@ impl Node {
         self.finish_input();
     }
 
+    /// A later message of a stream could not be decoded: the operation fails and the stream closes with
+    /// `error` (Go closes with the decode error).
+    pub fn handle_invalid(&mut self, now: Millis, stream: StreamId, error: String) {
+        self.advance(now);
+        if self.streams.contains_key(&stream) {
+            self.sv.io.close(stream, Some(error));
+        }
+        self.finish_input();
+    }
+
     /// The peer ended its side of a stream (clean `mux::close` or an error).
     pub fn handle_end(&mut self, now: Millis, stream: StreamId, end: StreamEnd) {
         self.advance(now);

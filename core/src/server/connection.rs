@@ -139,12 +139,16 @@ impl ServerConnection {
         while let Some(event) = self.mux.poll_event() {
             match event {
                 MuxEvent::Opened { channel, store_id } => {
-                    self.streams.insert(channel, ConnStream { store: store_id, opened: false, inbound: None, window: 1 });
+                    self.streams.insert(
+                        channel,
+                        ConnStream { store: store_id, opened: false, inbound: None, window: 1 },
+                    );
                 }
                 MuxEvent::Readable { channel } => self.pump(channel),
                 MuxEvent::Sent { channel, frames } => {
                     if self.streams.contains_key(&channel) {
-                        self.to_engine.push_back(EngineInput::Credit { stream: self.stream_id(channel), frames });
+                        self.to_engine
+                            .push_back(EngineInput::Credit { stream: self.stream_id(channel), frames });
                     }
                 }
                 MuxEvent::Aborted { channel, .. } => {

@@ -1,0 +1,89 @@
+//! Configuration of a mux session and the role it plays on its connection.
+
+use crate::auth::StoreScopes;
+use crate::time::Millis;
+use crate::wire::Limits;
+
+/// Default per-stream bound on queued inbound items (Go's per-stream receive buffer and ingress backlog).
+pub const DEFAULT_STREAM_QUEUE_MESSAGES: usize = 8192;
+/// Default per-stream bound on queued inbound payload bytes.
+pub const DEFAULT_STREAM_QUEUE_BYTES: usize = 16 << 20;
+/// Default bound on queued inbound payload bytes over all streams of a connection.
+pub const DEFAULT_CONNECTION_QUEUE_BYTES: usize = 64 << 20;
+/// Default number of tombstones kept (Go `maxTombstones`).
+pub const DEFAULT_TOMBSTONE_CAPACITY: usize = 1024;
+
+/// Bound on control frames (pong, ping, `error`) waiting for `poll_transmit`.
+///
+/// Control frames are produced by the peer's behaviour (pings, denied frames, streams over the cap), not
+/// by our application, so no send credit limits them. A peer that keeps provoking them without reading
+/// what we write would grow this queue forever; past this many frames (Go's write-queue size) the session
+/// shuts down with [`CONTROL_OVERLOAD_REASON`] instead.
+pub const MAX_QUEUED_CONTROL_FRAMES: usize = 8192;
+
+/// Shutdown reason when [`MAX_QUEUED_CONTROL_FRAMES`] is exceeded.
+pub const CONTROL_OVERLOAD_REASON: &str = "muxer write queue overloaded";
+
+/// Tunables of a [`MuxSession`](super::MuxSession). [`Default`] gives Go's defaults (spec §2.8, §2.9).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MuxConfig {
+    /// Frame and payload size limits (8 MiB / 6 MiB).
+    pub limits: Limits,
+    /// Base heartbeat period (30 s). [`Millis::ZERO`] disables heartbeats and the idle timeout.
+    pub heartbeat_interval: Millis,
+    /// Each heartbeat wait is `heartbeat_interval - U[0, heartbeat_jitter)` (5 s), drawn from the seeded
+    /// generator, so many connections do not ping in lock-step.
+    pub heartbeat_jitter: Millis,
+    /// A heartbeat that finds no inbound frame for longer than this (90 s) shuts the session down with
+    /// `heartbeat timeout`.
+    pub idle_timeout: Millis,
+    /// Server role: maximum registered streams; 0 means unlimited (Go's default).
+    pub max_streams: usize,
+    /// Per stream: maximum queued inbound payloads (8192). The end-of-stream marker is not counted.
+    pub stream_queue_messages: usize,
+    /// Per stream: maximum queued inbound payload bytes (16 MiB).
+    pub stream_queue_bytes: usize,
+    /// Whole connection: maximum queued inbound payload bytes over all streams (64 MiB).
+    pub connection_queue_bytes: usize,
+    /// Maximum tombstones kept (1024); the oldest are pruned first. 0 disables tombstones.
+    pub tombstone_capacity: usize,
+    /// Age after which a tombstone is forgotten (60 s).
+    pub tombstone_ttl: Millis,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            heartbeat_interval: Millis::from_secs(30),
+            heartbeat_jitter: Millis::from_secs(5),
+            idle_timeout: Millis::from_secs(90),
+            max_streams: 0,
+            stream_queue_messages: DEFAULT_STREAM_QUEUE_MESSAGES,
+            stream_queue_bytes: DEFAULT_STREAM_QUEUE_BYTES,
+            connection_queue_bytes: DEFAULT_CONNECTION_QUEUE_BYTES,
+            tombstone_capacity: DEFAULT_TOMBSTONE_CAPACITY,
+            tombstone_ttl: Millis::from_secs(60),
+        }
+    }
+}
+
+/// Which end of the connection a session is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Accepts streams opened by the peer; every data frame is checked against `scopes` (spec §3).
+    Server {
+        /// Stores the connection's token may access.
+        scopes: StoreScopes,
+    },
+    /// Opens streams with [`MuxSession::open_stream`](super::MuxSession::open_stream); frames for unknown
+    /// channels are dropped.
+    Client,
+}
+
+impl Role {
+    /// Whether this is the server role.
+    pub fn is_server(&self) -> bool {
+        matches!(self, Role::Server { .. })
+    }
+}
