@@ -10,4 +10,5 @@
 
 pub use streamkit_core as core;
 
+pub mod auth;
 pub mod runtime;
