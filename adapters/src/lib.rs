@@ -11,4 +11,5 @@
 pub use streamkit_core as core;
 
 pub mod auth;
+pub mod metrics;
 pub mod runtime;
