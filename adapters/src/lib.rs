@@ -11,5 +11,7 @@
 pub use streamkit_core as core;
 
 pub mod auth;
+pub mod http;
 pub mod metrics;
 pub mod runtime;
+pub mod ws;
