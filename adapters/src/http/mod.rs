@@ -228,6 +228,11 @@ impl HttpFront {
         &self.inner.readiness
     }
 
+    /// Connections currently in the pre-upgrade phase (reading the request or writing the answer).
+    pub fn pending_handshakes(&self) -> usize {
+        self.inner.pending.load(Ordering::Acquire)
+    }
+
     /// Accepts connections until `shutdown` completes, each served on its own task. Connections
     /// already accepted keep running after this returns.
     pub async fn serve<F: Future<Output = ()>>(&self, listener: Box<dyn Listener>, shutdown: F) {
