@@ -93,7 +93,7 @@ per_runtime!(
     batches_arrive_complete_and_in_order,
     a_batch_is_written_with_one_write,
     frames_sent_with_the_upgrade_are_kept,
-    pings_answered_and_close_is_benign,
+    pings_answered_close_benign_and_size_capped,
     malformed_and_slow_requests_are_bounded,
 );
 
@@ -319,6 +319,16 @@ async fn raw_client(
 // Cases
 
 async fn runtime_tasks_timers_and_blocking(runtime: Arc<dyn Runtime>) {
+    // Inside tokio the default is tokio; elsewhere it is one of the other compiled-in runtimes.
+    let default = streamkit::runtime::default_runtime().expect("a runtime is compiled in");
+    assert_eq!(
+        default.name() == "tokio",
+        runtime.name() == "tokio",
+        "{} vs {}",
+        default.name(),
+        runtime.name()
+    );
+
     assert_eq!(runtime.spawn(async { 40 + 2 }).await.unwrap(), 42);
     assert_eq!(runtime.spawn_blocking(|| "blocking".to_owned()).await.unwrap(), "blocking");
     match runtime.spawn(async { panic!("boom") }).await {
@@ -684,7 +694,7 @@ async fn frames_sent_with_the_upgrade_are_kept(runtime: Arc<dyn Runtime>) {
     assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
 }
 
-async fn pings_answered_and_close_is_benign(runtime: Arc<dyn Runtime>) {
+async fn pings_answered_close_benign_and_size_capped(runtime: Arc<dyn Runtime>) {
     let mut server = TestServer::start(&runtime, JwtVerifier::hs256(SECRET).unwrap());
     let rt = &*runtime;
     let (mut ws, _) = raw_client(rt, &server, None).await;
@@ -701,6 +711,16 @@ async fn pings_answered_and_close_is_benign(runtime: Arc<dyn Runtime>) {
         assert!(matches!(message, Ok(Message::Close(_))), "{message:?}");
     }
     assert!(matches!(server.next_event().await, Event::Ended(Ok(()))));
+
+    // A message over the 8 MiB cap ends the connection with an error instead of being buffered.
+    let (mut ws, _) = raw_client(rt, &server, None).await;
+    assert!(matches!(server.next_event().await, Event::Accepted { .. }));
+    let oversized = vec![b'x'; streamkit::core::wire::DEFAULT_MAX_FRAME + 1];
+    let _ = rt.timeout(STEP, ws.send(Message::binary(oversized))).await.unwrap();
+    match server.next_event().await {
+        Event::Ended(Err(error)) => assert!(error.contains("too long") || error.contains("size"), "{error}"),
+        other => panic!("expected an error end, got {other:?}"),
+    }
 
     // A peer that vanishes without a close frame ends the server side too (with an error).
     let (ws, _) = raw_client(rt, &server, None).await;
