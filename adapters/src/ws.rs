@@ -14,6 +14,9 @@
 //!
 //! [`WsConnection::split`] gives a reader and a writer usable from two tasks at once: one task blocks
 //! in [`WsReader::recv`] while another writes.
+//!
+//! [`dial`] speaks `ws://`, and `wss://` with the `tls` feature (rustls on aws-lc-rs, the crypto stack
+//! jsonwebtoken already uses).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -270,12 +273,18 @@ pub struct DialOptions {
     pub timeout: Duration,
     /// WebSocket settings (defaults: [`default_websocket_config`]).
     pub websocket: WebSocketConfig,
+    /// TLS settings for `wss://`; `None` uses rustls (aws-lc-rs) with the Mozilla root certificates.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<futures_rustls::rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for DialOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The token stays out of logs.
-        f.debug_struct("DialOptions").field("cbor", &self.cbor).field("timeout", &self.timeout).finish()
+        f.debug_struct("DialOptions")
+            .field("cbor", &self.cbor)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -287,6 +296,8 @@ impl DialOptions {
             cbor: false,
             timeout: Duration::from_secs(10),
             websocket: default_websocket_config(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -301,6 +312,13 @@ impl DialOptions {
         self.timeout = timeout;
         self
     }
+
+    /// Uses `config` for `wss://` (custom roots, client certificates, ...).
+    #[cfg(feature = "tls")]
+    pub fn with_tls_config(mut self, config: std::sync::Arc<futures_rustls::rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
 }
 
 /// Why a dial failed.
@@ -309,9 +327,12 @@ pub enum DialError {
     /// The address is not a usable `ws://` URL.
     #[error("invalid url: {0}")]
     InvalidUrl(String),
-    /// `wss://` needs TLS, which this client does not implement (terminate TLS elsewhere).
-    #[error("wss:// is not supported by this client")]
+    /// `wss://` needs the `tls` feature, which is not enabled in this build.
+    #[error("wss:// needs the `tls` feature of the streamkit crate")]
     TlsUnsupported,
+    /// The TLS handshake failed (untrusted certificate, wrong name, reset, ...).
+    #[error("tls handshake failed: {0}")]
+    Tls(io::Error),
     /// The token cannot be sent in an HTTP header.
     #[error("token is not a valid header value")]
     InvalidToken,
@@ -363,11 +384,9 @@ impl DialError {
     }
 }
 
-/// Dials `base_url` (`ws://host[:port][/prefix]`; `/streamz` is appended) and completes the WebSocket
-/// handshake with the token, `Origin: http://localhost` and, if asked, the CBOR subprotocol. The
-/// returned connection's [`codec`](WsConnection::codec) is the negotiated one.
-///
-/// TLS (`wss://`) is not implemented: [`DialError::TlsUnsupported`].
+/// Dials `base_url` (`ws://` or, with the `tls` feature, `wss://`; `/streamz` is appended) and
+/// completes the WebSocket handshake with the token, `Origin: http://localhost` and, if asked, the CBOR
+/// subprotocol. The returned connection's [`codec`](WsConnection::codec) is the negotiated one.
 pub async fn dial(
     runtime: &dyn Runtime,
     base_url: &str,
@@ -375,15 +394,19 @@ pub async fn dial(
 ) -> Result<WsConnection, DialError> {
     let url = streamz_url(base_url);
     let mut request = url.as_str().into_client_request().map_err(|e| DialError::InvalidUrl(e.to_string()))?;
-    match request.uri().scheme_str() {
-        Some("ws") => {}
-        Some("wss") => return Err(DialError::TlsUnsupported),
-        _ => return Err(DialError::InvalidUrl(format!("{url}: scheme must be ws://"))),
+    let secure = match request.uri().scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(DialError::InvalidUrl(format!("{url}: scheme must be ws:// or wss://"))),
+    };
+    #[cfg(not(feature = "tls"))]
+    if secure {
+        return Err(DialError::TlsUnsupported);
     }
     let host = request.uri().host().ok_or_else(|| DialError::InvalidUrl(format!("{url}: no host")))?;
     // `Uri::host` keeps the brackets of an IPv6 literal.
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let port = request.uri().port_u16().unwrap_or(80);
+    let port = request.uri().port_u16().unwrap_or(if secure { 443 } else { 80 });
 
     let headers = request.headers_mut();
     let authorization =
@@ -396,7 +419,9 @@ pub async fn dial(
     let config = sanitize_config(options.websocket);
 
     let attempt = async move {
-        let stream = connect_host(runtime, host, port).await?;
+        let stream = connect_host(runtime, host.clone(), port).await?;
+        #[cfg(feature = "tls")]
+        let stream = if secure { tls::connect(options.tls.clone(), host, stream).await? } else { stream };
         let (stream, response) = async_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
             .map_err(handshake_error)?;
@@ -407,6 +432,48 @@ pub async fn dial(
         Ok(WsConnection::new(stream, codec))
     };
     runtime.timeout(options.timeout, attempt).await.map_err(|_| DialError::Timeout)?
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::io;
+    use std::sync::{Arc, OnceLock};
+
+    use futures_rustls::TlsConnector;
+    use futures_rustls::rustls::pki_types::ServerName;
+    use futures_rustls::rustls::{ClientConfig, RootCertStore, crypto};
+
+    use super::DialError;
+    use crate::runtime::BoxedStream;
+
+    /// rustls with the Mozilla roots, built once. The provider is named explicitly so that no
+    /// process-wide default provider has to be installed (rustls panics when none or several are).
+    fn default_config() -> Result<Arc<ClientConfig>, DialError> {
+        static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+        let built = CONFIG.get_or_init(|| {
+            let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+            ClientConfig::builder_with_provider(Arc::new(crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map(|builder| Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
+                .map_err(|e| e.to_string())
+        });
+        built.clone().map_err(|e| DialError::Tls(io::Error::other(e)))
+    }
+
+    /// Runs the TLS handshake for `host` over `stream`.
+    pub(super) async fn connect(
+        config: Option<Arc<ClientConfig>>,
+        host: String,
+        stream: BoxedStream,
+    ) -> Result<BoxedStream, DialError> {
+        let config = match config {
+            Some(config) => config,
+            None => default_config()?,
+        };
+        let name = ServerName::try_from(host).map_err(|e| DialError::InvalidUrl(e.to_string()))?;
+        let stream = TlsConnector::from(config).connect(name, stream).await.map_err(DialError::Tls)?;
+        Ok(Box::new(stream))
+    }
 }
 
 /// Resolves `host` (off the executor: std's resolver blocks) and connects to the first address
@@ -467,6 +534,15 @@ mod tests {
         assert!(fixed.max_write_buffer_size > fixed.write_buffer_size);
         let good = default_websocket_config();
         assert_eq!(sanitize_config(good).max_write_buffer_size, good.max_write_buffer_size);
+    }
+
+    #[cfg(all(not(feature = "tls"), feature = "tokio"))]
+    #[test]
+    fn wss_needs_the_tls_feature() {
+        let tokio = ::tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = crate::runtime::TokioRuntime::new(tokio.handle().clone());
+        let error = tokio.block_on(dial(&runtime, "wss://localhost:1", &DialOptions::new("t"))).unwrap_err();
+        assert!(matches!(error, DialError::TlsUnsupported), "{error:?}");
     }
 
     #[test]

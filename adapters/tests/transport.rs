@@ -70,15 +70,18 @@ macro_rules! per_runtime {
     ($($case:ident),* $(,)?) => {
         #[cfg(feature = "tokio")]
         mod on_tokio {
-            $( #[test] fn $case() { super::run_tokio(super::$case) } )*
+            use super::*;
+            $( #[test] fn $case() { run_tokio(super::$case) } )*
         }
         #[cfg(feature = "smol")]
         mod on_smol {
-            $( #[test] fn $case() { super::run_smol(super::$case) } )*
+            use super::*;
+            $( #[test] fn $case() { run_smol(super::$case) } )*
         }
         #[cfg(feature = "async-std")]
         mod on_async_std {
-            $( #[test] fn $case() { super::run_async_std(super::$case) } )*
+            use super::*;
+            $( #[test] fn $case() { run_async_std(super::$case) } )*
         }
     };
 }
@@ -96,6 +99,13 @@ per_runtime!(
     pings_answered_close_benign_and_size_capped,
     malformed_and_slow_requests_are_bounded,
 );
+
+#[cfg(feature = "tls")]
+mod tls_cases {
+    use super::*;
+
+    per_runtime!(wss_dial_with_custom_roots);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Test server
@@ -790,4 +800,84 @@ async fn malformed_and_slow_requests_are_bounded(runtime: Arc<dyn Runtime>) {
     rt.timeout(STEP, first.read_to_end(&mut answer)).await.unwrap().unwrap();
     assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
     assert_eq!(http_get(rt, server.addr, "/healthz").await.status, 200);
+}
+
+#[cfg(feature = "tls")]
+async fn wss_dial_with_custom_roots(runtime: Arc<dyn Runtime>) {
+    use futures_rustls::TlsAcceptor;
+    use futures_rustls::rustls::pki_types::pem::PemObject;
+    use futures_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use futures_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig, crypto};
+
+    let rt = &*runtime;
+    let provider = || Arc::new(crypto::aws_lc_rs::default_provider());
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(include_bytes!("data/tls-server.pem")).map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_slice(include_bytes!("data/tls-server-key.pem")).unwrap();
+    let server_config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(include_bytes!("data/tls-ca.pem")).unwrap()).unwrap();
+    let client_config = Arc::new(
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+
+    // TLS terminated in-process: accepted TCP → TLS → the front's `serve_connection`.
+    let mut server = TestServer::start(&runtime, JwtVerifier::hs256(SECRET).unwrap());
+    let listener = rt.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = TlsAcceptor::from(Arc::new(server_config));
+    let (front, spawner) = (server.front.clone(), runtime.clone());
+    runtime
+        .spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                let (front, acceptor) = (front.clone(), acceptor.clone());
+                spawner
+                    .spawn(async move {
+                        if let Ok(tls) = acceptor.accept(stream).await {
+                            front.serve_connection(Box::new(tls), peer).await;
+                        }
+                    })
+                    .detach();
+            }
+        })
+        .detach();
+
+    let options = DialOptions::new(token(&["streamkit::*"])).with_tls_config(client_config);
+    // "localhost" may resolve to ::1 first, where nothing listens: the dial moves on to 127.0.0.1.
+    for url in [format!("wss://localhost:{port}/"), format!("wss://127.0.0.1:{port}")] {
+        let mut connection = dial(rt, &url, &options.clone().with_cbor(true)).await.unwrap();
+        assert_eq!(connection.codec(), Codec::Cbor);
+        assert!(matches!(server.next_event().await, Event::Accepted { codec: Codec::Cbor, .. }));
+        connection.send_batch([&b"batch:3"[..]]).await.unwrap();
+        for i in 0..3 {
+            let frame = rt.timeout(STEP, connection.recv()).await.unwrap().unwrap().unwrap();
+            assert_eq!(frame, i.to_string().as_bytes());
+        }
+        connection.close().await.unwrap();
+        assert!(matches!(server.next_event().await, Event::Ended(Ok(()))));
+    }
+
+    // The default (Mozilla) roots do not trust the test CA.
+    let untrusted = dial(rt, &format!("wss://localhost:{port}"), &DialOptions::new(token(&["streamkit::*"])))
+        .await
+        .unwrap_err();
+    assert!(matches!(untrusted, DialError::Tls(_)), "{untrusted:?}");
+    // A refused token over TLS is still a distinct 401.
+    let refused = dial(
+        rt,
+        &format!("wss://localhost:{port}"),
+        &DialOptions::new("x.y.z").with_tls_config(options.tls.clone().unwrap()),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(refused, DialError::Unauthorized), "{refused:?}");
 }
