@@ -1,4 +1,18 @@
 //! streamkit: server, client and CLI on top of `streamkit-core`.
+//!
+//! This crate owns everything with I/O: the [`runtime`] abstraction (tokio, smol, deprecated
+//! async-std), JWT verification and minting ([`auth`]), the HTTP front with the WebSocket upgrade and
+//! the probe/metrics endpoints ([`http`]), the WebSocket connection wrapper and client dial ([`ws`]) and
+//! the Prometheus registry ([`metrics`]). The protocol itself lives in the sans-IO core, re-exported as
+//! [`core`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub use streamkit_core as core;
 
+pub mod auth;
+pub mod http;
+pub mod metrics;
+pub mod runtime;
 pub mod store;
+pub mod ws;
