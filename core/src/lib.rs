@@ -12,6 +12,7 @@ extern crate alloc;
 pub mod api;
 pub mod auth;
 pub mod lexkey;
+pub mod manager;
 pub mod node;
 pub mod rand;
 pub mod storage;

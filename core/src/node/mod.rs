@@ -256,6 +256,16 @@ pub struct Node {
     streams: BTreeMap<StreamId, Box<dyn StreamOp>>,
 }
 
+impl core::fmt::Debug for Node {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Node")
+            .field("store_id", &self.sv.store_id)
+            .field("streams", &self.streams.len())
+            .field("pending_effects", &self.sv.io.pending_effects())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Node {
     /// A node for `store_id`; `seed` drives every random choice (TRX ids).
     pub fn new(store_id: Uuid, config: NodeConfig, now: Millis, seed: u64) -> Self {
@@ -522,6 +532,11 @@ impl Node {
     /// The next output; drain until `None` after every input.
     pub fn poll_output(&mut self) -> Option<NodeOutput> {
         self.sv.io.pop()
+    }
+
+    /// Whether outputs are queued.
+    pub fn has_output(&self) -> bool {
+        self.sv.io.has_output()
     }
 
     /// When [`Node::handle_timeout`] must be called next, with the reason; `now` while output is queued.

@@ -7,7 +7,7 @@
 //! exact subscribers of its segment and the wildcard subscribers. A route the bus reports lost closes its
 //! subscribers with the bus's error; the next subscriber subscribes again.
 //!
-//! **Subscribers.** Each [`SubscribeOp`]:
+//! **Subscribers.** Each subscriber (`SubscribeOp`):
 //! 1. waits for the router's bus subscription (a failure closes it with
 //!    `failed to connect to the message bus`), so that no update committed after its snapshot can be
 //!    missed;
