@@ -433,7 +433,8 @@ impl<W> NodeManager<W> {
     }
 
     /// When [`NodeManager::handle_timeout`] must be called next: the earliest node timer or eviction
-    /// check, or the current time while output is queued.
+    /// check, or the current time while output is queued. Linear in the number of open nodes (as is
+    /// `handle_timeout`); adapters with very many stores may prefer to track node timers themselves.
     pub fn poll_timeout(&self) -> Option<Millis> {
         let pending = !self.out.is_empty()
             || self.dirty.iter().any(|id| self.nodes.get(id).is_some_and(|m| m.node.has_output()));

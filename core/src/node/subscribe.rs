@@ -257,7 +257,9 @@ pub(crate) struct SubscribeOp {
     phase: Phase,
     /// Statuses waiting for credit, at most one per segment.
     queue: VecDeque<SegmentStatus>,
-    /// Highest `last_sequence` sent or queued per segment: nothing older is ever sent.
+    /// Highest `last_sequence` sent or queued per segment: nothing older is ever sent. One entry per
+    /// segment the subscriber has been told about (a wildcard subscriber: up to the segments of its
+    /// space), which is what monotonicity per segment costs.
     high: BTreeMap<String, u64>,
     /// Notifications received before the snapshot completed, the newest per segment.
     buffered: BTreeMap<String, SegmentStatus>,
