@@ -337,7 +337,7 @@ mod tests {
     fn cbor_round_trip() {
         let env =
             Envelope::LeaseAcquire(LeaseAcquire { key: "k".into(), holder: "h".into(), ttl_seconds: 5 });
-        let mut bytes = alloc::vec::Vec::new();
+        let mut bytes = Vec::new();
         ciborium::into_writer(&env, &mut bytes).unwrap();
         assert_eq!(Envelope::from_cbor(&bytes).unwrap(), env);
     }

@@ -4,6 +4,10 @@
 //! Storage effects run immediately unless [`NodeHarness::hold_storage`] is set, in which case they wait until
 //! the test releases them (to interleave concurrent operations deliberately). Send credit returns as soon
 //! as a message is recorded, unless [`NodeHarness::manual_credit`] is set.
+//!
+//! The bus is in memory: a publish on a route this node subscribed to is delivered back to it (as a
+//! single-node deployment would), [`NodeHarness::notify`] delivers a notification as if another server
+//! instance had published it, and subscribes can be held, failed or their routes lost.
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
@@ -11,7 +15,9 @@ use alloc::vec::Vec;
 use uuid::Uuid;
 
 use super::{BusCommand, BusEvent, Node, NodeConfig, NodeOutput, OpId};
-use crate::api::{Entry, Envelope, Request, SegmentNotification, SegmentStatus};
+use crate::api::{
+    Entry, Envelope, LeaseResult, Presence, Request, SegmentNotification, SegmentStatus, WorkerInventory,
+};
 use crate::storage::memory::MemoryKv;
 use crate::storage::{OrderedKv, StorageOp};
 use crate::stream::{StreamEnd, StreamId};
@@ -44,6 +50,46 @@ impl StreamLog {
             .collect()
     }
 
+    /// The statuses sent, heartbeats excluded.
+    pub fn data_statuses(&self) -> Vec<SegmentStatus> {
+        self.statuses().into_iter().filter(|s| !s.heartbeat).collect()
+    }
+
+    /// The heartbeats sent.
+    pub fn heartbeats(&self) -> Vec<SegmentStatus> {
+        self.statuses().into_iter().filter(|s| s.heartbeat).collect()
+    }
+
+    /// The lease results sent.
+    pub fn lease_results(&self) -> Vec<LeaseResult> {
+        self.sent
+            .iter()
+            .filter_map(|m| if let Message::LeaseResult(r) = m { Some(r.clone()) } else { None })
+            .collect()
+    }
+
+    /// The worker inventories sent.
+    pub fn inventories(&self) -> Vec<WorkerInventory> {
+        self.sent
+            .iter()
+            .filter_map(|m| match m {
+                Message::Envelope(Envelope::WorkerInventory(i)) => Some(i.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The presence envelopes sent (server heartbeats).
+    pub fn presences(&self) -> Vec<Presence> {
+        self.sent
+            .iter()
+            .filter_map(|m| match m {
+                Message::Envelope(Envelope::Presence(p)) => Some(p.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The names sent.
     pub fn names(&self) -> Vec<String> {
         self.sent
@@ -60,6 +106,8 @@ impl StreamLog {
 
 enum Inbound {
     Message(Message),
+    /// A message the transport could not decode, with the decoder's error.
+    Undecodable(String),
     End(StreamEnd),
 }
 
@@ -77,11 +125,18 @@ pub struct NodeHarness {
     pub manual_credit: bool,
     /// Make bus publishes fail with this text.
     pub bus_error: Option<String>,
+    /// Make bus subscribes fail with this text.
+    pub subscribe_error: Option<String>,
+    /// Hold bus subscribes until [`NodeHarness::release_subscribes`].
+    pub hold_subscribes: bool,
     /// Everything published on the bus.
     pub published: Vec<SegmentNotification>,
+    /// Number of publishes attempted (failed ones included).
+    pub publish_attempts: usize,
     /// Bus subscribe/unsubscribe calls, in order (`+route` / `-route`).
     pub bus_calls: Vec<String>,
     held: VecDeque<(OpId, StorageOp)>,
+    held_subscribes: VecDeque<(OpId, String)>,
     subscribed: BTreeSet<String>,
     logs: BTreeMap<StreamId, StreamLog>,
     inbox: BTreeMap<StreamId, VecDeque<Inbound>>,
@@ -99,9 +154,13 @@ impl NodeHarness {
             hold_storage: false,
             manual_credit: false,
             bus_error: None,
+            subscribe_error: None,
+            hold_subscribes: false,
             published: Vec::new(),
+            publish_attempts: 0,
             bus_calls: Vec::new(),
             held: VecDeque::new(),
+            held_subscribes: VecDeque::new(),
             subscribed: BTreeSet::new(),
             logs: BTreeMap::new(),
             inbox: BTreeMap::new(),
@@ -127,6 +186,12 @@ impl NodeHarness {
     /// Queues a message from the client; it is delivered when the node accepts input.
     pub fn send(&mut self, stream: StreamId, message: Message) {
         self.inbox.entry(stream).or_default().push_back(Inbound::Message(message));
+        self.run();
+    }
+
+    /// Queues a message the transport failed to decode (delivered like a message, in order).
+    pub fn send_undecodable(&mut self, stream: StreamId, error: &str) {
+        self.inbox.entry(stream).or_default().push_back(Inbound::Undecodable(error.into()));
         self.run();
     }
 
@@ -186,6 +251,61 @@ impl NodeHarness {
         self.hold_storage = hold;
     }
 
+    /// The bus route of a space of this node's store.
+    pub fn route(&self, space: &str) -> String {
+        super::segment_notification_route(&self.node.store_id(), space)
+    }
+
+    /// Whether this node is subscribed to the route of `space` (its subscribe was acknowledged and it did
+    /// not unsubscribe).
+    pub fn is_subscribed(&self, space: &str) -> bool {
+        self.subscribed.contains(&self.route(space))
+    }
+
+    /// Delivers `status` as a notification another server instance published, if this node subscribed
+    /// to its space's route (a bus only delivers to subscribers).
+    pub fn notify(&mut self, status: SegmentStatus) {
+        let route = self.route(&status.space);
+        if self.subscribed.contains(&route) {
+            let notification = SegmentNotification { store_id: self.node.store_id(), segment_status: status };
+            self.node.handle_bus(self.now, BusEvent::Notification { route, notification });
+        }
+        self.run();
+    }
+
+    /// The bus loses the route of `space` (an outage): the node is told with `error`.
+    pub fn lose_route(&mut self, space: &str, error: &str) {
+        let route = self.route(space);
+        if self.subscribed.remove(&route) {
+            self.node.handle_bus(self.now, BusEvent::Lost { route, error: error.into() });
+        }
+        self.run();
+    }
+
+    /// Number of held bus subscribes.
+    pub fn held_subscribes(&self) -> usize {
+        self.held_subscribes.len()
+    }
+
+    /// Answers every held bus subscribe (with [`NodeHarness::subscribe_error`] if set) and runs.
+    pub fn release_subscribes(&mut self) {
+        while let Some((op, route)) = self.held_subscribes.pop_front() {
+            self.answer_subscribe(op, route);
+        }
+        self.run();
+    }
+
+    fn answer_subscribe(&mut self, op: OpId, route: String) {
+        let result = match self.subscribe_error.clone() {
+            Some(error) => Err(error),
+            None => {
+                self.subscribed.insert(route);
+                Ok(())
+            }
+        };
+        self.node.handle_bus(self.now, BusEvent::Subscribed { op, result });
+    }
+
     /// Advances virtual time by `ms`, firing timers on the way.
     pub fn advance(&mut self, ms: u64) {
         let target = self.now + Millis(ms);
@@ -238,6 +358,12 @@ impl NodeHarness {
                         moved = true;
                     }
                 }
+                Some(Inbound::Undecodable(_)) if self.node.accepts_input(&stream) => {
+                    if let Some(Inbound::Undecodable(error)) = queue.pop_front() {
+                        self.node.handle_bad_message(self.now, stream, error);
+                        moved = true;
+                    }
+                }
                 Some(Inbound::End(_)) => {
                     if let Some(Inbound::End(e)) = queue.pop_front() {
                         self.node.handle_end(self.now, stream, e);
@@ -280,14 +406,18 @@ impl NodeHarness {
             }
             NodeOutput::Bus(BusCommand::Subscribe { op, route }) => {
                 self.bus_calls.push(alloc::format!("+{route}"));
-                self.subscribed.insert(route);
-                self.node.handle_bus(self.now, BusEvent::Subscribed { op, result: Ok(()) });
+                if self.hold_subscribes {
+                    self.held_subscribes.push_back((op, route));
+                } else {
+                    self.answer_subscribe(op, route);
+                }
             }
             NodeOutput::Bus(BusCommand::Unsubscribe { route }) => {
+                assert!(self.subscribed.remove(&route), "unsubscribe of {route} without a live subscription");
                 self.bus_calls.push(alloc::format!("-{route}"));
-                self.subscribed.remove(&route);
             }
             NodeOutput::Bus(BusCommand::Publish { op, route, notification }) => {
+                self.publish_attempts += 1;
                 if let Some(error) = self.bus_error.clone() {
                     self.node.handle_bus(self.now, BusEvent::Published { op, result: Err(error) });
                     return;

@@ -44,11 +44,6 @@ impl Io {
         self.credit.insert(stream, credit.into());
     }
 
-    /// Whether the stream is open (not yet closed or aborted).
-    pub fn is_open(&self, stream: &StreamId) -> bool {
-        self.open.contains(stream)
-    }
-
     /// Sends a message on an open stream (ignored for closed streams).
     pub fn send(&mut self, stream: StreamId, message: Message) {
         if !self.open.contains(&stream) {
@@ -147,11 +142,6 @@ impl Io {
     pub fn timer(&mut self, owner: Owner, at: Millis, reason: &'static str) {
         self.timer_seq += 1;
         self.timers.insert((at, self.timer_seq), (owner, reason));
-    }
-
-    /// Removes every timer of `owner`.
-    pub fn cancel_timers(&mut self, owner: Owner) {
-        self.timers.retain(|_, (o, _)| *o != owner);
     }
 
     /// Removes every timer and pending effect of a stream (its completions will be ignored).

@@ -13,6 +13,7 @@
 //!     let Some(msg) = transport.next(stream) else { break };
 //!     node.handle_message(now, stream, msg);
 //! }
+//! node.handle_bad_message(now, stream, error)        // a later message could not be decoded
 //! node.handle_end(now, stream, end)                   // the peer half-closed
 //! node.handle_credit(now, stream, n)                  // the transport took n frames of the stream
 //! node.handle_storage(now, op, result)                // an effect completed
@@ -26,26 +27,37 @@
 //! leave ([`Node::handle_credit`]). Inbound, a stream only takes messages while
 //! [`Node::accepts_input`] holds; [`NodeOutput::Ready`] announces it holds again.
 
+pub mod circuit;
 #[cfg(any(test, feature = "sim"))]
 pub mod harness;
 mod io;
 mod io_queue;
+pub mod lease;
+pub mod presence;
 mod produce;
 mod read;
+pub mod subscribe;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_leases;
+#[cfg(test)]
+mod tests_presence;
+#[cfg(test)]
+mod tests_subscribe;
 pub mod watermark;
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use uuid::Uuid;
 
 pub use io::{BusCommand, BusEvent, NodeOutput, OpId, segment_notification_route};
 use io_queue::{Io, Owner};
 
-use crate::api::Envelope;
+use crate::api::{Envelope, SegmentStatus};
 use crate::rand::Rng;
 use crate::storage::StorageResult;
 use crate::stream::{StreamEnd, StreamId};
@@ -55,6 +67,15 @@ use watermark::Watermarks;
 
 /// Maximum entries one consume may return when a limit is given (spec §6.5).
 pub const MAX_CONSUME_ENTRIES: u64 = 10_000_000;
+
+/// Longest server heartbeat interval a subscription or worker may ask for, in seconds.
+pub const MAX_HEARTBEAT_SECONDS: i64 = 300;
+
+/// The server heartbeat interval of a subscription or worker stream, in seconds (Go
+/// `clampSubscriptionHeartbeatIntervalSeconds`): 0 or less is off (0), more than 300 is 300.
+pub fn clamp_heartbeat_seconds(seconds: i64) -> i64 {
+    if seconds <= 0 { 0 } else { seconds.min(MAX_HEARTBEAT_SECONDS) }
+}
 
 /// Tunables of a node. `Default` gives the spec's values.
 #[derive(Clone, Debug)]
@@ -73,6 +94,16 @@ pub struct NodeConfig {
     pub bus_configured: bool,
     /// Segment heads cached per node (they spare a storage read per produce).
     pub head_cache_capacity: usize,
+    /// Consecutive failed bus publishes that open the notification circuit (spec §6.2): 5.
+    pub notify_failure_threshold: u32,
+    /// How long the notification circuit stays open: 1 minute.
+    pub notify_open_window: Millis,
+    /// Statuses a subscriber may have waiting for send credit (one per segment): 1024.
+    pub subscription_queue: usize,
+    /// How often expired leases are swept: 60 s.
+    pub lease_sweep_interval: Millis,
+    /// How often workers that stopped renewing are looked for: 5 s.
+    pub presence_sweep_interval: Millis,
 }
 
 impl Default for NodeConfig {
@@ -85,6 +116,11 @@ impl Default for NodeConfig {
             stream_credit: 256,
             bus_configured: true,
             head_cache_capacity: 8192,
+            notify_failure_threshold: circuit::DEFAULT_NOTIFY_FAILURE_THRESHOLD,
+            notify_open_window: circuit::DEFAULT_NOTIFY_OPEN_WINDOW,
+            subscription_queue: subscribe::DEFAULT_SUBSCRIPTION_QUEUE,
+            lease_sweep_interval: lease::DEFAULT_LEASE_SWEEP_INTERVAL,
+            presence_sweep_interval: presence::DEFAULT_PRESENCE_SWEEP_INTERVAL,
         }
     }
 }
@@ -102,6 +138,12 @@ pub(crate) enum Step {
 pub(crate) trait StreamOp {
     /// A later message from the peer (only delivered while [`StreamOp::accepts_input`] holds).
     fn on_message(&mut self, _sv: &mut Services, _stream: StreamId, _message: Message) -> Step {
+        Step::Continue
+    }
+    /// A later message from the peer could not be decoded. By default the stream is closed with the
+    /// decoder's error (what Go's handlers do when `Decode` fails) and the operation is then aborted.
+    fn on_bad_message(&mut self, sv: &mut Services, stream: StreamId, error: String) -> Step {
+        sv.io.close(stream, Some(error));
         Step::Continue
     }
     /// The peer ended its side of the stream.
@@ -134,6 +176,10 @@ pub(crate) trait StreamOp {
     fn on_credit(&mut self, _sv: &mut Services, _stream: StreamId) -> Step {
         Step::Continue
     }
+    /// A segment notification for this subscriber arrived from the bus.
+    fn on_notification(&mut self, _sv: &mut Services, _stream: StreamId, _status: &SegmentStatus) -> Step {
+        Step::Continue
+    }
     /// The transport lost the stream. Return [`Step::Continue`] only to finish effects already in flight
     /// (their completions still arrive; nothing can be sent any more).
     fn on_abort(&mut self, sv: &mut Services, stream: StreamId) -> Step;
@@ -162,7 +208,11 @@ pub(crate) struct Services {
     pub watermarks: Watermarks,
     pub heads: produce::HeadCache,
     pub locks: produce::SegmentLocks,
-    waits: alloc::vec::Vec<(Owner, Wait)>,
+    pub notify: circuit::NotifyCircuit,
+    pub subscriptions: subscribe::Routers,
+    pub presence: presence::PresenceRouter,
+    pub leases: lease::Leases,
+    waits: Vec<(Owner, Wait)>,
 }
 
 impl Services {
@@ -179,8 +229,8 @@ impl Services {
     }
 
     /// Removes and returns the waiters whose condition holds now.
-    fn satisfied_waits(&mut self) -> alloc::vec::Vec<Owner> {
-        let mut ready = alloc::vec::Vec::new();
+    fn satisfied_waits(&mut self) -> Vec<Owner> {
+        let mut ready = Vec::new();
         let mut i = 0;
         while i < self.waits.len() {
             if self.holds(&self.waits[i].1) {
@@ -206,6 +256,16 @@ pub struct Node {
     streams: BTreeMap<StreamId, Box<dyn StreamOp>>,
 }
 
+impl core::fmt::Debug for Node {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Node")
+            .field("store_id", &self.sv.store_id)
+            .field("streams", &self.streams.len())
+            .field("pending_effects", &self.sv.io.pending_effects())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Node {
     /// A node for `store_id`; `seed` drives every random choice (TRX ids).
     pub fn new(store_id: Uuid, config: NodeConfig, now: Millis, seed: u64) -> Self {
@@ -220,7 +280,11 @@ impl Node {
                 watermarks: Watermarks::default(),
                 heads,
                 locks: produce::SegmentLocks::default(),
-                waits: alloc::vec::Vec::new(),
+                notify: circuit::NotifyCircuit::default(),
+                subscriptions: subscribe::Routers::default(),
+                presence: presence::PresenceRouter::default(),
+                leases: lease::Leases::default(),
+                waits: Vec::new(),
             },
             streams: BTreeMap::new(),
         }
@@ -234,6 +298,27 @@ impl Node {
     /// Number of streams with an operation in progress (idle eviction keeps nodes with open streams).
     pub fn stream_count(&self) -> usize {
         self.streams.len()
+    }
+
+    /// Whether closing the node now would lose nothing: no stream is open (subscriptions and worker
+    /// streams included), no effect is in flight, no output is queued, no write holds a watermark, and no
+    /// live lease is held (leases exist only in the node's memory).
+    pub fn is_idle(&self) -> bool {
+        self.streams.is_empty()
+            && self.sv.io.pending_effects() == 0
+            && !self.sv.io.has_output()
+            && self.sv.watermarks.in_flight() == 0
+            && !self.sv.leases.table.has_live(self.sv.now.as_timestamp())
+    }
+
+    /// The node's lease table (read-only; leases change through lease requests).
+    pub fn leases(&self) -> &lease::LeaseTable {
+        &self.sv.leases.table
+    }
+
+    /// Consecutive failed bus publishes counted by the notification circuit breaker.
+    pub fn notify_failures(&self) -> u32 {
+        self.sv.notify.failures()
     }
 
     fn advance(&mut self, now: Millis) {
@@ -287,11 +372,18 @@ impl Node {
             Request::Consume(r) => read::ConsumeSpacesOp::start_multi(sv, stream, r),
             Request::GetSpaces(_) => read::ListOp::start_spaces(sv, stream),
             Request::GetSegments(r) => read::ListOp::start_segments(sv, stream, r),
-            other => {
-                // Subscriptions, worker presence and leases are served by components added separately;
-                // until then they are refused explicitly rather than left hanging.
-                let error = format!("unsupported request: {}", other.op_name());
-                sv.io.close(stream, Some(error));
+            Request::SubscribeToSegmentStatus(r) => subscribe::SubscribeOp::start(sv, stream, r),
+            Request::SubscribeWorkers(r) => presence::PresenceOp::start(sv, stream, r),
+            Request::LeaseAcquire(r) => {
+                lease::serve(sv, stream, lease::LeaseCall::Acquire(r));
+                None
+            }
+            Request::LeaseRenew(r) => {
+                lease::serve(sv, stream, lease::LeaseCall::Renew(r));
+                None
+            }
+            Request::LeaseRelease(r) => {
+                lease::serve(sv, stream, lease::LeaseCall::Release(r));
                 None
             }
         }
@@ -302,6 +394,8 @@ impl Node {
         if f(op.as_mut(), &mut self.sv) == Step::Done {
             self.streams.remove(&stream);
             self.sv.io.cancel_stream(&stream);
+            // A pending visibility wait must not wake a later operation that reuses the channel id.
+            self.sv.waits.retain(|(owner, _)| !matches!(owner, Owner::Stream(s, _) if *s == stream));
         }
     }
 
@@ -312,13 +406,11 @@ impl Node {
         self.finish_input();
     }
 
-    /// A later message of a stream could not be decoded: the operation fails and the stream closes with
-    /// `error` (Go closes with the decode error).
-    pub fn handle_invalid(&mut self, now: Millis, stream: StreamId, error: String) {
+    /// A later message of a stream could not be decoded; `error` is the decoder's text. Most operations
+    /// close the stream with it; a worker-presence stream is torn down (spec §6.6).
+    pub fn handle_bad_message(&mut self, now: Millis, stream: StreamId, error: String) {
         self.advance(now);
-        if self.streams.contains_key(&stream) {
-            self.sv.io.close(stream, Some(error));
-        }
+        self.dispatch(stream, |op, sv| op.on_bad_message(sv, stream, error));
         self.finish_input();
     }
 
@@ -359,11 +451,37 @@ impl Node {
         self.advance(now);
         match event {
             BusEvent::Published { op, result } | BusEvent::Subscribed { op, result } => {
-                if let Some(Owner::Stream(stream, tag)) = self.sv.io.complete(op) {
-                    self.dispatch(stream, |o, sv| o.on_bus(sv, stream, tag, result));
+                match self.sv.io.complete(op) {
+                    Some(Owner::Stream(stream, tag)) => {
+                        self.dispatch(stream, |o, sv| o.on_bus(sv, stream, tag, result));
+                    }
+                    Some(Owner::Subscriptions(router)) => {
+                        let waiting =
+                            self.sv.subscriptions.subscribed(&mut self.sv.io, router, result.is_ok());
+                        for stream in waiting {
+                            let result = result.clone();
+                            self.dispatch(stream, |o, sv| {
+                                o.on_bus(sv, stream, subscribe::TAG_SUBSCRIBED, result)
+                            });
+                        }
+                    }
+                    Some(Owner::Presence(_) | Owner::Leases(_)) | None => {}
                 }
             }
-            BusEvent::Notification { .. } | BusEvent::Lost { .. } => {}
+            BusEvent::Notification { route, notification } => {
+                // A route is derived from the store id, but a shared bus may still misdeliver.
+                if notification.store_id == self.sv.store_id {
+                    let status = notification.segment_status;
+                    for stream in self.sv.subscriptions.targets(&route, &status) {
+                        self.dispatch(stream, |o, sv| o.on_notification(sv, stream, &status));
+                    }
+                }
+            }
+            BusEvent::Lost { route, error } => {
+                for stream in self.sv.subscriptions.lost(&route) {
+                    self.sv.io.close(stream, Some(error.clone()));
+                }
+            }
         }
         self.finish_input();
     }
@@ -378,8 +496,11 @@ impl Node {
     }
 
     fn wake(&mut self, owner: Owner) {
-        if let Owner::Stream(stream, tag) = owner {
-            self.dispatch(stream, |o, sv| o.on_wake(sv, stream, tag));
+        match owner {
+            Owner::Stream(stream, tag) => self.dispatch(stream, |o, sv| o.on_wake(sv, stream, tag)),
+            Owner::Presence(_) => presence::on_sweep(&mut self.sv),
+            Owner::Leases(_) => lease::on_sweep(&mut self.sv),
+            Owner::Subscriptions(_) => {}
         }
     }
 
@@ -413,6 +534,11 @@ impl Node {
         self.sv.io.pop()
     }
 
+    /// Whether outputs are queued.
+    pub fn has_output(&self) -> bool {
+        self.sv.io.has_output()
+    }
+
     /// When [`Node::handle_timeout`] must be called next, with the reason; `now` while output is queued.
     pub fn poll_timeout(&self) -> Option<(Millis, &'static str)> {
         if self.sv.io.has_output() {
@@ -424,7 +550,7 @@ impl Node {
     /// Closes every stream with `reason` (node shutdown or eviction). In-flight effects are abandoned.
     pub fn shutdown(&mut self, now: Millis, reason: &str) {
         self.advance(now);
-        let streams: alloc::vec::Vec<StreamId> = self.streams.keys().copied().collect();
+        let streams: Vec<StreamId> = self.streams.keys().copied().collect();
         for stream in streams {
             if let Some(mut op) = self.streams.remove(&stream) {
                 self.sv.io.close(stream, Some(reason.into()));

@@ -12,7 +12,8 @@
 //!   commits of a segment are also serialised by a lock, so racing producers rarely waste a commit.
 //! * The chunk's timestamp is taken when its commit is issued, and a space watermark fence covers the
 //!   commit; after the commit the status goes to the producer, then (with a bus) the notification waits
-//!   until it is visible with respect to earlier writes of the space and is published.
+//!   until it is visible with respect to earlier writes of the space and is published, unless the node's
+//!   notification circuit breaker ([`super::circuit`]) is open, which fails the produce instead.
 //! * A record stream that ends with an error commits nothing of its unfinished chunk.
 
 use alloc::boxed::Box;
@@ -287,7 +288,7 @@ impl ProduceOp {
             number: before.map_or(0, |h| h.last_trx_number) + 1,
         };
         let new_head = SegmentHead {
-            first_sequence: before.map_or(chunk.first(), |h| h.first_sequence),
+            first_sequence: before.map_or_else(|| chunk.first(), |h| h.first_sequence),
             first_timestamp: before.map_or(ts, |h| h.first_timestamp),
             last_sequence: chunk.last(),
             last_timestamp: ts,
@@ -511,6 +512,13 @@ impl StreamOp for ProduceOp {
                 Step::Continue
             }
             (TAG_VISIBLE, Phase::Notifying { token, status }) => {
+                // An open circuit fails the produce before publishing; its data is committed and its status
+                // was sent already (spec §6.2).
+                if let Err(error) = sv.notify.check(sv.now) {
+                    sv.watermarks.end(token);
+                    self.fail(error);
+                    return self.pump(sv, stream);
+                }
                 let route = segment_notification_route(&sv.store_id, &self.key.0);
                 let notification = SegmentNotification { store_id: sv.store_id, segment_status: status };
                 sv.io.bus_publish(Owner::Stream(stream, TAG_PUBLISH), route, notification);
@@ -524,9 +532,20 @@ impl StreamOp for ProduceOp {
         }
     }
 
-    fn on_bus(&mut self, sv: &mut Services, stream: StreamId, tag: u32, _result: Result<(), String>) -> Step {
+    fn on_bus(&mut self, sv: &mut Services, stream: StreamId, tag: u32, result: Result<(), String>) -> Step {
         if tag != TAG_PUBLISH {
             return Step::Continue;
+        }
+        match result {
+            Ok(()) => sv.notify.record_success(),
+            // Below the threshold a failed publish is only tolerated; the failure that opens the circuit
+            // fails this produce.
+            Err(bus_error) => {
+                let (threshold, window) = (sv.config.notify_failure_threshold, sv.config.notify_open_window);
+                if let Some(error) = sv.notify.record_failure(sv.now, threshold, window, &bus_error) {
+                    self.fail(error);
+                }
+            }
         }
         if let Phase::Publishing { token } = core::mem::replace(&mut self.phase, Phase::Idle) {
             sv.watermarks.end(token);

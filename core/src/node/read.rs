@@ -279,7 +279,7 @@ impl ConsumeSpacesOp {
         stream: StreamId,
         request: ConsumeSpace,
     ) -> Option<Box<dyn StreamOp>> {
-        let offset = (!request.offset.is_empty()).then(|| request.offset.0);
+        let offset = (!request.offset.is_empty()).then_some(request.offset.0);
         let spaces = alloc::vec![(request.space, offset)];
         Self::start(sv, stream, spaces, request.min_timestamp, request.max_timestamp, request.limit)
     }

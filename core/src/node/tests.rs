@@ -12,16 +12,21 @@ use crate::lexkey::LexKey;
 use crate::stream::{StreamEnd, StreamId};
 use crate::wire::Message;
 
-fn produce_req(space: &str, segment: &str) -> Request {
+pub(super) fn produce_req(space: &str, segment: &str) -> Request {
     Request::Produce(Produce { space: space.into(), segment: segment.into() })
 }
 
-fn record(seq: u64) -> Message {
+pub(super) fn record(seq: u64) -> Message {
     Message::Record(Record::new(seq, format!("test data {seq}")))
 }
 
 /// Produces `seqs` into space/segment in one produce stream, ending it cleanly.
-fn produce(h: &mut NodeHarness, space: &str, segment: &str, seqs: impl IntoIterator<Item = u64>) -> StreamId {
+pub(super) fn produce(
+    h: &mut NodeHarness,
+    space: &str,
+    segment: &str,
+    seqs: impl IntoIterator<Item = u64>,
+) -> StreamId {
     let s = h.open(produce_req(space, segment));
     for seq in seqs {
         h.send(s, record(seq));
@@ -481,4 +486,16 @@ fn aborted_producer_still_finishes_its_commit_and_notifies() {
     assert_eq!(h.node.stream_count(), 0);
     h.hold_storage = false;
     assert_eq!(seqs(&consume_segment(&mut h, seg_req("sp", "sg"))), [1]);
+}
+
+#[test]
+fn undecodable_record_closes_the_produce_with_the_decoder_error() {
+    let mut h = harness();
+    let s = h.open(produce_req("sp", "sg"));
+    h.send(s, record(1));
+    h.send_undecodable(s, "invalid character 'x' looking for beginning of value");
+    assert_eq!(h.log(s).close_error(), Some("invalid character 'x' looking for beginning of value"));
+    assert!(h.log(s).statuses().is_empty(), "the unfinished chunk is not committed");
+    assert_eq!(h.node.stream_count(), 0);
+    assert!(consume_segment(&mut h, seg_req("sp", "sg")).is_empty());
 }

@@ -225,7 +225,7 @@ impl Engine {
                 }
                 Some(Inbound::Invalid(_)) => {
                     if let Some(Inbound::Invalid(error)) = slot.inbox.pop_front() {
-                        node.handle_invalid(self.now, stream, error);
+                        node.handle_bad_message(self.now, stream, error);
                         taken += 1;
                     }
                 }

@@ -10,6 +10,7 @@
 //! `type` field) is application data.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use super::Codec;
@@ -82,7 +83,7 @@ impl StreamControl {
     }
 
     /// Encodes the object with `codec`.
-    pub fn encode(&self, codec: Codec) -> alloc::vec::Vec<u8> {
+    pub fn encode(&self, codec: Codec) -> Vec<u8> {
         codec.encode_value(&self.raw())
     }
 

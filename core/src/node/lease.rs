@@ -1,0 +1,294 @@
+//! Leases (spec §4.9, §6.7): single-holder coordination keyed by a string, with a time to live.
+//!
+//! The logic is split in two so that the storage of the table can change without touching the rules:
+//!
+//! * [`decide`] is the whole decision: given a request, the lease currently stored for its key (if any)
+//!   and the time, it says whether the request succeeds and how the stored lease changes. It is pure.
+//! * [`LeaseTable`] is where leases live for this node: an in-memory map, lost when the node closes (as
+//!   in Go). A cluster-wide backend would instead read the key with a storage effect, call [`decide`], and
+//!   commit the [`LeaseChange`] guarded by a precondition on the value it read (so two nodes deciding
+//!   concurrently cannot both win); only the operation's plumbing changes, not the rules.
+//!
+//! Every lease request answers one bare `LeaseResult` and then closes its stream.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+
+use super::Services;
+use super::io_queue::Owner;
+use crate::api::{LeaseAcquire, LeaseRelease, LeaseRenew, LeaseResult};
+use crate::stream::StreamId;
+use crate::time::Millis;
+use crate::wire::Message;
+
+/// Longest time to live a lease may ask for: 24 hours.
+pub const MAX_LEASE_TTL_SECONDS: i64 = 86_400;
+/// How often expired leases are swept out of the table by default.
+pub const DEFAULT_LEASE_SWEEP_INTERVAL: Millis = Millis::from_secs(60);
+
+const TAG_SWEEP: u32 = 1;
+
+/// A held lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Who holds it.
+    pub holder: String,
+    /// When it expires, Unix milliseconds; it is valid while `now < expires_at`.
+    pub expires_at: i64,
+}
+
+impl Lease {
+    fn is_live(&self, now: i64) -> bool {
+        self.expires_at > now
+    }
+}
+
+/// A lease request, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseRequest<'a> {
+    /// Take the lease if it is free, expired, or already held by `holder` (which refreshes it).
+    Acquire {
+        /// The holder.
+        holder: &'a str,
+        /// Time to live in milliseconds.
+        ttl: Millis,
+    },
+    /// Extend a live lease held by `holder`.
+    Renew {
+        /// The holder.
+        holder: &'a str,
+        /// New time to live in milliseconds.
+        ttl: Millis,
+    },
+    /// Give up a lease held by `holder` (expired or not).
+    Release {
+        /// The holder.
+        holder: &'a str,
+    },
+}
+
+/// How the stored lease of a key changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseChange {
+    /// Leave it as it is.
+    Keep,
+    /// Store this lease.
+    Set(Lease),
+    /// Remove the key.
+    Remove,
+}
+
+/// The rules of spec §6.7: whether `request` succeeds against `current` at `now`, and the change to store.
+pub fn decide(request: LeaseRequest<'_>, current: Option<&Lease>, now: i64) -> (bool, LeaseChange) {
+    let lease = |holder: &str, ttl: Millis| Lease {
+        holder: holder.into(),
+        expires_at: now.saturating_add(ttl.as_timestamp()),
+    };
+    match request {
+        LeaseRequest::Acquire { holder, ttl } => match current {
+            Some(held) if held.holder != holder && held.is_live(now) => (false, LeaseChange::Keep),
+            _ => (true, LeaseChange::Set(lease(holder, ttl))),
+        },
+        LeaseRequest::Renew { holder, ttl } => match current {
+            Some(held) if held.holder == holder && held.is_live(now) => {
+                (true, LeaseChange::Set(lease(holder, ttl)))
+            }
+            // An expired lease is dropped on the way (Go removes expired entries on Acquire/Renew).
+            Some(held) if !held.is_live(now) => (false, LeaseChange::Remove),
+            _ => (false, LeaseChange::Keep),
+        },
+        LeaseRequest::Release { holder } => match current {
+            // No expiry check: an expired lease that was not swept yet can still be released.
+            Some(held) if held.holder == holder => (true, LeaseChange::Remove),
+            _ => (false, LeaseChange::Keep),
+        },
+    }
+}
+
+/// Checks a request's fields in Go's order; the error is the `message` of the refusal.
+pub fn validate(key: &str, holder: &str, ttl_seconds: Option<i64>) -> Result<(), &'static str> {
+    // Go checks `lease store not configured` first; a node always has its table, so it cannot happen here.
+    if key.is_empty() {
+        return Err("lease key must not be empty");
+    }
+    if holder.is_empty() {
+        return Err("lease holder must not be empty");
+    }
+    match ttl_seconds {
+        Some(ttl) if ttl <= 0 => Err("ttl_seconds must be positive"),
+        Some(ttl) if ttl > MAX_LEASE_TTL_SECONDS => Err("ttl_seconds exceeds maximum of 86400"),
+        _ => Ok(()),
+    }
+}
+
+/// The node-local lease table.
+#[derive(Debug, Default)]
+pub struct LeaseTable {
+    leases: BTreeMap<String, Lease>,
+}
+
+impl LeaseTable {
+    /// Applies `request` to `key` at `now`; whether it succeeded.
+    pub fn execute(&mut self, key: &str, request: LeaseRequest<'_>, now: i64) -> bool {
+        let (ok, change) = decide(request, self.leases.get(key), now);
+        match change {
+            LeaseChange::Keep => {}
+            LeaseChange::Set(lease) => {
+                self.leases.insert(key.into(), lease);
+            }
+            LeaseChange::Remove => {
+                self.leases.remove(key);
+            }
+        }
+        ok
+    }
+
+    /// Removes every lease expired at `now`; how many.
+    pub fn sweep(&mut self, now: i64) -> usize {
+        let before = self.leases.len();
+        self.leases.retain(|_, lease| lease.is_live(now));
+        before - self.leases.len()
+    }
+
+    /// The lease stored for `key`, expired or not.
+    pub fn get(&self, key: &str) -> Option<&Lease> {
+        self.leases.get(key)
+    }
+
+    /// Number of stored leases (expired ones not yet swept included).
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Whether no lease is stored.
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    /// Whether a lease is still live at `now` (the node then holds state that closing it would lose).
+    pub fn has_live(&self, now: i64) -> bool {
+        self.leases.values().any(|lease| lease.is_live(now))
+    }
+}
+
+/// The node's leases: the table and its sweeper.
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    pub table: LeaseTable,
+    sweeping: bool,
+}
+
+/// A lease request as it arrives.
+pub(crate) enum LeaseCall {
+    Acquire(LeaseAcquire),
+    Renew(LeaseRenew),
+    Release(LeaseRelease),
+}
+
+/// Serves one lease request: validates it, applies it, answers one `LeaseResult` and closes the stream.
+pub(crate) fn serve(sv: &mut Services, stream: StreamId, call: LeaseCall) {
+    let (key, holder, ttl_seconds) = match &call {
+        LeaseCall::Acquire(r) => (&r.key, &r.holder, Some(r.ttl_seconds)),
+        LeaseCall::Renew(r) => (&r.key, &r.holder, Some(r.ttl_seconds)),
+        LeaseCall::Release(r) => (&r.key, &r.holder, None),
+    };
+    let result = match validate(key, holder, ttl_seconds) {
+        Err(message) => LeaseResult::refused(message),
+        Ok(()) => {
+            // Validated: 1..=86400 seconds.
+            let ttl = Millis::from_secs(ttl_seconds.unwrap_or(0).unsigned_abs());
+            let request = match &call {
+                LeaseCall::Acquire(_) => LeaseRequest::Acquire { holder, ttl },
+                LeaseCall::Renew(_) => LeaseRequest::Renew { holder, ttl },
+                LeaseCall::Release(_) => LeaseRequest::Release { holder },
+            };
+            let ok = sv.leases.table.execute(key, request, sv.now.as_timestamp());
+            arm_sweeper(sv);
+            LeaseResult::plain(ok)
+        }
+    };
+    sv.io.send(stream, Message::LeaseResult(result));
+    sv.io.close(stream, None);
+}
+
+/// Keeps one sweep timer armed while the table holds leases.
+fn arm_sweeper(sv: &mut Services) {
+    if !sv.leases.sweeping && !sv.leases.table.is_empty() {
+        sv.leases.sweeping = true;
+        let at = sv.now + sv.config.lease_sweep_interval.max(Millis(1));
+        sv.io.timer(Owner::Leases(TAG_SWEEP), at, "lease sweep");
+    }
+}
+
+/// The sweep timer fired: drop expired leases, and re-arm while some remain.
+pub(crate) fn on_sweep(sv: &mut Services) {
+    sv.leases.sweeping = false;
+    sv.leases.table.sweep(sv.now.as_timestamp());
+    arm_sweeper(sv);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acquire(holder: &str, ttl_ms: u64) -> LeaseRequest<'_> {
+        LeaseRequest::Acquire { holder, ttl: Millis(ttl_ms) }
+    }
+
+    #[test]
+    fn acquire_renew_release_rules() {
+        let mut t = LeaseTable::default();
+        assert!(t.execute("k", acquire("h0", 1000), 0));
+        // Same holder re-acquires (refreshing), another holder is refused while the lease lives.
+        assert!(t.execute("k", acquire("h0", 1000), 500));
+        assert_eq!(t.get("k").unwrap().expires_at, 1500);
+        assert!(!t.execute("k", acquire("h1", 1000), 1499));
+        // Renew: only the holder, only while live.
+        assert!(!t.execute("k", LeaseRequest::Renew { holder: "h1", ttl: Millis(10) }, 600));
+        assert!(t.execute("k", LeaseRequest::Renew { holder: "h0", ttl: Millis(1000) }, 600));
+        assert_eq!(t.get("k").unwrap().expires_at, 1600);
+        // Release: only the holder.
+        assert!(!t.execute("k", LeaseRequest::Release { holder: "h1" }, 700));
+        assert!(t.execute("k", LeaseRequest::Release { holder: "h0" }, 700));
+        assert!(t.is_empty());
+        assert!(!t.execute("k", LeaseRequest::Release { holder: "h0" }, 700));
+    }
+
+    #[test]
+    fn expiry() {
+        let mut t = LeaseTable::default();
+        assert!(t.execute("k", acquire("h0", 100), 0));
+        // Valid while now < expires_at.
+        assert!(!t.execute("k", acquire("h1", 100), 99));
+        assert!(t.execute("k", acquire("h1", 100), 100));
+        assert_eq!(t.get("k").unwrap().holder, "h1");
+        // An expired lease can still be released by its holder until swept.
+        assert!(t.execute("k", LeaseRequest::Release { holder: "h1" }, 5000));
+        // Renewing an expired lease fails and drops it.
+        assert!(t.execute("k", acquire("h2", 100), 0));
+        assert!(!t.execute("k", LeaseRequest::Renew { holder: "h2", ttl: Millis(100) }, 100));
+        assert!(t.get("k").is_none());
+    }
+
+    #[test]
+    fn sweep_removes_expired_and_keeps_live() {
+        let mut t = LeaseTable::default();
+        t.execute("old", acquire("a", 10), 0);
+        t.execute("new", acquire("b", 1000), 0);
+        assert!(t.has_live(500));
+        assert_eq!(t.sweep(500), 1);
+        assert!(t.get("old").is_none() && t.get("new").is_some());
+        assert!(!t.has_live(1000));
+    }
+
+    #[test]
+    fn validation_order_and_texts() {
+        assert_eq!(validate("", "", Some(0)), Err("lease key must not be empty"));
+        assert_eq!(validate("k", "", Some(0)), Err("lease holder must not be empty"));
+        assert_eq!(validate("k", "h", Some(0)), Err("ttl_seconds must be positive"));
+        assert_eq!(validate("k", "h", Some(-1)), Err("ttl_seconds must be positive"));
+        assert_eq!(validate("k", "h", Some(86_401)), Err("ttl_seconds exceeds maximum of 86400"));
+        assert_eq!(validate("k", "h", Some(86_400)), Ok(()));
+        assert_eq!(validate("k", "h", None), Ok(()));
+    }
+}

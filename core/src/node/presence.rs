@@ -1,0 +1,349 @@
+//! Worker presence (spec §6.6): a live inventory of the workers of a store, kept in memory by its node.
+//!
+//! A `SubscribeWorkers` stream with a nil `worker_id` is an **observer**: it receives the current
+//! inventory, then every change. With a `worker_id` it is a **worker**: it is registered (replacing any
+//! registration of the same id by another stream, which is closed with
+//! `worker_id registered by another stream`), every subscriber including itself receives the new
+//! inventory, and the worker renews its presence with `Presence{heartbeat:false}` envelopes on the same
+//! stream. A worker that stops renewing is evicted by a sweeper (every 5 s) once
+//! `now - last_seen_at > max(30 s, 3 × interval)`, and its stream is closed with `worker presence expired`.
+//! A worker stream that sends anything but a renewal for its own id, or something undecodable, is closed
+//! with the reason and its worker removed. Go closes such streams silently; we always tell the client.
+//!
+//! Inventories are envelopes (`streamkit://api/v1/worker_inventory`), workers sorted by the raw bytes of
+//! their ids (`Uuid`'s order), stamped with the time they are built. Each subscriber has a one-slot queue:
+//! while it has no send credit, a newer inventory replaces the unsent one, so a slow observer costs one
+//! inventory of memory and always ends up with the latest.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use uuid::Uuid;
+
+use super::io_queue::Owner;
+use super::{Services, Step, StreamOp, clamp_heartbeat_seconds};
+use crate::api::{Envelope, Metadata, Presence, SubscribeWorkers, WorkerInfo, WorkerInventory};
+use crate::stream::{StreamEnd, StreamId};
+use crate::time::Millis;
+use crate::wire::Message;
+
+/// How often stale workers are looked for by default.
+pub const DEFAULT_PRESENCE_SWEEP_INTERVAL: Millis = Millis::from_secs(5);
+/// Renewal interval assumed for a worker that asked for none, in seconds.
+pub const DEFAULT_WORKER_RENEW_SECONDS: i64 = 30;
+/// Shortest time a worker stays registered without renewing.
+pub const MIN_WORKER_TTL: Millis = Millis::from_secs(30);
+/// Renewal intervals a worker may miss before it is evicted.
+pub const WORKER_TTL_MULTIPLIER: u64 = 3;
+
+/// Text of the close sent to a worker stream whose id another stream registered.
+pub const WORKER_ID_TAKEN: &str = "worker_id registered by another stream";
+/// Text of the close sent to a worker stream evicted for not renewing.
+pub const WORKER_EXPIRED: &str = "worker presence expired";
+
+const TAG_HEARTBEAT: u32 = 1;
+const TAG_SWEEP: u32 = 1;
+
+/// The renewal interval a worker is held to (Go `WorkerPresenceRenewIntervalSeconds`): 0 or less means the
+/// default of 30 s, anything else is clamped to 1..=300 s.
+pub fn worker_renew_interval_seconds(heartbeat_interval_seconds: i64) -> i64 {
+    if heartbeat_interval_seconds <= 0 {
+        DEFAULT_WORKER_RENEW_SECONDS
+    } else {
+        heartbeat_interval_seconds.clamp(1, super::MAX_HEARTBEAT_SECONDS)
+    }
+}
+
+/// How long a worker with this renewal interval stays registered without renewing (Go
+/// `WorkerPresenceTTL`): `max(30 s, 3 × interval)`.
+pub fn worker_presence_ttl(renew_interval_seconds: i64) -> Millis {
+    let interval = Millis::from_secs(renew_interval_seconds.max(0).unsigned_abs());
+    MIN_WORKER_TTL.max(Millis(interval.0.saturating_mul(WORKER_TTL_MULTIPLIER)))
+}
+
+#[derive(Debug)]
+struct Worker {
+    metadata: Metadata,
+    /// The stream that registered it; only that stream renews or removes it.
+    stream: StreamId,
+    /// Last renewal, on the worker's clock (as in Go).
+    last_seen_at: i64,
+    renew_seconds: i64,
+}
+
+#[derive(Debug, Default)]
+struct Subscriber {
+    /// The worker this stream registered, if it is a worker stream.
+    worker: Option<Uuid>,
+    /// The newest inventory not sent yet.
+    inventory: Option<Arc<WorkerInventory>>,
+    /// A server heartbeat is due.
+    heartbeat: bool,
+}
+
+/// The presence state of a node: workers and the streams that watch them.
+#[derive(Debug, Default)]
+pub(crate) struct PresenceRouter {
+    workers: BTreeMap<Uuid, Worker>,
+    subscribers: BTreeMap<StreamId, Subscriber>,
+    sweeping: bool,
+}
+
+impl PresenceRouter {
+    /// Number of registered workers.
+    #[cfg(test)]
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+}
+
+fn inventory(sv: &Services) -> WorkerInventory {
+    let workers = sv
+        .presence
+        .workers
+        .iter()
+        .map(|(id, w)| WorkerInfo {
+            worker_id: *id,
+            metadata: w.metadata.clone(),
+            last_seen_at: w.last_seen_at,
+        })
+        .collect();
+    WorkerInventory { workers, timestamp: sv.now.as_timestamp() }
+}
+
+/// Sends what a subscriber has pending, as far as its credit goes.
+fn flush(sv: &mut Services, stream: StreamId) {
+    let Some(sub) = sv.presence.subscribers.get_mut(&stream) else { return };
+    while sv.io.credit(&stream) > 0 {
+        let message = if let Some(inventory) = sub.inventory.take() {
+            Envelope::WorkerInventory(Arc::unwrap_or_clone(inventory))
+        } else if let (true, Some(worker_id)) = (sub.heartbeat, sub.worker) {
+            sub.heartbeat = false;
+            Envelope::Presence(Presence { worker_id, heartbeat: true, timestamp: sv.now.as_timestamp() })
+        } else {
+            break;
+        };
+        sv.io.send(stream, Message::Envelope(message));
+    }
+}
+
+/// Gives every subscriber the current inventory.
+fn fan_out(sv: &mut Services) {
+    let latest = Arc::new(inventory(sv));
+    let streams: Vec<StreamId> = sv.presence.subscribers.keys().copied().collect();
+    for stream in streams {
+        if let Some(sub) = sv.presence.subscribers.get_mut(&stream) {
+            sub.inventory = Some(latest.clone());
+        }
+        flush(sv, stream);
+    }
+}
+
+/// Forgets a stream and the worker it registered; whether the inventory changed.
+fn remove_stream(sv: &mut Services, stream: StreamId) -> bool {
+    let Some(sub) = sv.presence.subscribers.remove(&stream) else { return false };
+    let Some(worker) = sub.worker else { return false };
+    // The id may have been registered since by another stream: that registration stays.
+    if sv.presence.workers.get(&worker).is_some_and(|w| w.stream == stream) {
+        sv.presence.workers.remove(&worker);
+        return true;
+    }
+    false
+}
+
+fn arm_sweeper(sv: &mut Services) {
+    if !sv.presence.sweeping && !sv.presence.workers.is_empty() {
+        sv.presence.sweeping = true;
+        let at = sv.now + sv.config.presence_sweep_interval.max(Millis(1));
+        sv.io.timer(Owner::Presence(TAG_SWEEP), at, "worker presence sweep");
+    }
+}
+
+/// The sweep timer fired: evict workers that stopped renewing, tell everyone, close their streams.
+pub(crate) fn on_sweep(sv: &mut Services) {
+    sv.presence.sweeping = false;
+    let now = sv.now.as_timestamp();
+    let stale: Vec<(Uuid, StreamId)> = sv
+        .presence
+        .workers
+        .iter()
+        .filter(|(_, w)| {
+            now.saturating_sub(w.last_seen_at) > worker_presence_ttl(w.renew_seconds).as_timestamp()
+        })
+        .map(|(id, w)| (*id, w.stream))
+        .collect();
+    for (id, stream) in &stale {
+        sv.presence.workers.remove(id);
+        // Unregistered before the fan-out, so the evicted stream gets the close, not the inventory.
+        sv.presence.subscribers.remove(stream);
+    }
+    if !stale.is_empty() {
+        fan_out(sv);
+        for (_, stream) in stale {
+            sv.io.close(stream, Some(WORKER_EXPIRED.into()));
+        }
+    }
+    arm_sweeper(sv);
+}
+
+/// A `SubscribeWorkers` stream: registration, renewals and heartbeats; the shared state is in the router.
+pub(crate) struct PresenceOp {
+    worker: Option<Uuid>,
+    heartbeat: Option<Millis>,
+}
+
+impl PresenceOp {
+    pub fn start(
+        sv: &mut Services,
+        stream: StreamId,
+        request: SubscribeWorkers,
+    ) -> Option<Box<dyn StreamOp>> {
+        let heartbeat_seconds = clamp_heartbeat_seconds(request.heartbeat_interval_seconds);
+        let worker = (!request.worker_id.is_nil()).then_some(request.worker_id);
+        sv.presence.subscribers.insert(stream, Subscriber { worker, ..Subscriber::default() });
+        let mut heartbeat = None;
+        match worker {
+            None => {
+                let current = Arc::new(inventory(sv));
+                if let Some(sub) = sv.presence.subscribers.get_mut(&stream) {
+                    sub.inventory = Some(current);
+                }
+                flush(sv, stream);
+            }
+            Some(id) => {
+                let entry = Worker {
+                    metadata: request.metadata,
+                    stream,
+                    last_seen_at: sv.now.as_timestamp(),
+                    renew_seconds: worker_renew_interval_seconds(heartbeat_seconds),
+                };
+                if let Some(previous) = sv.presence.workers.insert(id, entry)
+                    && previous.stream != stream
+                {
+                    // The previous stream is told (Go closes it with this error too) and forgotten here, so
+                    // its teardown cannot remove the new registration.
+                    sv.presence.subscribers.remove(&previous.stream);
+                    sv.io.close(previous.stream, Some(WORKER_ID_TAKEN.into()));
+                }
+                arm_sweeper(sv);
+                fan_out(sv);
+                if heartbeat_seconds > 0 {
+                    let interval = Millis::from_secs(heartbeat_seconds.unsigned_abs());
+                    heartbeat = Some(interval);
+                    Self::heartbeat(sv, stream, interval);
+                }
+            }
+        }
+        Some(Box::new(Self { worker, heartbeat }))
+    }
+
+    /// Queues a server heartbeat, sends what credit allows, and arms the next one.
+    fn heartbeat(sv: &mut Services, stream: StreamId, interval: Millis) {
+        if let Some(sub) = sv.presence.subscribers.get_mut(&stream) {
+            sub.heartbeat = true;
+        }
+        flush(sv, stream);
+        sv.io.timer(Owner::Stream(stream, TAG_HEARTBEAT), sv.now + interval, "worker presence heartbeat");
+    }
+
+    /// Closes a misbehaving worker stream with `reason`, removing its worker.
+    fn tear_down(sv: &mut Services, stream: StreamId, reason: String) -> Step {
+        if remove_stream(sv, stream) {
+            fan_out(sv);
+        }
+        sv.io.close(stream, Some(reason));
+        Step::Done
+    }
+}
+
+impl StreamOp for PresenceOp {
+    fn accepts_input(&self) -> bool {
+        // Workers renew on the stream. Observers never send (Go does not even read them); whatever they
+        // send anyway is taken and dropped so it cannot pile up in the transport.
+        true
+    }
+
+    fn on_message(&mut self, sv: &mut Services, stream: StreamId, message: Message) -> Step {
+        let Some(worker) = self.worker else { return Step::Continue };
+        match message {
+            Message::Envelope(Envelope::Presence(presence)) => {
+                // Heartbeats are the server's; a client echoing one changes nothing.
+                if presence.heartbeat {
+                    return Step::Continue;
+                }
+                if !presence.worker_id.is_nil() && presence.worker_id != worker {
+                    let reason = format!(
+                        "worker presence renew worker_id mismatch: expected {worker} got {}",
+                        presence.worker_id
+                    );
+                    return Self::tear_down(sv, stream, reason);
+                }
+                // The worker's clock, as in Go; a missing timestamp means now.
+                let seen = if presence.timestamp <= 0 { sv.now.as_timestamp() } else { presence.timestamp };
+                if let Some(entry) = sv.presence.workers.get_mut(&worker).filter(|w| w.stream == stream) {
+                    entry.last_seen_at = seen;
+                }
+                Step::Continue
+            }
+            Message::Envelope(other) => {
+                let reason =
+                    format!("unexpected worker presence stream message type: *api.{}", other.go_type_name());
+                Self::tear_down(sv, stream, reason)
+            }
+            other => {
+                let reason = format!("unexpected worker presence stream message type: {:?}", other.kind());
+                Self::tear_down(sv, stream, reason)
+            }
+        }
+    }
+
+    fn on_bad_message(&mut self, sv: &mut Services, stream: StreamId, error: String) -> Step {
+        if self.worker.is_some() { Self::tear_down(sv, stream, error) } else { Step::Continue }
+    }
+
+    fn on_end(&mut self, sv: &mut Services, stream: StreamId, _end: StreamEnd) -> Step {
+        if remove_stream(sv, stream) {
+            fan_out(sv);
+        }
+        sv.io.close(stream, None);
+        Step::Done
+    }
+
+    fn on_abort(&mut self, sv: &mut Services, stream: StreamId) -> Step {
+        if remove_stream(sv, stream) {
+            fan_out(sv);
+        }
+        Step::Done
+    }
+
+    fn on_credit(&mut self, sv: &mut Services, stream: StreamId) -> Step {
+        flush(sv, stream);
+        Step::Continue
+    }
+
+    fn on_wake(&mut self, sv: &mut Services, stream: StreamId, tag: u32) -> Step {
+        if let (TAG_HEARTBEAT, Some(interval)) = (tag, self.heartbeat) {
+            Self::heartbeat(sv, stream, interval);
+        }
+        Step::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_and_ttls() {
+        assert_eq!(worker_presence_ttl(1), Millis::from_secs(30));
+        assert_eq!(worker_presence_ttl(30), Millis::from_secs(90));
+        assert_eq!(worker_presence_ttl(300), Millis::from_secs(900));
+        assert_eq!(worker_renew_interval_seconds(0), 30);
+        assert_eq!(worker_renew_interval_seconds(-4), 30);
+        assert_eq!(worker_renew_interval_seconds(15), 15);
+        assert_eq!(worker_renew_interval_seconds(7200), 300);
+    }
+}
