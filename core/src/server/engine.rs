@@ -7,13 +7,12 @@
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
-use alloc::vec::Vec;
 use uuid::Uuid;
 
 use super::{EngineInput, EngineOutput, INPUT_WINDOW};
 use crate::api::Envelope;
-use crate::node::{BusCommand, BusEvent, Node, NodeConfig, NodeOutput, OpId};
-use crate::rand::Rng;
+use crate::manager::{Access, ManagerConfig, ManagerOutput, NodeManager};
+use crate::node::{BusCommand, BusEvent, Node, NodeOutput, OpId};
 use crate::storage::{StorageOp, StorageResult};
 use crate::stream::{StreamEnd, StreamId};
 use crate::time::Millis;
@@ -25,8 +24,8 @@ pub const STORE_UNAVAILABLE: &str = "store unavailable";
 /// Engine tunables.
 #[derive(Clone, Debug, Default)]
 pub struct EngineConfig {
-    /// Configuration of every node.
-    pub node: NodeConfig,
+    /// The node manager: node configuration, store circuit breaker, idle eviction.
+    pub manager: ManagerConfig,
 }
 
 /// An effect for the adapter.
@@ -75,18 +74,13 @@ struct Slot {
     inbox: VecDeque<Inbound>,
 }
 
-enum Store {
-    /// Waiting for the adapter; opens queued in arrival order.
-    Opening(Vec<(StreamId, Result<Envelope, String>)>),
-    Open(Node),
-}
+/// A stream's first message, waiting for its store to open.
+type PendingOpen = (StreamId, Result<Envelope, String>);
 
 /// The engine; see the [module](self) docs.
 pub struct Engine {
-    config: EngineConfig,
     now: Millis,
-    rng: Rng,
-    stores: BTreeMap<Uuid, Store>,
+    manager: NodeManager<PendingOpen>,
     slots: BTreeMap<StreamId, Slot>,
     effects: VecDeque<EngineEffect>,
 }
@@ -95,10 +89,8 @@ impl Engine {
     /// An engine with no open store; `seed` seeds every node's randomness.
     pub fn new(config: EngineConfig, now: Millis, seed: u64) -> Self {
         Self {
-            config,
             now,
-            rng: Rng::new(seed),
-            stores: BTreeMap::new(),
+            manager: NodeManager::new(config.manager, now, seed),
             slots: BTreeMap::new(),
             effects: VecDeque::new(),
         }
@@ -115,10 +107,12 @@ impl Engine {
 
     /// The node of an open store (for inspection).
     pub fn node(&self, store: &Uuid) -> Option<&Node> {
-        match self.stores.get(store) {
-            Some(Store::Open(node)) => Some(node),
-            _ => None,
-        }
+        self.manager.node(store)
+    }
+
+    /// The node manager (for inspection).
+    pub fn manager(&self) -> &NodeManager<PendingOpen> {
+        &self.manager
     }
 
     /// An input from a connection or an in-process client.
@@ -130,38 +124,37 @@ impl Engine {
             EngineInput::Invalid { stream, error } => self.enqueue(stream, Inbound::Invalid(error)),
             EngineInput::End { stream, end } => self.enqueue(stream, Inbound::End(end)),
             EngineInput::Aborted { stream } => {
-                if let Some(slot) = self.slots.remove(&stream) {
-                    match self.stores.get_mut(&slot.store) {
-                        Some(Store::Open(node)) => node.handle_aborted(self.now, stream),
-                        Some(Store::Opening(queued)) => queued.retain(|(s, _)| *s != stream),
-                        None => {}
-                    }
-                    self.drain(slot.store);
+                if let Some(slot) = self.slots.remove(&stream)
+                    && let Some(node) = self.manager.node_mut(self.now, slot.store)
+                {
+                    node.handle_aborted(self.now, stream);
                 }
+                // A stream still waiting for its store is dropped when the store opens (its slot is gone).
             }
             EngineInput::Credit { stream, frames } => {
                 let Some(store) = self.slots.get(&stream).map(|s| s.store) else { return };
-                if let Some(Store::Open(node)) = self.stores.get_mut(&store) {
+                if let Some(node) = self.manager.node_mut(self.now, store) {
                     node.handle_credit(self.now, stream, frames);
                 }
-                self.drain(store);
             }
         }
+        self.drain();
     }
 
     fn open(&mut self, stream: StreamId, store: Uuid, request: Result<Envelope, String>) {
         self.slots.insert(stream, Slot { store, inbox: VecDeque::new() });
-        match self.stores.get_mut(&store) {
-            Some(Store::Open(node)) => {
-                Self::start(node, self.now, stream, request);
-                self.drain(store);
-            }
-            Some(Store::Opening(queued)) => queued.push((stream, request)),
-            None => {
-                self.stores.insert(store, Store::Opening(alloc::vec![(stream, request)]));
-                self.effects.push_back(EngineEffect::OpenStore { store });
-            }
+        match self.manager.get_or_create(self.now, store, (stream, request)) {
+            Access::Ready(node, (stream, request)) => Self::start(node, self.now, stream, request),
+            Access::Queued => {}
+            // Go turns every failure to get the store's node into "store unavailable" (spec §2.5.1).
+            Access::Refused((stream, _), _) => self.reject(stream),
         }
+    }
+
+    fn reject(&mut self, stream: StreamId) {
+        self.slots.remove(&stream);
+        let error = String::from(STORE_UNAVAILABLE);
+        self.effects.push_back(EngineEffect::Output(EngineOutput::Reject { stream, error }));
     }
 
     fn start(node: &mut Node, now: Millis, stream: StreamId, request: Result<Envelope, String>) {
@@ -174,35 +167,14 @@ impl Engine {
     /// The adapter finished opening a store.
     pub fn handle_store_opened(&mut self, now: Millis, store: Uuid, result: Result<(), String>) {
         self.advance(now);
-        let Some(Store::Opening(queued)) = self.stores.remove(&store) else { return };
-        match result {
-            Ok(()) => {
-                let mut node = Node::new(store, self.config.node.clone(), self.now, self.rng.next_u64());
-                for (stream, request) in queued {
-                    Self::start(&mut node, self.now, stream, request);
-                }
-                self.stores.insert(store, Store::Open(node));
-                let streams: Vec<StreamId> =
-                    self.slots.iter().filter(|(_, s)| s.store == store).map(|(id, _)| *id).collect();
-                self.drain(store);
-                for stream in streams {
-                    self.deliver(stream);
-                }
-            }
-            Err(_) => {
-                for (stream, _) in queued {
-                    self.slots.remove(&stream);
-                    let error = String::from(STORE_UNAVAILABLE);
-                    self.effects.push_back(EngineEffect::Output(EngineOutput::Reject { stream, error }));
-                }
-            }
-        }
+        self.manager.handle_store_opened(self.now, store, result);
+        self.drain();
     }
 
     fn enqueue(&mut self, stream: StreamId, item: Inbound) {
         let Some(slot) = self.slots.get_mut(&stream) else { return };
-        if slot.inbox.len() >= INPUT_WINDOW as usize + 1 {
-            // The connection forwarded more than its window: a driver bug, not a peer's. Refuse the excess.
+        if slot.inbox.len() > INPUT_WINDOW as usize {
+            // The connection forwarded more than its window: a driver bug, not a peer's. Drop the excess.
             return;
         }
         slot.inbox.push_back(item);
@@ -212,8 +184,7 @@ impl Engine {
     /// Hands a stream's queued items to its operation while it takes them.
     fn deliver(&mut self, stream: StreamId) {
         let Some(slot) = self.slots.get_mut(&stream) else { return };
-        let store = slot.store;
-        let Some(Store::Open(node)) = self.stores.get_mut(&store) else { return };
+        let Some(node) = self.manager.node_mut(self.now, slot.store) else { return };
         let mut taken = 0u32;
         loop {
             match slot.inbox.front() {
@@ -241,71 +212,82 @@ impl Engine {
             self.effects
                 .push_back(EngineEffect::Output(EngineOutput::InputCredit { stream, messages: taken }));
         }
-        self.drain(store);
     }
 
-    /// Converts a node's outputs into effects.
-    fn drain(&mut self, store: Uuid) {
-        let mut ready = Vec::new();
-        let Some(Store::Open(node)) = self.stores.get_mut(&store) else { return };
-        while let Some(out) = node.poll_output() {
-            let effect = match out {
-                NodeOutput::Send { stream, message } => {
-                    EngineEffect::Output(EngineOutput::Send { stream, message })
+    /// Converts the manager's outputs (and its nodes') into effects, until none are left.
+    fn drain(&mut self) {
+        while let Some(out) = self.manager.poll_output() {
+            match out {
+                ManagerOutput::OpenStore { store_id } => {
+                    self.effects.push_back(EngineEffect::OpenStore { store: store_id });
                 }
-                NodeOutput::Close { stream, error } => {
-                    self.slots.remove(&stream);
-                    EngineEffect::Output(EngineOutput::Close { stream, error })
+                ManagerOutput::CloseStore { store_id } => {
+                    self.effects.push_back(EngineEffect::CloseStore { store: store_id });
                 }
-                NodeOutput::Ready { stream } => {
-                    ready.push(stream);
-                    continue;
+                ManagerOutput::StoreOpened { store_id, work } => {
+                    for (stream, request) in work {
+                        // Streams aborted while their store opened have no slot any more.
+                        if !self.slots.contains_key(&stream) {
+                            continue;
+                        }
+                        if let Some(node) = self.manager.node_mut(self.now, store_id) {
+                            Self::start(node, self.now, stream, request);
+                        }
+                        self.deliver(stream);
+                    }
                 }
-                NodeOutput::Storage { op, request } => EngineEffect::Storage { store, op, request },
-                NodeOutput::Bus(command) => EngineEffect::Bus { store, command },
-            };
-            self.effects.push_back(effect);
-        }
-        for stream in ready {
-            self.deliver(stream);
+                ManagerOutput::StoreFailed { work, .. } => {
+                    for (stream, _) in work {
+                        if self.slots.contains_key(&stream) {
+                            self.reject(stream);
+                        }
+                    }
+                }
+                ManagerOutput::Node { store_id: store, output } => {
+                    let effect = match output {
+                        NodeOutput::Send { stream, message } => {
+                            EngineEffect::Output(EngineOutput::Send { stream, message })
+                        }
+                        NodeOutput::Close { stream, error } => {
+                            self.slots.remove(&stream);
+                            EngineEffect::Output(EngineOutput::Close { stream, error })
+                        }
+                        NodeOutput::Ready { stream } => {
+                            self.deliver(stream);
+                            continue;
+                        }
+                        NodeOutput::Storage { op, request } => EngineEffect::Storage { store, op, request },
+                        NodeOutput::Bus(command) => EngineEffect::Bus { store, command },
+                    };
+                    self.effects.push_back(effect);
+                }
+            }
         }
     }
 
     /// A storage operation of `store` completed.
     pub fn handle_storage(&mut self, now: Millis, store: Uuid, op: OpId, result: StorageResult) {
         self.advance(now);
-        if let Some(Store::Open(node)) = self.stores.get_mut(&store) {
+        if let Some(node) = self.manager.node_mut(self.now, store) {
             node.handle_storage(self.now, op, result);
-            self.drain(store);
         }
+        self.drain();
     }
 
     /// A bus completion or delivery for `store`'s node.
     pub fn handle_bus(&mut self, now: Millis, store: Uuid, event: BusEvent) {
         self.advance(now);
-        if let Some(Store::Open(node)) = self.stores.get_mut(&store) {
+        if let Some(node) = self.manager.node_mut(self.now, store) {
             node.handle_bus(self.now, event);
-            self.drain(store);
         }
+        self.drain();
     }
 
-    /// Timers due at `now` fire.
+    /// Timers due at `now` fire (node timers, idle eviction).
     pub fn handle_timeout(&mut self, now: Millis) {
         self.advance(now);
-        let due: Vec<Uuid> = self
-            .stores
-            .iter()
-            .filter_map(|(id, s)| match s {
-                Store::Open(node) => node.poll_timeout().filter(|(at, _)| *at <= self.now).map(|_| *id),
-                Store::Opening(_) => None,
-            })
-            .collect();
-        for store in due {
-            if let Some(Store::Open(node)) = self.stores.get_mut(&store) {
-                node.handle_timeout(self.now);
-            }
-            self.drain(store);
-        }
+        self.manager.handle_timeout(self.now);
+        self.drain();
     }
 
     /// The next effect; drain until `None` after every input.
@@ -313,32 +295,19 @@ impl Engine {
         self.effects.pop_front()
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) is due next, with the reason.
-    pub fn poll_timeout(&self) -> Option<(Millis, &'static str)> {
+    /// When [`handle_timeout`](Self::handle_timeout) is due next.
+    pub fn poll_timeout(&self) -> Option<Millis> {
         if !self.effects.is_empty() {
-            return Some((self.now, "effects queued"));
+            return Some(self.now);
         }
-        self.stores
-            .values()
-            .filter_map(|s| match s {
-                Store::Open(node) => node.poll_timeout(),
-                Store::Opening(_) => None,
-            })
-            .min_by_key(|(at, _)| *at)
+        self.manager.poll_timeout()
     }
 
-    /// Shuts every node down (closing their streams with `reason`) and releases the stores.
-    pub fn shutdown(&mut self, now: Millis, reason: &str) {
+    /// Shuts every node down (closing their streams) and releases the stores.
+    pub fn shutdown(&mut self, now: Millis) {
         self.advance(now);
-        let stores: Vec<Uuid> = self.stores.keys().copied().collect();
-        for store in stores {
-            if let Some(Store::Open(node)) = self.stores.get_mut(&store) {
-                node.shutdown(self.now, reason);
-            }
-            self.drain(store);
-            self.stores.remove(&store);
-            self.effects.push_back(EngineEffect::CloseStore { store });
-        }
+        self.manager.close(self.now);
+        self.drain();
         self.slots.clear();
     }
 }

@@ -9,14 +9,18 @@
 //!   livelock;
 //! * [`Link`]: one direction of a transport with latency, loss and close, delivering in order;
 //! * [`MuxNet`]: several [`MuxPair`]s (client session ⇄ server session over two links) driven by one
-//!   clock, advancing to the earliest session timeout or link delivery.
+//!   clock, advancing to the earliest session timeout or link delivery;
+//! * [`system::SystemSim`]: the whole server (connections, engine, nodes, stores, bus) with clients.
 //!
 //! Everything random (frame loss, session seeds) derives from one seed, so a failing run replays.
 
 mod clock;
 mod link;
 mod mux_net;
+pub mod system;
 
+#[cfg(test)]
+mod system_tests;
 #[cfg(test)]
 mod tests;
 

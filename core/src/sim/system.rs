@@ -1,0 +1,516 @@
+//! The whole server in one deterministic simulation: client connections, server connections, the engine
+//! with its nodes, an in-memory store per store id and an in-memory bus, wired by simulated links on
+//! virtual time.
+//!
+//! Storage effects complete after a random delay drawn from the seed (so concurrent operations interleave
+//! differently per seed, and completions arrive out of order), the bus delivers synchronously, and
+//! clients pull every item as soon as it is readable. Tests drive clients through [`SystemSim::open`],
+//! [`SystemSim::send`], [`SystemSim::close_send`] and read what each operation received.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::string::String;
+use alloc::vec::Vec;
+use uuid::Uuid;
+
+use super::{Clock, Delivery, Link, LinkConfig, earliest};
+use crate::api::{Entry, Request, SegmentStatus};
+use crate::auth::StoreScopes;
+use crate::client::{ClientConnection, ClientEvent, ClientItem};
+use crate::mux::{MuxConfig, MuxSession, Role};
+use crate::node::{BusCommand, BusEvent, OpId};
+use crate::rand::Rng;
+use crate::server::{Engine, EngineConfig, EngineEffect, ServerConnection};
+use crate::storage::{MemoryKv, OrderedKv, StorageOp};
+use crate::stream::StreamEnd;
+use crate::time::Millis;
+use crate::wire::{Codec, Message};
+
+/// Text of the transport close seen by sessions.
+const TRANSPORT_CLOSED: &str = "transport closed";
+
+/// Simulation settings.
+#[derive(Clone, Debug)]
+pub struct SystemConfig {
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Engine configuration (nodes, manager).
+    pub engine: EngineConfig,
+    /// Mux configuration of both ends.
+    pub mux: MuxConfig,
+    /// Link behaviour.
+    pub link: LinkConfig,
+    /// Storage effects complete after a delay in `0..=max_storage_latency` milliseconds.
+    pub max_storage_latency: u64,
+    /// Step budget (livelock guard).
+    pub max_steps: u64,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            engine: EngineConfig::default(),
+            mux: MuxConfig::default(),
+            link: LinkConfig::default(),
+            max_storage_latency: 2,
+            max_steps: 5_000_000,
+        }
+    }
+}
+
+/// What one client operation received.
+#[derive(Clone, Debug, Default)]
+pub struct OpLog {
+    /// Decoded messages, in order.
+    pub messages: Vec<Message>,
+    /// How the stream ended: `Ok(())` for a clean end, `Err(text)` otherwise; `None` while open.
+    pub end: Option<Result<(), String>>,
+}
+
+impl OpLog {
+    /// The entries received.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.messages
+            .iter()
+            .filter_map(|m| if let Message::Entry(e) = m { Some(e.clone()) } else { None })
+            .collect()
+    }
+
+    /// The statuses received.
+    pub fn statuses(&self) -> Vec<SegmentStatus> {
+        self.messages
+            .iter()
+            .filter_map(|m| if let Message::Status(s) = m { Some(s.clone()) } else { None })
+            .collect()
+    }
+
+    /// The names received.
+    pub fn names(&self) -> Vec<String> {
+        self.messages
+            .iter()
+            .filter_map(|m| if let Message::Name(n) = m { Some(n.clone()) } else { None })
+            .collect()
+    }
+
+    /// Whether the stream ended.
+    pub fn is_done(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// The end's error text (`None` for a clean end); panics while the stream is open (tests only).
+    pub fn error(&self) -> Option<&str> {
+        match self.end.as_ref().expect("operation still running") {
+            Ok(()) => None,
+            Err(e) => Some(e),
+        }
+    }
+}
+
+/// One client: its connection, links and operations.
+struct SimClient {
+    conn: ClientConnection,
+    server_conn: u64,
+    up: Link,
+    down: Link,
+    ops: BTreeMap<Uuid, OpLog>,
+    closed: bool,
+}
+
+struct PendingStorage {
+    ready_at: Millis,
+    seq: u64,
+    store: Uuid,
+    op: OpId,
+    request: StorageOp,
+}
+
+/// The simulated system; see the [module](self) docs.
+pub struct SystemSim {
+    config: SystemConfig,
+    clock: Clock,
+    rng: Rng,
+    engine: Engine,
+    servers: BTreeMap<u64, ServerConnection>,
+    clients: Vec<SimClient>,
+    stores: BTreeMap<Uuid, MemoryKv>,
+    /// Stores whose opening fails.
+    pub failing_stores: BTreeSet<Uuid>,
+    storage: Vec<PendingStorage>,
+    storage_seq: u64,
+    routes: BTreeMap<String, BTreeSet<Uuid>>,
+    /// Every notification published on the bus.
+    pub published: u64,
+}
+
+impl SystemSim {
+    /// A system with no client yet.
+    pub fn new(config: SystemConfig) -> Self {
+        let start = Millis(1_700_000_000_000);
+        let mut rng = Rng::new(config.seed);
+        let engine = Engine::new(config.engine.clone(), start, rng.next_u64());
+        Self {
+            clock: Clock::new(start, config.max_steps),
+            rng,
+            engine,
+            servers: BTreeMap::new(),
+            clients: Vec::new(),
+            stores: BTreeMap::new(),
+            failing_stores: BTreeSet::new(),
+            storage: Vec::new(),
+            storage_seq: 0,
+            routes: BTreeMap::new(),
+            published: 0,
+            config,
+        }
+    }
+
+    /// Virtual time.
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    /// The engine (for inspection).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The store of `store` (for inspection).
+    pub fn kv(&mut self, store: Uuid) -> &mut MemoryKv {
+        self.stores.entry(store).or_default()
+    }
+
+    /// Connects a client speaking `codec` whose token grants `scopes`; returns its index.
+    pub fn connect(&mut self, codec: Codec, scopes: StoreScopes) -> usize {
+        let now = self.now();
+        let id = self.clients.len() as u64 + 1;
+        let server_mux = MuxSession::new(
+            Role::Server { scopes },
+            codec,
+            self.config.mux.clone(),
+            now,
+            self.rng.next_u64(),
+        );
+        self.servers.insert(id, ServerConnection::new(id, server_mux));
+        let conn = ClientConnection::new(codec, self.config.mux.clone(), now, self.rng.next_u64());
+        self.clients.push(SimClient {
+            conn,
+            server_conn: id,
+            up: Link::new(self.config.link, self.rng.next_u64()),
+            down: Link::new(self.config.link, self.rng.next_u64()),
+            ops: BTreeMap::new(),
+            closed: false,
+        });
+        self.clients.len() - 1
+    }
+
+    /// Opens an operation; returns its channel. The simulation is not run.
+    pub fn open(&mut self, client: usize, store: Uuid, request: Request) -> Uuid {
+        let now = self.now();
+        let c = &mut self.clients[client];
+        let channel = c.conn.open(now, store, request).expect("open on a live client connection");
+        c.ops.insert(channel, OpLog::default());
+        channel
+    }
+
+    /// Sends a later message of an operation (not run).
+    pub fn send(&mut self, client: usize, channel: Uuid, message: Message) {
+        let now = self.now();
+        let _ = self.clients[client].conn.send(now, channel, &message);
+    }
+
+    /// Ends what the client sends on an operation (not run).
+    pub fn close_send(&mut self, client: usize, channel: Uuid, err: Option<&str>) {
+        let now = self.now();
+        let _ = self.clients[client].conn.close_send(now, channel, err);
+    }
+
+    /// Cancels an operation like the Go client (`mux::close` with `context canceled`) and forgets it.
+    pub fn cancel(&mut self, client: usize, channel: Uuid) {
+        let now = self.now();
+        let c = &mut self.clients[client];
+        c.conn.cancel(now, channel, "context canceled");
+        if let Some(op) = c.ops.get_mut(&channel)
+            && op.end.is_none()
+        {
+            op.end = Some(Err("context canceled".into()));
+        }
+    }
+
+    /// What an operation received.
+    pub fn op(&self, client: usize, channel: Uuid) -> &OpLog {
+        &self.clients[client].ops[&channel]
+    }
+
+    /// Opens an operation, closes its sending side at once and runs until it ends.
+    pub fn call(&mut self, client: usize, store: Uuid, request: Request) -> OpLog {
+        let channel = self.open(client, store, request);
+        self.run_until(|sim| sim.op(client, channel).is_done());
+        self.op(client, channel).clone()
+    }
+
+    /// Produces `records` in one operation and runs until it ends.
+    pub fn produce(
+        &mut self,
+        client: usize,
+        store: Uuid,
+        space: &str,
+        segment: &str,
+        records: Vec<crate::api::Record>,
+    ) -> OpLog {
+        let request = Request::Produce(crate::api::Produce { space: space.into(), segment: segment.into() });
+        let channel = self.open(client, store, request);
+        for record in records {
+            self.send(client, channel, Message::Record(record));
+        }
+        self.close_send(client, channel, None);
+        self.run_until(|sim| sim.op(client, channel).is_done());
+        self.op(client, channel).clone()
+    }
+
+    /// Breaks a client's connection (both directions fail at once).
+    pub fn sever(&mut self, client: usize) {
+        let now = self.now();
+        let c = &mut self.clients[client];
+        c.up.sever(now);
+        c.down.sever(now);
+    }
+
+    /// Runs until `done` holds (checked after every step), failing on livelock or when the system
+    /// goes idle first.
+    pub fn run_until(&mut self, mut done: impl FnMut(&Self) -> bool) {
+        loop {
+            if done(self) {
+                return;
+            }
+            assert!(self.step(), "system went idle before the condition held (time {:?})", self.now());
+        }
+    }
+
+    /// Runs until nothing is left to do, or until `limit` of virtual time passed.
+    pub fn run_for(&mut self, limit: Millis) {
+        self.pump();
+        let end = self.now() + limit;
+        while self.next_time().is_some_and(|t| t <= end) {
+            self.step();
+        }
+        self.clock.advance_to(end);
+        self.pump();
+    }
+
+    /// Runs until no more work is pending within a short horizon (timers further away than `horizon`
+    /// are not waited for: heartbeats would otherwise run forever).
+    pub fn settle(&mut self) {
+        self.pump();
+        let horizon = Millis(1_000);
+        let end = self.now() + horizon;
+        while self.next_time().is_some_and(|t| t <= end) {
+            self.step();
+        }
+    }
+
+    fn next_time(&self) -> Option<Millis> {
+        let mut times =
+            alloc::vec![self.engine.poll_timeout(), self.storage.iter().map(|p| p.ready_at).min(),];
+        for c in &self.clients {
+            times.push(c.up.next_delivery());
+            times.push(c.down.next_delivery());
+            times.push(c.conn.poll_timeout().map(|(t, _)| t));
+        }
+        for s in self.servers.values() {
+            times.push(s.poll_timeout().map(|(t, _)| t));
+        }
+        earliest(times)
+    }
+
+    /// Advances to the next event and processes everything due then. False when nothing is pending.
+    pub fn step(&mut self) -> bool {
+        self.clock.step();
+        self.pump();
+        let Some(next) = self.next_time() else { return false };
+        self.clock.advance_to(next);
+        let now = self.now();
+        // Storage completions due now, in completion order.
+        let mut due: Vec<PendingStorage> = Vec::new();
+        let mut i = 0;
+        while i < self.storage.len() {
+            if self.storage[i].ready_at <= now {
+                due.push(self.storage.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        due.sort_by_key(|p| (p.ready_at, p.seq));
+        for p in due {
+            let result = self.stores.entry(p.store).or_default().execute(&p.request);
+            self.engine.handle_storage(now, p.store, p.op, result);
+            self.pump();
+        }
+        // Link deliveries.
+        for index in 0..self.clients.len() {
+            while let Some(delivery) = self.clients[index].up.poll_delivery(now) {
+                let id = self.clients[index].server_conn;
+                if let Some(server) = self.servers.get_mut(&id) {
+                    match delivery {
+                        Delivery::Frame(bytes) => server.handle_frame(now, &bytes),
+                        Delivery::Closed => server.handle_transport_closed(now, TRANSPORT_CLOSED),
+                    }
+                }
+                self.pump();
+            }
+            while let Some(delivery) = self.clients[index].down.poll_delivery(now) {
+                let c = &mut self.clients[index];
+                match delivery {
+                    Delivery::Frame(bytes) => c.conn.handle_frame(now, &bytes),
+                    Delivery::Closed => c.conn.handle_transport_closed(now, TRANSPORT_CLOSED),
+                }
+                self.pump();
+            }
+        }
+        // Timers.
+        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.engine.handle_timeout(now);
+        }
+        for server in self.servers.values_mut() {
+            if server.poll_timeout().is_some_and(|(t, _)| t <= now) {
+                server.handle_timeout(now);
+            }
+        }
+        for c in &mut self.clients {
+            if c.conn.poll_timeout().is_some_and(|(t, _)| t <= now) {
+                c.conn.handle_timeout(now);
+            }
+        }
+        self.pump();
+        true
+    }
+
+    /// Moves everything that can move at the current time: client events and transmits, server
+    /// connection inputs to the engine, engine effects to connections, stores and the bus.
+    fn pump(&mut self) {
+        let now = self.now();
+        loop {
+            let mut moved = false;
+            for c in &mut self.clients {
+                while let Some(event) = c.conn.poll_event() {
+                    moved = true;
+                    match event {
+                        ClientEvent::Readable { channel } => {
+                            while let Some(item) = c.conn.recv(channel) {
+                                let Some(op) = c.ops.get_mut(&channel) else { continue };
+                                match item {
+                                    ClientItem::Message(m) => op.messages.push(m),
+                                    ClientItem::Invalid(e) => op.end = Some(Err(e)),
+                                    ClientItem::End(StreamEnd::Finished) => op.end = Some(Ok(())),
+                                    ClientItem::End(StreamEnd::Failed(e)) => op.end = Some(Err(e)),
+                                }
+                            }
+                            if c.ops.get(&channel).is_some_and(OpLog::is_done) {
+                                c.conn.release(channel);
+                            }
+                        }
+                        ClientEvent::Aborted { channel, reason } => {
+                            if let Some(op) = c.ops.get_mut(&channel)
+                                && op.end.is_none()
+                            {
+                                op.end = Some(Err(reason));
+                            }
+                        }
+                        ClientEvent::Sent { .. } => {}
+                        ClientEvent::Shutdown { .. } => c.closed = true,
+                    }
+                }
+                while let Some(frame) = c.conn.poll_transmit() {
+                    moved = true;
+                    c.up.send(now, frame);
+                }
+                if c.conn.is_shut_down() && !c.conn.has_transmit() {
+                    c.up.close(now);
+                }
+            }
+            for c in &mut self.clients {
+                let Some(server) = self.servers.get_mut(&c.server_conn) else { continue };
+                while let Some(input) = server.poll_engine_input() {
+                    moved = true;
+                    self.engine.handle_input(now, input);
+                }
+                while let Some(frame) = server.poll_transmit() {
+                    moved = true;
+                    c.down.send(now, frame);
+                }
+                if server.shutdown_reason().is_some() && !server.has_transmit() {
+                    c.down.close(now);
+                }
+                while let Some(input) = server.poll_engine_input() {
+                    moved = true;
+                    self.engine.handle_input(now, input);
+                }
+            }
+            while let Some(effect) = self.engine.poll_effect() {
+                moved = true;
+                self.apply(now, effect);
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    fn apply(&mut self, now: Millis, effect: EngineEffect) {
+        #[cfg(test)]
+        if std::env::var("SIM_TRACE").is_ok() {
+            std::println!("{now:?} {effect:?}");
+        }
+        match effect {
+            EngineEffect::Output(output) => {
+                if let Some(server) = self.servers.get_mut(&output.stream().conn) {
+                    server.handle_engine(now, output);
+                }
+            }
+            EngineEffect::OpenStore { store } => {
+                let result = if self.failing_stores.contains(&store) {
+                    Err(String::from("simulated open failure"))
+                } else {
+                    self.stores.entry(store).or_default();
+                    Ok(())
+                };
+                self.engine.handle_store_opened(now, store, result);
+            }
+            EngineEffect::CloseStore { .. } => {}
+            EngineEffect::Storage { store, op, request } => {
+                let delay = self.rng.below(self.config.max_storage_latency + 1);
+                self.storage_seq += 1;
+                self.storage.push(PendingStorage {
+                    ready_at: now + Millis(delay),
+                    seq: self.storage_seq,
+                    store,
+                    op,
+                    request,
+                });
+            }
+            EngineEffect::Bus { store, command } => match command {
+                BusCommand::Subscribe { op, route } => {
+                    self.routes.entry(route).or_default().insert(store);
+                    self.engine.handle_bus(now, store, BusEvent::Subscribed { op, result: Ok(()) });
+                }
+                BusCommand::Unsubscribe { route } => {
+                    if let Some(stores) = self.routes.get_mut(&route) {
+                        stores.remove(&store);
+                    }
+                }
+                BusCommand::Publish { op, route, notification } => {
+                    self.published += 1;
+                    let subscribers: Vec<Uuid> =
+                        self.routes.get(&route).map(|s| s.iter().copied().collect()).unwrap_or_default();
+                    for subscriber in subscribers {
+                        let event = BusEvent::Notification {
+                            route: route.clone(),
+                            notification: notification.clone(),
+                        };
+                        self.engine.handle_bus(now, subscriber, event);
+                    }
+                    self.engine.handle_bus(now, store, BusEvent::Published { op, result: Ok(()) });
+                }
+            },
+        }
+    }
+}
