@@ -420,14 +420,39 @@ fn watermark_hides_entries_behind_an_in_flight_write() {
 
 #[test]
 fn space_read_in_the_same_millisecond_as_a_write_waits_for_it_to_close() {
-    // The "now" edge of invariant 3: a read issued in the millisecond of a commit still sees it, and a
-    // write that starts later in that millisecond can never land behind the read's last entry.
+    // The "now" edge of invariant 3. A read whose bound reaches the current millisecond starts when that
+    // millisecond is over, and stops before the millisecond it starts in: writes of that millisecond,
+    // committed before or after the read's scan, can never fall behind the read's cursor.
     let mut h = harness();
+    let t = h.now.as_timestamp();
+    produce(&mut h, "sp", "b", 1..=1); // (t, b)
+    h.hold_storage = true;
+    let read = h.open(Request::ConsumeSpace(ConsumeSpace { space: "sp".into(), ..Default::default() }));
+    assert_eq!(h.now.as_timestamp(), t + 1, "the read started one millisecond later");
+    assert_eq!(h.held(), 1, "its scan is in flight");
+    // A write of millisecond t+1 commits before the scan runs...
+    let z = h.open(produce_req("sp", "z"));
+    h.release_newest_storage();
+    h.send(z, record(1));
+    h.end(z, StreamEnd::Finished);
+    h.release_newest_storage();
+    assert_eq!(h.log(z).statuses()[0].last_timestamp, t + 1);
+    h.release_storage();
+    let first = h.log(read).entries();
+    assert_eq!(
+        first.iter().map(|e| e.segment.as_str()).collect::<Vec<_>>(),
+        ["b"],
+        "the read stops before t+1"
+    );
+    // ...and another one after it, in the same millisecond, sorting before it.
+    h.hold_storage = false;
     produce(&mut h, "sp", "a", 1..=1);
-    let s = h.open(Request::ConsumeSpace(ConsumeSpace { space: "sp".into(), ..Default::default() }));
-    let entries = h.log(s).entries();
-    assert_eq!(entries.len(), 1);
-    assert!(entries[0].timestamp < h.now.as_timestamp());
+    h.advance(2);
+    let offset = first.last().unwrap().space_offset();
+    let resumed =
+        h.open(Request::ConsumeSpace(ConsumeSpace { space: "sp".into(), offset, ..Default::default() }));
+    let segments: Vec<String> = h.log(resumed).entries().iter().map(|e| e.segment.clone()).collect();
+    assert_eq!(segments, ["a", "z"], "nothing is skipped after the cursor");
 }
 
 #[test]
