@@ -11,8 +11,11 @@
 pub use streamkit_core as core;
 
 pub mod auth;
+pub mod clock;
+pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod runtime;
+pub mod server;
 pub mod store;
 pub mod ws;

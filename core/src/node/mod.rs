@@ -135,7 +135,7 @@ pub(crate) enum Step {
 }
 
 /// The state machine of one stream's request.
-pub(crate) trait StreamOp {
+pub(crate) trait StreamOp: Send {
     /// A later message from the peer (only delivered while [`StreamOp::accepts_input`] holds).
     fn on_message(&mut self, _sv: &mut Services, _stream: StreamId, _message: Message) -> Step {
         Step::Continue
