@@ -14,6 +14,8 @@
 pub mod cbor;
 pub mod control;
 pub mod frame;
+#[cfg(any(fuzzing, test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod gojson;
 pub mod serde_helpers;
 
