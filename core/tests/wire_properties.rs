@@ -1120,3 +1120,258 @@ fn default_limits_are_go_s() {
         Err(WireError::PayloadTooLarge { len: (6 << 20) + 1, limit: 6 << 20 })
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// The hand-written CBOR codec (`wire::cbor_fast`) against ciborium
+// ------------------------------------------------------------------------------------------------
+
+mod cbor_fast_vs_ciborium {
+    use super::*;
+    use ciborium::Value;
+    use streamkit_core::wire::{cbor, cbor_fast};
+
+    fn ciborium_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(value, &mut out).unwrap();
+        out
+    }
+
+    /// ciborium's encoding of a frame (the serde tuple of `wire::cbor`).
+    fn ciborium_frame(frame: &Frame) -> Vec<u8> {
+        let mut out = Vec::new();
+        cbor::write_frame(frame, &mut out);
+        out
+    }
+
+    const UNLIMITED: Limits = Limits { max_frame: usize::MAX, max_payload: usize::MAX };
+
+    /// On any input: whatever the fast path decodes, ciborium decodes to the same value, and the codec
+    /// (fast path, else ciborium) answers exactly as ciborium alone.
+    fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let by_ciborium = cbor::read_frame(bytes).ok();
+        if let Some(view) = cbor_fast::parse_frame(bytes) {
+            prop_assert_eq!(by_ciborium.as_ref(), Some(&view.to_frame()), "frame");
+        }
+        prop_assert_eq!(Frame::from_cbor(bytes, &UNLIMITED).ok(), by_ciborium);
+
+        let record = cbor::from_slice::<Record>(bytes).ok();
+        if let Some(fast) = cbor_fast::parse_record(bytes) {
+            prop_assert_eq!(record.as_ref(), Some(&fast), "record");
+        }
+        prop_assert_eq!(
+            Codec::Cbor.decode_message(MessageKind::Record, bytes).ok(),
+            record.map(Message::Record)
+        );
+
+        let entry = cbor::from_slice::<Entry>(bytes).ok();
+        if let Some(fast) = cbor_fast::parse_entry(bytes) {
+            prop_assert_eq!(entry.as_ref(), Some(&fast), "entry");
+        }
+        prop_assert_eq!(
+            Codec::Cbor.decode_message(MessageKind::Entry, bytes).ok(),
+            entry.map(Message::Entry)
+        );
+        Ok(())
+    }
+
+    /// How to re-encode a decoded CBOR value: other valid encodings of the same data.
+    #[derive(Clone, Copy, Debug)]
+    enum Style {
+        /// Map entries rotated by the given amount (another key order).
+        Rotated(usize),
+        /// Every head with an 8-byte argument.
+        NonMinimal,
+        /// Indefinite-length strings, arrays and maps.
+        Indefinite,
+    }
+
+    fn head(out: &mut Vec<u8>, style: Style, major: u8, value: u64) {
+        match style {
+            Style::NonMinimal => {
+                out.push(major << 5 | 27);
+                out.extend_from_slice(&value.to_be_bytes());
+            }
+            _ => out.extend_from_slice(&minimal_head(major, value)),
+        }
+    }
+
+    fn minimal_head(major: u8, value: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(&value, &mut out).unwrap();
+        out[0] = out[0] & 0x1f | major << 5;
+        out
+    }
+
+    fn rewrite(value: &Value, style: Style, out: &mut Vec<u8>) {
+        let indefinite = matches!(style, Style::Indefinite);
+        match value {
+            Value::Integer(i) => {
+                let i = i128::from(*i);
+                if i < 0 {
+                    head(out, style, 1, (-1 - i) as u64);
+                } else {
+                    head(out, style, 0, i as u64);
+                }
+            }
+            Value::Bytes(_) | Value::Text(_) if indefinite => {
+                let (major, data) = match value {
+                    Value::Bytes(b) => (2u8, b.as_slice()),
+                    Value::Text(t) => (3u8, t.as_bytes()),
+                    _ => unreachable!(),
+                };
+                out.push(major << 5 | 31);
+                // Two chunks when possible; text is split on a character boundary.
+                let mut mid = data.len() / 2;
+                while major == 3 && std::str::from_utf8(&data[..mid]).is_err() {
+                    mid -= 1;
+                }
+                for chunk in [&data[..mid], &data[mid..]] {
+                    head(out, style, major, chunk.len() as u64);
+                    out.extend_from_slice(chunk);
+                }
+                out.push(0xff);
+            }
+            Value::Bytes(b) => {
+                head(out, style, 2, b.len() as u64);
+                out.extend_from_slice(b);
+            }
+            Value::Text(t) => {
+                head(out, style, 3, t.len() as u64);
+                out.extend_from_slice(t.as_bytes());
+            }
+            Value::Array(items) => {
+                if indefinite {
+                    out.push(4 << 5 | 31);
+                } else {
+                    head(out, style, 4, items.len() as u64);
+                }
+                for item in items {
+                    rewrite(item, style, out);
+                }
+                if indefinite {
+                    out.push(0xff);
+                }
+            }
+            Value::Map(pairs) => {
+                let mut pairs = pairs.clone();
+                if let Style::Rotated(n) = style
+                    && !pairs.is_empty()
+                {
+                    let n = n % pairs.len();
+                    pairs.rotate_left(n);
+                }
+                if indefinite {
+                    out.push(5 << 5 | 31);
+                } else {
+                    head(out, style, 5, pairs.len() as u64);
+                }
+                for (k, v) in &pairs {
+                    rewrite(k, style, out);
+                    rewrite(v, style, out);
+                }
+                if indefinite {
+                    out.push(0xff);
+                }
+            }
+            other => ciborium::into_writer(other, &mut *out).unwrap(),
+        }
+    }
+
+    fn restyled(bytes: &[u8], style: Style) -> Vec<u8> {
+        let value: Value = ciborium::from_reader(bytes).unwrap();
+        let mut out = Vec::new();
+        rewrite(&value, style, &mut out);
+        out
+    }
+
+    fn style() -> impl Strategy<Value = Style> {
+        prop_oneof![any::<usize>().prop_map(Style::Rotated), Just(Style::NonMinimal), Just(Style::Indefinite),]
+    }
+
+    proptest! {
+        #[test]
+        fn writes_exactly_what_ciborium_writes(frame in frame(), record in record(), entry in entry()) {
+            let mut out = Vec::new();
+            cbor_fast::write_frame(&frame, &mut out);
+            prop_assert_eq!(&out, &ciborium_frame(&frame), "frame");
+            out.clear();
+            cbor_fast::write_record(&record, &mut out);
+            prop_assert_eq!(&out, &ciborium_bytes(&record), "record");
+            out.clear();
+            cbor_fast::write_entry(&entry, &mut out);
+            prop_assert_eq!(&out, &ciborium_bytes(&entry), "entry");
+            // The codec's entry points use it.
+            prop_assert_eq!(Codec::Cbor.encode_frame(&frame), ciborium_frame(&frame));
+            prop_assert_eq!(Codec::Cbor.encode_message(&Message::Entry(entry.clone())), ciborium_bytes(&entry));
+            prop_assert_eq!(Codec::Cbor.encode_message(&Message::Record(record.clone())), ciborium_bytes(&record));
+        }
+
+        #[test]
+        fn reads_everything_ciborium_writes(frame in frame(), record in record(), entry in entry()) {
+            prop_assert_eq!(cbor_fast::parse_frame(&ciborium_frame(&frame)).map(|v| v.to_frame()), Some(frame));
+            prop_assert_eq!(cbor_fast::parse_record(&ciborium_bytes(&record)), Some(record));
+            prop_assert_eq!(cbor_fast::parse_entry(&ciborium_bytes(&entry)), Some(entry));
+        }
+
+        /// Other valid encodings of the same data. Another key order and long heads take the fast path
+        /// and decode to the same value; indefinite lengths are left to ciborium (which cannot read a
+        /// chunked byte string as a UUID, so those frames fail, exactly as they did before).
+        #[test]
+        fn other_encodings_decode_like_ciborium(
+            frame in frame(),
+            record in record(),
+            entry in entry(),
+            style in style(),
+        ) {
+            let fast = !matches!(style, Style::Indefinite);
+            let bytes = restyled(&ciborium_frame(&frame), style);
+            agree(&bytes)?;
+            prop_assert_eq!(cbor_fast::parse_frame(&bytes).is_some(), fast);
+            if fast {
+                prop_assert_eq!(Frame::from_cbor(&bytes, &UNLIMITED), Ok(frame));
+            }
+            let bytes = restyled(&ciborium_bytes(&record), style);
+            agree(&bytes)?;
+            prop_assert_eq!(cbor_fast::parse_record(&bytes).is_some(), fast);
+            if fast {
+                prop_assert_eq!(Codec::Cbor.decode_message(MessageKind::Record, &bytes), Ok(Message::Record(record)));
+            }
+            let bytes = restyled(&ciborium_bytes(&entry), style);
+            agree(&bytes)?;
+            prop_assert_eq!(cbor_fast::parse_entry(&bytes).is_some(), fast);
+            if fast {
+                prop_assert_eq!(Codec::Cbor.decode_message(MessageKind::Entry, &bytes), Ok(Message::Entry(entry)));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn agrees_with_ciborium_on_arbitrary_bytes(bytes in vec(any::<u8>(), 0..128)) {
+            agree(&bytes)?;
+        }
+
+        #[test]
+        fn agrees_with_ciborium_on_mutated_encodings(
+            frame in frame(),
+            record in record(),
+            entry in entry(),
+            edits in edits(),
+        ) {
+            agree(&mutated(ciborium_frame(&frame), edits.clone()))?;
+            agree(&mutated(ciborium_bytes(&record), edits.clone()))?;
+            agree(&mutated(ciborium_bytes(&entry), edits))?;
+        }
+    }
+
+    #[test]
+    fn frame_payload_limit_is_checked_before_copying() {
+        let frame = Frame::data(Uuid::nil(), Uuid::nil(), vec![1; 64]);
+        let bytes = Codec::Cbor.encode_frame(&frame);
+        let limits = Limits { max_frame: 1024, max_payload: 63 };
+        assert!(cbor_fast::parse_frame(&bytes).is_some(), "the usual encoding takes the fast path");
+        assert_eq!(Frame::from_cbor(&bytes, &limits), Err(WireError::PayloadTooLarge { len: 64, limit: 63 }));
+    }
+}

@@ -193,14 +193,24 @@ impl Frame {
         })
     }
 
-    /// Appends the CBOR encoding of the frame (see the module docs) to `out`.
+    /// Appends the CBOR encoding of the frame (see the module docs) to `out`: ciborium's bytes, written
+    /// by [`cbor_fast`](super::cbor_fast).
     pub fn write_cbor(&self, out: &mut Vec<u8>) {
-        super::cbor::write_frame(self, out)
+        super::cbor_fast::write_frame(self, out)
     }
 
     /// Decodes a CBOR frame, enforcing `limits`.
+    ///
+    /// The usual encoding is read by [`cbor_fast`](super::cbor_fast), which borrows the payload, so its
+    /// size is checked before it is copied; any other valid CBOR form is decoded by ciborium.
     pub fn from_cbor(bytes: &[u8], limits: &Limits) -> Result<Self, WireError> {
         limits.check_frame(bytes.len())?;
+        if let Some(view) = super::cbor_fast::parse_frame(bytes) {
+            if let Some(p) = view.payload {
+                limits.check_payload(p.len())?;
+            }
+            return Ok(view.to_frame());
+        }
         let frame = super::cbor::read_frame(bytes)?;
         if let Some(p) = &frame.payload {
             limits.check_payload(p.len())?;

@@ -13,8 +13,8 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::{Codec, Limits, MessageKind, StreamControl};
-use crate::api::Envelope;
+use super::{Codec, Limits, MessageKind, StreamControl, cbor, cbor_fast};
+use crate::api::{Entry, Envelope, Record};
 
 /// Names of the fuzz targets, as declared in `fuzz/Cargo.toml`.
 pub const TARGETS: [&str; 4] = ["json_frame", "cbor_frame", "envelope", "stream_control"];
@@ -40,7 +40,8 @@ pub fn json_frame(data: &[u8]) {
 }
 
 /// Decodes a CBOR frame; if it decodes, checks frame stability, the same frame in JSON, and every inner
-/// decoder on its payload.
+/// decoder on its payload. Wherever the hand-written decoder ([`cbor_fast`]) answers, its value must be
+/// ciborium's.
 pub fn cbor_frame(data: &[u8]) {
     frame(Codec::Cbor, data);
 }
@@ -88,6 +89,16 @@ fn other(codec: Codec) -> Codec {
 }
 
 fn frame(codec: Codec, data: &[u8]) {
+    if codec == Codec::Cbor {
+        // Differential check: the hand-written decoder agrees with ciborium wherever it answers.
+        if let Some(view) = cbor_fast::parse_frame(data) {
+            assert_eq!(
+                cbor::read_frame(data).ok(),
+                Some(view.to_frame()),
+                "cbor_fast frame differs from ciborium"
+            );
+        }
+    }
     let Ok(first) = codec.decode_frame(data, &Limits::default()) else { return };
     let encoded = codec.encode_frame(&first);
     assert_eq!(codec.encode_frame(&first), encoded, "{codec:?} frame encoding is deterministic");
@@ -111,6 +122,22 @@ fn frame(codec: Codec, data: &[u8]) {
 
 /// Every inner decoder of `codec` over `data`.
 fn inner(codec: Codec, data: &[u8]) {
+    if codec == Codec::Cbor {
+        if let Some(record) = cbor_fast::parse_record(data) {
+            assert_eq!(
+                cbor::from_slice::<Record>(data).ok(),
+                Some(record),
+                "cbor_fast record differs from ciborium"
+            );
+        }
+        if let Some(entry) = cbor_fast::parse_entry(data) {
+            assert_eq!(
+                cbor::from_slice::<Entry>(data).ok(),
+                Some(entry),
+                "cbor_fast entry differs from ciborium"
+            );
+        }
+    }
     for kind in KINDS {
         let Ok(first) = codec.decode_message(kind, data) else { continue };
         assert_eq!(first.kind(), kind);
@@ -196,7 +223,7 @@ mod tests {
     extern crate std;
 
     use super::*;
-    use crate::api::{Entry, Peek, Record};
+    use crate::api::Peek;
     use crate::wire::{ControlType, Frame};
     use proptest::prelude::*;
     use uuid::Uuid;

@@ -12,6 +12,7 @@
 //! both plain objects), so a receiver decodes them with the [`MessageKind`] its operation expects.
 
 pub mod cbor;
+pub mod cbor_fast;
 pub mod control;
 pub mod frame;
 #[cfg(any(fuzzing, test, feature = "fuzzing"))]
@@ -162,7 +163,22 @@ impl Codec {
     }
 
     /// Encodes an inner message.
+    ///
+    /// CBOR records and entries are written by [`cbor_fast`] (the same bytes as [`Codec::encode_value`]).
     pub fn encode_message(self, message: &Message) -> Vec<u8> {
+        match (self, message) {
+            (Codec::Cbor, Message::Record(m)) => {
+                let mut out = Vec::with_capacity(48 + m.payload.as_ref().map_or(0, Vec::len));
+                cbor_fast::write_record(m, &mut out);
+                return out;
+            }
+            (Codec::Cbor, Message::Entry(m)) => {
+                let mut out = Vec::with_capacity(160 + m.payload.as_ref().map_or(0, Vec::len));
+                cbor_fast::write_entry(m, &mut out);
+                return out;
+            }
+            _ => {}
+        }
         match message {
             Message::Envelope(m) => self.encode_value(m),
             Message::Record(m) => self.encode_value(m),
@@ -174,7 +190,25 @@ impl Codec {
     }
 
     /// Decodes an inner message of the expected `kind`.
+    ///
+    /// CBOR records and entries in their usual encoding are read by [`cbor_fast`]; anything else goes
+    /// through [`Codec::decode_value`], so both accept the same inputs and yield the same values.
     pub fn decode_message(self, kind: MessageKind, bytes: &[u8]) -> Result<Message, WireError> {
+        if self == Codec::Cbor {
+            match kind {
+                MessageKind::Record => {
+                    if let Some(record) = cbor_fast::parse_record(bytes) {
+                        return Ok(Message::Record(record));
+                    }
+                }
+                MessageKind::Entry => {
+                    if let Some(entry) = cbor_fast::parse_entry(bytes) {
+                        return Ok(Message::Entry(entry));
+                    }
+                }
+                _ => {}
+            }
+        }
         Ok(match kind {
             MessageKind::Envelope => Message::Envelope(match self {
                 Codec::Json => Envelope::from_json(bytes)?,
