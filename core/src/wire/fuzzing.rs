@@ -7,7 +7,12 @@
 //! are one-line calls of these functions; `cargo test` runs them over the golden vectors and random
 //! inputs, so they are compiled and exercised without a fuzzer.
 //!
-//! [`seed_corpus`] derives a starting corpus for every target from the captured Go frames.
+//! [`seed_corpus`] derives a starting corpus for every target from the captured Go frames; the unit test
+//! of this module writes it to disk when `STREAMKIT_FUZZ_CORPUS_DIR` is set:
+//!
+//! ```text
+//! STREAMKIT_FUZZ_CORPUS_DIR=$PWD/fuzz/corpus cargo test -p streamkit-core --lib seed_corpus
+//! ```
 
 use alloc::format;
 use alloc::string::String;
@@ -238,9 +243,20 @@ mod tests {
         }
     }
 
+    /// Also writes the corpus to `$STREAMKIT_FUZZ_CORPUS_DIR/<target>/<name>` when that variable is set
+    /// (what `.ci/run` does before its fuzz smoke run; see the README).
     #[test]
     fn the_seed_corpus_covers_every_target_and_passes_it() {
         let seeds = seed_corpus();
+        if let Some(dir) = std::env::var_os("STREAMKIT_FUZZ_CORPUS_DIR") {
+            let dir = std::path::PathBuf::from(dir);
+            for seed in &seeds {
+                let target = dir.join(seed.target);
+                std::fs::create_dir_all(&target).expect("create the corpus directory");
+                std::fs::write(target.join(&seed.name), &seed.data).expect("write a seed");
+            }
+            std::println!("wrote {} seeds under {}", seeds.len(), dir.display());
+        }
         for target in TARGETS {
             let count = seeds.iter().filter(|s| s.target == target).count();
             assert!(count >= 50, "{target}: only {count} seeds");
