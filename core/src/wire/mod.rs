@@ -1,15 +1,49 @@
 //! Wire formats: the frame, the inner messages and their two codecs.
 //!
-//! * [`Codec::Json`]: Go-compatible JSON in WebSocket **text** frames (spec §1, §2.4). The frame's
-//!   `payload` is the base64 of the inner message's JSON.
-//! * [`Codec::Cbor`]: the same logical frames and messages in CBOR, in WebSocket **binary** frames,
-//!   negotiated with the WebSocket subprotocol [`CBOR_SUBPROTOCOL`]. Bytes are CBOR byte strings, never
-//!   base64. Frame layout: see [`frame`]. Inner messages are CBOR maps keyed by the JSON field names,
-//!   envelopes are `{"$type": text, "content": map}`, names are text strings, stream control is
-//!   `{"type": "mux::close", "err": text}`.
+//! Every WebSocket message is one **frame** (Go `MuxerMsg`, spec §2.4); a `data` frame carries one inner
+//! message of a logical stream in its `payload`. The codec is chosen per connection.
+//!
+//! # JSON ([`Codec::Json`]): what Go speaks
+//!
+//! WebSocket **text** frames, byte-compatible with Go's `encoding/json` (spec §1, §2.4; written by
+//! [`gojson`]):
+//!
+//! ```text
+//! {"ControlType":"data","store_id":"<uuid>","channel_id":"<uuid>","payload":"<base64>"[,"trace_context":{...}]}
+//! ```
+//!
+//! The frame's `payload` is the padded standard base64 of the inner message's JSON (`null` when there is
+//! none). Keys come in Go's order, strings use Go's HTML-safe escaping, `[]byte` fields are base64
+//! (`null` for nil, `""` for empty), UUIDs are always written (nil included), lexkeys are lowercase hex,
+//! and `omitempty` fields are left out exactly when Go leaves them out. The decoder accepts any key order
+//! and ignores unknown keys.
+//!
+//! # CBOR ([`Codec::Cbor`]): the compact binary mode
+//!
+//! WebSocket **binary** frames, negotiated with the subprotocol [`CBOR_SUBPROTOCOL`]
+//! (`streamkit.v1.cbor`). A frame is a definite-length CBOR array:
+//!
+//! ```text
+//! [ control:    text,          ; "data" | "ping" | "pong" | "close" | "error"
+//!   store_id:   bytes(16),     ; raw UUID bytes; nil UUID for ping/pong/close
+//!   channel_id: bytes(16),
+//!   payload:    bytes | null,  ; the inner message's CBOR, not base64
+//!   trace_context: { * text => text }   ; fifth element, only when non-empty ]
+//! ```
+//!
+//! Inner messages are CBOR maps keyed by the JSON field names, with the same `omitempty` rules; byte
+//! fields are byte strings (`null` for nil), UUIDs 16-byte byte strings, lexkeys raw byte strings,
+//! envelopes `{"$type": text, "content": map}`, names bare text strings and stream control
+//! `{"type": "mux::close", "err"?: text}`. Encodings are ciborium's (shortest integer heads, definite
+//! lengths); frames, records and entries are written and read by the hand-written [`cbor_fast`], which
+//! produces the same bytes and leaves any other valid encoding to ciborium.
+//!
+//! # Both codecs
 //!
 //! Inner messages are not self-describing on the wire (a bare `Record` and a bare `SegmentStatus` are
 //! both plain objects), so a receiver decodes them with the [`MessageKind`] its operation expects.
+//! Stream ends travel as [`StreamControl`] objects inside data frames. Frame and payload sizes are
+//! checked against [`Limits`] before decoding allocates; decoders return errors, never panic.
 
 pub mod cbor;
 pub mod cbor_fast;
