@@ -1150,7 +1150,7 @@ mod cbor_fast_vs_ciborium {
     fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
         let by_ciborium = cbor::read_frame(bytes).ok();
         if let Some(view) = cbor_fast::parse_frame(bytes) {
-            prop_assert_eq!(by_ciborium.as_ref(), Some(&view.to_frame()), "frame");
+            prop_assert_eq!(by_ciborium.as_ref(), Some(&view.into_frame()), "frame");
         }
         prop_assert_eq!(Frame::from_cbor(bytes, &UNLIMITED).ok(), by_ciborium);
 
@@ -1308,7 +1308,7 @@ mod cbor_fast_vs_ciborium {
 
         #[test]
         fn reads_everything_ciborium_writes(frame in frame(), record in record(), entry in entry()) {
-            prop_assert_eq!(cbor_fast::parse_frame(&ciborium_frame(&frame)).map(|v| v.to_frame()), Some(frame));
+            prop_assert_eq!(cbor_fast::parse_frame(&ciborium_frame(&frame)).map(|v| v.into_frame()), Some(frame));
             prop_assert_eq!(cbor_fast::parse_record(&ciborium_bytes(&record)), Some(record));
             prop_assert_eq!(cbor_fast::parse_entry(&ciborium_bytes(&entry)), Some(entry));
         }

@@ -321,14 +321,14 @@ pub struct FrameView<'a> {
 }
 
 impl FrameView<'_> {
-    /// The owned frame.
-    pub fn to_frame(&self) -> Frame {
+    /// The owned frame (copies the payload).
+    pub fn into_frame(self) -> Frame {
         Frame {
             control: ControlType::parse(self.control),
             store_id: self.store_id,
             channel_id: self.channel_id,
             payload: self.payload.map(<[u8]>::to_vec),
-            trace_context: self.trace_context.clone(),
+            trace_context: self.trace_context,
         }
     }
 }

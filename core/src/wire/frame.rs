@@ -209,7 +209,7 @@ impl Frame {
             if let Some(p) = view.payload {
                 limits.check_payload(p.len())?;
             }
-            return Ok(view.to_frame());
+            return Ok(view.into_frame());
         }
         let frame = super::cbor::read_frame(bytes)?;
         if let Some(p) = &frame.payload {

@@ -99,7 +99,7 @@ fn frame(codec: Codec, data: &[u8]) {
         if let Some(view) = cbor_fast::parse_frame(data) {
             assert_eq!(
                 cbor::read_frame(data).ok(),
-                Some(view.to_frame()),
+                Some(view.into_frame()),
                 "cbor_fast frame differs from ciborium"
             );
         }
