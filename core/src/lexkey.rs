@@ -2,8 +2,8 @@
 //!
 //! A key is the concatenation of encoded parts separated by one `0x00` byte. Strings and byte strings are
 //! written raw (no escaping, so names must not contain `0x00`), `i64` as big-endian with the sign bit
-//! flipped (so negative numbers sort first), `u64` as big-endian. [`encode_first`]-style keys append
-//! `0x00` and `encode_last`-style keys append `0xFF`, which makes them bound ranges of keys sharing a
+//! flipped (so negative numbers sort first), `u64` as big-endian. [`LexKey::encode_first`] keys append
+//! `0x00` and [`LexKey::encode_last`] keys append `0xFF`, which makes them bound ranges of keys sharing a
 //! prefix. On the wire a key is a lowercase hex string; JSON `null` and `""` are the empty key.
 
 use alloc::string::String;

@@ -179,8 +179,13 @@ impl Envelope {
             #[serde(default)]
             content: Option<ciborium::Value>,
         }
-        let raw: Raw = ciborium::from_reader(bytes)
+        let mut reader = bytes;
+        let raw: Raw = ciborium::from_reader(&mut reader)
             .map_err(|e| EnvelopeError::Malformed(format!("invalid envelope: {e}")))?;
+        // Like the JSON decoder (and every other CBOR decoder here), one envelope must span all the bytes.
+        if !reader.is_empty() {
+            return Err(EnvelopeError::Malformed("invalid envelope: trailing bytes after CBOR value".into()));
+        }
         let suffix = check_type(raw.ty.as_deref())?;
         let content = raw
             .content
@@ -340,6 +345,11 @@ mod tests {
         let mut bytes = Vec::new();
         ciborium::into_writer(&env, &mut bytes).unwrap();
         assert_eq!(Envelope::from_cbor(&bytes).unwrap(), env);
+        bytes.push(0x00);
+        assert!(
+            Envelope::from_cbor(&bytes).unwrap_err().to_string().contains("trailing bytes"),
+            "trailing bytes are refused"
+        );
     }
 
     #[test]

@@ -177,7 +177,7 @@ impl Frame {
         let payload = match raw.payload {
             None => None,
             Some(b64) => {
-                limits.check_payload(base64_decoded_len(b64.len()))?;
+                limits.check_payload(padded_base64_decoded_len(b64.as_bytes()))?;
                 Some(
                     decode_base64::<serde_json::Error>(&b64)
                         .map_err(|e| WireError::Malformed(alloc::format!("{e}")))?,
@@ -193,14 +193,24 @@ impl Frame {
         })
     }
 
-    /// Appends the CBOR encoding of the frame (see the module docs) to `out`.
+    /// Appends the CBOR encoding of the frame (see the module docs) to `out`: ciborium's bytes, written
+    /// by [`cbor_fast`](super::cbor_fast).
     pub fn write_cbor(&self, out: &mut Vec<u8>) {
-        super::cbor::write_frame(self, out)
+        super::cbor_fast::write_frame(self, out)
     }
 
     /// Decodes a CBOR frame, enforcing `limits`.
+    ///
+    /// The usual encoding is read by [`cbor_fast`](super::cbor_fast), which borrows the payload, so its
+    /// size is checked before it is copied; any other valid CBOR form is decoded by ciborium.
     pub fn from_cbor(bytes: &[u8], limits: &Limits) -> Result<Self, WireError> {
         limits.check_frame(bytes.len())?;
+        if let Some(view) = super::cbor_fast::parse_frame(bytes) {
+            if let Some(p) = view.payload {
+                limits.check_payload(p.len())?;
+            }
+            return Ok(view.into_frame());
+        }
         let frame = super::cbor::read_frame(bytes)?;
         if let Some(p) = &frame.payload {
             limits.check_payload(p.len())?;
@@ -209,10 +219,19 @@ impl Frame {
     }
 }
 
-/// Number of bytes a padded base64 string of `len` characters decodes to (an upper bound for invalid
-/// input, which fails decoding anyway).
+/// Upper bound of the number of bytes a padded base64 string of `len` characters decodes to: exact
+/// when the text has no `=` padding, up to 2 bytes more than the real size when it has.
 pub fn base64_decoded_len(len: usize) -> usize {
     len / 4 * 3
+}
+
+/// Number of bytes the padded base64 text `b64` decodes to, computed without decoding: exact for
+/// well-formed input (its `=` padding is subtracted), never more than [`base64_decoded_len`] for any input
+/// (malformed text fails decoding anyway). Limits are checked against this, so a payload of exactly
+/// [`Limits::max_payload`] bytes is accepted whatever its length modulo 3.
+pub fn padded_base64_decoded_len(b64: &[u8]) -> usize {
+    let padding = b64.iter().rev().take(2).take_while(|&&b| b == b'=').count();
+    base64_decoded_len(b64.len()).saturating_sub(padding)
 }
 
 fn write_uuid(out: &mut Vec<u8>, id: &Uuid) {
@@ -220,4 +239,39 @@ fn write_uuid(out: &mut Vec<u8>, id: &Uuid) {
     out.push(b'"');
     out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
     out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoded_len_subtracts_padding() {
+        assert_eq!(padded_base64_decoded_len(b""), 0);
+        assert_eq!(padded_base64_decoded_len(b"aGk="), 2);
+        assert_eq!(padded_base64_decoded_len(b"aA=="), 1);
+        assert_eq!(padded_base64_decoded_len(b"aGVs"), 3);
+        assert_eq!(padded_base64_decoded_len(b"===="), 1);
+        assert_eq!(padded_base64_decoded_len(b"=="), 0);
+    }
+
+    #[test]
+    fn a_payload_of_exactly_the_limit_is_accepted_by_both_codecs() {
+        for len in 9..=11 {
+            let limits = Limits { max_frame: 1000, max_payload: 10 };
+            let frame = Frame::data(Uuid::nil(), Uuid::nil(), alloc::vec![7u8; len]);
+            let mut json = Vec::new();
+            frame.write_json(&mut json);
+            let mut cbor = Vec::new();
+            frame.write_cbor(&mut cbor);
+            if len <= 10 {
+                assert_eq!(Frame::from_json(&json, &limits).unwrap(), frame, "json, {len} bytes");
+                assert_eq!(Frame::from_cbor(&cbor, &limits).unwrap(), frame, "cbor, {len} bytes");
+            } else {
+                let too_large = WireError::PayloadTooLarge { len, limit: 10 };
+                assert_eq!(Frame::from_json(&json, &limits).unwrap_err(), too_large);
+                assert_eq!(Frame::from_cbor(&cbor, &limits).unwrap_err(), too_large);
+            }
+        }
+    }
 }

@@ -1,19 +1,56 @@
 //! Wire formats: the frame, the inner messages and their two codecs.
 //!
-//! * [`Codec::Json`]: Go-compatible JSON in WebSocket **text** frames (spec §1, §2.4). The frame's
-//!   `payload` is the base64 of the inner message's JSON.
-//! * [`Codec::Cbor`]: the same logical frames and messages in CBOR, in WebSocket **binary** frames,
-//!   negotiated with the WebSocket subprotocol [`CBOR_SUBPROTOCOL`]. Bytes are CBOR byte strings, never
-//!   base64. Frame layout: see [`frame`]. Inner messages are CBOR maps keyed by the JSON field names,
-//!   envelopes are `{"$type": text, "content": map}`, names are text strings, stream control is
-//!   `{"type": "mux::close", "err": text}`.
+//! Every WebSocket message is one **frame** (Go `MuxerMsg`, spec §2.4); a `data` frame carries one inner
+//! message of a logical stream in its `payload`. The codec is chosen per connection.
+//!
+//! # JSON ([`Codec::Json`]): what Go speaks
+//!
+//! WebSocket **text** frames, byte-compatible with Go's `encoding/json` (spec §1, §2.4; written by
+//! [`gojson`]):
+//!
+//! ```text
+//! {"ControlType":"data","store_id":"<uuid>","channel_id":"<uuid>","payload":"<base64>"[,"trace_context":{...}]}
+//! ```
+//!
+//! The frame's `payload` is the padded standard base64 of the inner message's JSON (`null` when there is
+//! none). Keys come in Go's order, strings use Go's HTML-safe escaping, `[]byte` fields are base64
+//! (`null` for nil, `""` for empty), UUIDs are always written (nil included), lexkeys are lowercase hex,
+//! and `omitempty` fields are left out exactly when Go leaves them out. The decoder accepts any key order
+//! and ignores unknown keys.
+//!
+//! # CBOR ([`Codec::Cbor`]): the compact binary mode
+//!
+//! WebSocket **binary** frames, negotiated with the subprotocol [`CBOR_SUBPROTOCOL`]
+//! (`streamkit.v1.cbor`). A frame is a definite-length CBOR array:
+//!
+//! ```text
+//! [ control:    text,          ; "data" | "ping" | "pong" | "close" | "error"
+//!   store_id:   bytes(16),     ; raw UUID bytes; nil UUID for ping/pong/close
+//!   channel_id: bytes(16),
+//!   payload:    bytes | null,  ; the inner message's CBOR, not base64
+//!   trace_context: { * text => text }   ; fifth element, only when non-empty ]
+//! ```
+//!
+//! Inner messages are CBOR maps keyed by the JSON field names, with the same `omitempty` rules; byte
+//! fields are byte strings (`null` for nil), UUIDs 16-byte byte strings, lexkeys raw byte strings,
+//! envelopes `{"$type": text, "content": map}`, names bare text strings and stream control
+//! `{"type": "mux::close", "err"?: text}`. Encodings are ciborium's (shortest integer heads, definite
+//! lengths); frames, records and entries are written and read by the hand-written [`cbor_fast`], which
+//! produces the same bytes and leaves any other valid encoding to ciborium.
+//!
+//! # Both codecs
 //!
 //! Inner messages are not self-describing on the wire (a bare `Record` and a bare `SegmentStatus` are
 //! both plain objects), so a receiver decodes them with the [`MessageKind`] its operation expects.
+//! Stream ends travel as [`StreamControl`] objects inside data frames. Frame and payload sizes are
+//! checked against [`Limits`] before decoding allocates; decoders return errors, never panic.
 
 pub mod cbor;
+pub mod cbor_fast;
 pub mod control;
 pub mod frame;
+#[cfg(any(fuzzing, test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod gojson;
 pub mod serde_helpers;
 
@@ -160,7 +197,22 @@ impl Codec {
     }
 
     /// Encodes an inner message.
+    ///
+    /// CBOR records and entries are written by [`cbor_fast`] (the same bytes as [`Codec::encode_value`]).
     pub fn encode_message(self, message: &Message) -> Vec<u8> {
+        match (self, message) {
+            (Codec::Cbor, Message::Record(m)) => {
+                let mut out = Vec::with_capacity(48 + m.payload.as_ref().map_or(0, Vec::len));
+                cbor_fast::write_record(m, &mut out);
+                return out;
+            }
+            (Codec::Cbor, Message::Entry(m)) => {
+                let mut out = Vec::with_capacity(160 + m.payload.as_ref().map_or(0, Vec::len));
+                cbor_fast::write_entry(m, &mut out);
+                return out;
+            }
+            _ => {}
+        }
         match message {
             Message::Envelope(m) => self.encode_value(m),
             Message::Record(m) => self.encode_value(m),
@@ -172,7 +224,25 @@ impl Codec {
     }
 
     /// Decodes an inner message of the expected `kind`.
+    ///
+    /// CBOR records and entries in their usual encoding are read by [`cbor_fast`]; anything else goes
+    /// through [`Codec::decode_value`], so both accept the same inputs and yield the same values.
     pub fn decode_message(self, kind: MessageKind, bytes: &[u8]) -> Result<Message, WireError> {
+        if self == Codec::Cbor {
+            match kind {
+                MessageKind::Record => {
+                    if let Some(record) = cbor_fast::parse_record(bytes) {
+                        return Ok(Message::Record(record));
+                    }
+                }
+                MessageKind::Entry => {
+                    if let Some(entry) = cbor_fast::parse_entry(bytes) {
+                        return Ok(Message::Entry(entry));
+                    }
+                }
+                _ => {}
+            }
+        }
         Ok(match kind {
             MessageKind::Envelope => Message::Envelope(match self {
                 Codec::Json => Envelope::from_json(bytes)?,
