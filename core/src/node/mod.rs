@@ -86,6 +86,18 @@ pub struct NodeConfig {
     pub produce_chunk_bytes: usize,
     /// Conflicting commits of one chunk retried after re-reading the segment head.
     pub produce_commit_retries: u32,
+    /// Order every space through a clock stored with the data, for stores written by several server
+    /// instances at once (shared storage such as PostgreSQL).
+    ///
+    /// Each commit advances the space's clock key to the commit's timestamp, strictly increasing, guarded
+    /// by a precondition on the value it read: a commit can therefore never land behind an entry another
+    /// instance already committed in the space, and space cursors cannot skip entries whatever instance
+    /// wrote them (DESIGN.md invariant 3 across instances, where node-local watermarks cannot see). The
+    /// cost: the commits of one space are serialised (one at a time per node, conflicts retried across
+    /// nodes). Off for a single node, whose watermarks already give the guarantee.
+    pub shared_space_clock: bool,
+    /// Commits retried when another instance advanced the space clock first.
+    pub space_clock_retries: u32,
     /// Entries read from storage per scan.
     pub read_batch: usize,
     /// Initial send credit of a stream, in messages.
@@ -112,6 +124,8 @@ impl Default for NodeConfig {
             produce_chunk_records: 10_000,
             produce_chunk_bytes: 16 << 20,
             produce_commit_retries: 8,
+            shared_space_clock: false,
+            space_clock_retries: 64,
             read_batch: 256,
             stream_credit: 256,
             bus_configured: true,
@@ -207,6 +221,7 @@ pub(crate) struct Services {
     pub rng: Rng,
     pub watermarks: Watermarks,
     pub heads: produce::HeadCache,
+    pub clocks: produce::ClockCache,
     pub locks: produce::SegmentLocks,
     pub notify: circuit::NotifyCircuit,
     pub subscriptions: subscribe::Routers,
@@ -270,6 +285,7 @@ impl Node {
     /// A node for `store_id`; `seed` drives every random choice (TRX ids).
     pub fn new(store_id: Uuid, config: NodeConfig, now: Millis, seed: u64) -> Self {
         let heads = produce::HeadCache::new(config.head_cache_capacity);
+        let clocks = produce::ClockCache::new(config.head_cache_capacity);
         Self {
             sv: Services {
                 io: Io::default(),
@@ -279,6 +295,7 @@ impl Node {
                 rng: Rng::new(seed),
                 watermarks: Watermarks::default(),
                 heads,
+                clocks,
                 locks: produce::SegmentLocks::default(),
                 notify: circuit::NotifyCircuit::default(),
                 subscriptions: subscribe::Routers::default(),

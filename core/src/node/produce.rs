@@ -36,6 +36,10 @@ const TAG_COMMIT: u32 = 2;
 const TAG_LOCK: u32 = 3;
 const TAG_VISIBLE: u32 = 4;
 const TAG_PUBLISH: u32 = 5;
+const TAG_CLOCK: u32 = 6;
+
+/// Why a produce gives up when other instances keep advancing the space clock first.
+pub const CLOCK_CONTENTION: &str = "space clock contention: too many concurrent commits in this space";
 
 /// Identifies a segment within a store.
 pub(crate) type SegmentKey = (String, String);
@@ -65,6 +69,48 @@ impl HeadCache {
             self.map.pop_first();
         }
         self.map.insert(key, head);
+    }
+}
+
+/// Known values of shared space clocks (`None` = no commit yet), bounded; see
+/// [`NodeConfig::shared_space_clock`](super::NodeConfig::shared_space_clock).
+#[derive(Debug)]
+pub(crate) struct ClockCache {
+    map: BTreeMap<String, Option<i64>>,
+    capacity: usize,
+}
+
+impl ClockCache {
+    pub fn new(capacity: usize) -> Self {
+        Self { map: BTreeMap::new(), capacity }
+    }
+
+    pub fn get(&self, space: &str) -> Option<Option<i64>> {
+        self.map.get(space).copied()
+    }
+
+    pub fn put(&mut self, space: &str, clock: Option<i64>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.len() >= self.capacity && !self.map.contains_key(space) {
+            self.map.pop_first();
+        }
+        self.map.insert(space.into(), clock);
+    }
+
+    pub fn forget(&mut self, space: &str) {
+        self.map.remove(space);
+    }
+}
+
+fn decode_clock(value: Option<&[u8]>) -> Result<Option<i64>, String> {
+    match value {
+        None => Ok(None),
+        Some(bytes) => match <[u8; 8]>::try_from(bytes) {
+            Ok(raw) => Ok(Some(i64::from_le_bytes(raw))),
+            Err(_) => Err("corrupt stored value: bad space clock".into()),
+        },
     }
 }
 
@@ -123,10 +169,12 @@ enum Phase {
     Idle,
     /// Reading the segment head before the first record can be validated.
     LoadingHead,
-    /// A chunk waits for the segment lock.
+    /// A chunk waits for the segment lock (the space lock with a shared space clock).
     WaitingLock { retries: u32 },
+    /// Reading the shared space clock before committing.
+    LoadingClock { retries: u32, clock_retries: u32 },
     /// A chunk commit is in flight.
-    Committing { token: Token, ts: i64, new_head: SegmentHead, retries: u32 },
+    Committing { token: Token, ts: i64, new_head: SegmentHead, retries: u32, clock_retries: u32 },
     /// The commit conflicted; the head is being re-read.
     Refreshing { retries: u32 },
     /// The status was sent; the notification waits to become visible.
@@ -255,15 +303,23 @@ impl ProduceOp {
         Step::Continue
     }
 
+    /// What commits serialise on within the node: the segment, or the whole space when its clock is shared
+    /// (valid names are never empty, so `(space, "")` is no segment's key).
+    fn lock_key(&self, sv: &Services) -> SegmentKey {
+        if sv.config.shared_space_clock { (self.key.0.clone(), String::new()) } else { self.key.clone() }
+    }
+
     fn finish(&mut self, sv: &mut Services, stream: StreamId) -> Step {
-        sv.locks.release(&self.key, stream);
+        let lock = self.lock_key(sv);
+        sv.locks.release(&lock, stream);
         sv.io.close(stream, self.failure.take());
         Step::Done
     }
 
     fn lock_and_commit(&mut self, sv: &mut Services, stream: StreamId, retries: u32) -> Step {
-        if sv.locks.acquire(&self.key, stream) {
-            self.commit(sv, stream, retries);
+        let lock = self.lock_key(sv);
+        if sv.locks.acquire(&lock, stream) {
+            self.commit(sv, stream, retries, 0);
         } else {
             self.phase = Phase::WaitingLock { retries };
         }
@@ -271,17 +327,35 @@ impl ProduceOp {
     }
 
     fn release_lock(&self, sv: &mut Services, stream: StreamId) {
-        if let Some(next) = sv.locks.release(&self.key, stream) {
+        let lock = self.lock_key(sv);
+        if let Some(next) = sv.locks.release(&lock, stream) {
             sv.io.timer(Owner::Stream(next, TAG_LOCK), sv.now, "segment lock handed over");
         }
     }
 
-    fn commit(&mut self, sv: &mut Services, stream: StreamId, retries: u32) {
+    fn commit(&mut self, sv: &mut Services, stream: StreamId, retries: u32, clock_retries: u32) {
         let Some(chunk) = &self.committing else { return };
         let (space, segment) = (&self.key.0, &self.key.1);
+        let clock = if sv.config.shared_space_clock {
+            match sv.clocks.get(space) {
+                Some(clock) => Some(clock),
+                None => {
+                    let key = keys::space_clock(space);
+                    sv.io.storage(Owner::Stream(stream, TAG_CLOCK), StorageOp::Get { key });
+                    self.phase = Phase::LoadingClock { retries, clock_retries };
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let before = self.known_head();
-        // Timestamps never go backwards within a segment, so its space-index order matches its sequence order.
-        let ts = before.map_or(i64::MIN, |h| h.last_timestamp).max(sv.now.as_timestamp());
+        // Timestamps never go backwards within a segment, so its space-index order matches its sequence
+        // order; with a shared clock they strictly increase within the space.
+        let mut ts = before.map_or(i64::MIN, |h| h.last_timestamp).max(sv.now.as_timestamp());
+        if let Some(Some(last)) = clock {
+            ts = ts.max(last.saturating_add(1));
+        }
         let trx = Trx {
             id: sv.rng.uuid_v4(),
             node: uuid::Uuid::nil(),
@@ -315,9 +389,18 @@ impl ProduceOp {
             batch.puts.push((keys::segment_inventory(space, segment), segment.as_bytes().to_vec()));
         }
         batch.puts.push((status_key, new_head.encode()));
+        if let Some(clock) = clock {
+            // Precondition index 1: the space clock still holds what this commit was ordered after.
+            let key = keys::space_clock(space);
+            batch.preconditions.push(match clock {
+                None => Precondition::Absent { key: key.clone() },
+                Some(last) => Precondition::Equals { key: key.clone(), value: last.to_le_bytes().to_vec() },
+            });
+            batch.puts.push((key, ts.to_le_bytes().to_vec()));
+        }
         let token = sv.watermarks.begin(space, ts);
         sv.io.storage(Owner::Stream(stream, TAG_COMMIT), StorageOp::Commit(batch));
-        self.phase = Phase::Committing { token, ts, new_head, retries };
+        self.phase = Phase::Committing { token, ts, new_head, retries, clock_retries };
     }
 
     fn on_committed(
@@ -331,6 +414,9 @@ impl ProduceOp {
         sv.watermarks.note_committed(token, ts);
         self.head = Some(Some(new_head));
         sv.heads.put(self.key.clone(), Some(new_head));
+        if sv.config.shared_space_clock {
+            sv.clocks.put(&self.key.0, Some(ts));
+        }
         self.release_lock(sv, stream);
         self.committing = None;
         let status = new_head.status(&self.key.0, &self.key.1);
@@ -460,8 +546,38 @@ impl StreamOp for ProduceOp {
     fn on_storage(&mut self, sv: &mut Services, stream: StreamId, tag: u32, result: StorageResult) -> Step {
         match tag {
             TAG_HEAD => self.on_head(sv, stream, result),
+            TAG_CLOCK => {
+                let Phase::LoadingClock { retries, clock_retries } =
+                    core::mem::replace(&mut self.phase, Phase::Idle)
+                else {
+                    return self.pump(sv, stream);
+                };
+                let clock = match result {
+                    StorageResult::Value(value) => decode_clock(value.as_deref()),
+                    StorageResult::Failed(e) => Err(e.0),
+                    other => Err(format!("unexpected storage result: {other:?}")),
+                };
+                match clock {
+                    Ok(clock) if !self.detached => {
+                        sv.clocks.put(&self.key.0, clock);
+                        self.commit(sv, stream, retries, clock_retries);
+                        return Step::Continue;
+                    }
+                    Ok(_) => {
+                        self.release_lock(sv, stream);
+                        self.committing = None;
+                    }
+                    Err(e) => {
+                        self.release_lock(sv, stream);
+                        self.committing = None;
+                        self.sealed = None;
+                        self.fail(e);
+                    }
+                }
+                self.pump(sv, stream)
+            }
             TAG_COMMIT => {
-                let Phase::Committing { token, ts, new_head, retries } =
+                let Phase::Committing { token, ts, new_head, retries, clock_retries } =
                     core::mem::replace(&mut self.phase, Phase::Idle)
                 else {
                     return self.pump(sv, stream);
@@ -469,6 +585,23 @@ impl StreamOp for ProduceOp {
                 match result {
                     StorageResult::Commit(CommitOutcome::Committed) => {
                         self.on_committed(sv, stream, token, ts, new_head);
+                    }
+                    StorageResult::Commit(CommitOutcome::Conflict { index: 1 }) => {
+                        // Another instance committed in the space first: order this chunk after it.
+                        sv.watermarks.end(token);
+                        sv.clocks.forget(&self.key.0);
+                        if self.detached {
+                            self.release_lock(sv, stream);
+                            self.committing = None;
+                        } else if clock_retries < sv.config.space_clock_retries {
+                            self.commit(sv, stream, retries, clock_retries + 1);
+                            return Step::Continue;
+                        } else {
+                            self.release_lock(sv, stream);
+                            self.committing = None;
+                            self.sealed = None;
+                            self.fail(CLOCK_CONTENTION.into());
+                        }
                     }
                     StorageResult::Commit(CommitOutcome::Conflict { .. }) => {
                         sv.watermarks.end(token);
@@ -504,8 +637,9 @@ impl StreamOp for ProduceOp {
                     self.committing = None;
                     return self.pump(sv, stream);
                 }
-                if sv.locks.acquire(&self.key, stream) {
-                    self.commit(sv, stream, retries);
+                let lock = self.lock_key(sv);
+                if sv.locks.acquire(&lock, stream) {
+                    self.commit(sv, stream, retries, 0);
                 } else {
                     self.phase = Phase::WaitingLock { retries };
                 }
@@ -561,6 +695,7 @@ impl StreamOp for ProduceOp {
         match self.phase {
             // Effects in flight: finish them (the data may be committed; subscribers must hear of it).
             Phase::Committing { .. }
+            | Phase::LoadingClock { .. }
             | Phase::Refreshing { .. }
             | Phase::Notifying { .. }
             | Phase::Publishing { .. } => Step::Continue,

@@ -1,6 +1,7 @@
 //! The whole server in one deterministic simulation: client connections, server connections, the engine
 //! with its nodes, an in-memory store per store id and an in-memory bus, wired by simulated links on
-//! virtual time.
+//! virtual time. Several server instances ([`SystemConfig::instances`]) may share the stores and the bus,
+//! as stateless servers share a database and a message bus when scaled out.
 //!
 //! Storage effects complete after a random delay drawn from the seed (so concurrent operations interleave
 //! differently per seed, and completions arrive out of order), the bus delivers synchronously, and
@@ -33,8 +34,10 @@ const TRANSPORT_CLOSED: &str = "transport closed";
 pub struct SystemConfig {
     /// Seed of everything random.
     pub seed: u64,
-    /// Engine configuration (nodes, manager).
+    /// Engine configuration (nodes, manager), the same for every instance.
     pub engine: EngineConfig,
+    /// Server instances sharing the stores and the bus (1 = a single server).
+    pub instances: usize,
     /// Mux configuration of both ends.
     pub mux: MuxConfig,
     /// Link behaviour.
@@ -50,6 +53,7 @@ impl Default for SystemConfig {
         Self {
             seed: 1,
             engine: EngineConfig::default(),
+            instances: 1,
             mux: MuxConfig::default(),
             link: LinkConfig::default(),
             max_storage_latency: 2,
@@ -110,6 +114,7 @@ impl OpLog {
 struct SimClient {
     conn: ClientConnection,
     server_conn: u64,
+    instance: usize,
     up: Link,
     down: Link,
     ops: BTreeMap<Uuid, OpLog>,
@@ -119,6 +124,7 @@ struct SimClient {
 struct PendingStorage {
     ready_at: Millis,
     seq: u64,
+    instance: usize,
     store: Uuid,
     op: OpId,
     request: StorageOp,
@@ -129,7 +135,7 @@ pub struct SystemSim {
     config: SystemConfig,
     clock: Clock,
     rng: Rng,
-    engine: Engine,
+    engines: Vec<Engine>,
     servers: BTreeMap<u64, ServerConnection>,
     clients: Vec<SimClient>,
     stores: BTreeMap<Uuid, MemoryKv>,
@@ -137,7 +143,8 @@ pub struct SystemSim {
     pub failing_stores: BTreeSet<Uuid>,
     storage: Vec<PendingStorage>,
     storage_seq: u64,
-    routes: BTreeMap<String, BTreeSet<Uuid>>,
+    /// Bus routes → (instance, store) subscribed.
+    routes: BTreeMap<String, BTreeSet<(usize, Uuid)>>,
     /// Every notification published on the bus.
     pub published: u64,
 }
@@ -147,11 +154,13 @@ impl SystemSim {
     pub fn new(config: SystemConfig) -> Self {
         let start = Millis(1_700_000_000_000);
         let mut rng = Rng::new(config.seed);
-        let engine = Engine::new(config.engine.clone(), start, rng.next_u64());
+        let engines = (0..config.instances.max(1))
+            .map(|_| Engine::new(config.engine.clone(), start, rng.next_u64()))
+            .collect();
         Self {
             clock: Clock::new(start, config.max_steps),
             rng,
-            engine,
+            engines,
             servers: BTreeMap::new(),
             clients: Vec::new(),
             stores: BTreeMap::new(),
@@ -169,9 +178,14 @@ impl SystemSim {
         self.clock.now()
     }
 
-    /// The engine (for inspection).
+    /// The engine of the first instance (for inspection).
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.engines[0]
+    }
+
+    /// The engine of `instance`.
+    pub fn instance(&self, instance: usize) -> &Engine {
+        &self.engines[instance]
     }
 
     /// The store of `store` (for inspection).
@@ -179,8 +193,14 @@ impl SystemSim {
         self.stores.entry(store).or_default()
     }
 
-    /// Connects a client speaking `codec` whose token grants `scopes`; returns its index.
+    /// Connects a client speaking `codec` whose token grants `scopes` to the first instance; returns its
+    /// index.
     pub fn connect(&mut self, codec: Codec, scopes: StoreScopes) -> usize {
+        self.connect_to(0, codec, scopes)
+    }
+
+    /// Connects a client to server `instance`.
+    pub fn connect_to(&mut self, instance: usize, codec: Codec, scopes: StoreScopes) -> usize {
         let now = self.now();
         let id = self.clients.len() as u64 + 1;
         let server_mux = MuxSession::new(
@@ -195,6 +215,7 @@ impl SystemSim {
         self.clients.push(SimClient {
             conn,
             server_conn: id,
+            instance,
             up: Link::new(self.config.link, self.rng.next_u64()),
             down: Link::new(self.config.link, self.rng.next_u64()),
             ops: BTreeMap::new(),
@@ -309,8 +330,8 @@ impl SystemSim {
     }
 
     fn next_time(&self) -> Option<Millis> {
-        let mut times =
-            alloc::vec![self.engine.poll_timeout(), self.storage.iter().map(|p| p.ready_at).min(),];
+        let mut times = alloc::vec![self.storage.iter().map(|p| p.ready_at).min()];
+        times.extend(self.engines.iter().map(Engine::poll_timeout));
         for c in &self.clients {
             times.push(c.up.next_delivery());
             times.push(c.down.next_delivery());
@@ -342,7 +363,7 @@ impl SystemSim {
         due.sort_by_key(|p| (p.ready_at, p.seq));
         for p in due {
             let result = self.stores.entry(p.store).or_default().execute(&p.request);
-            self.engine.handle_storage(now, p.store, p.op, result);
+            self.engines[p.instance].handle_storage(now, p.store, p.op, result);
             self.pump();
         }
         // Link deliveries.
@@ -367,8 +388,10 @@ impl SystemSim {
             }
         }
         // Timers.
-        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
-            self.engine.handle_timeout(now);
+        for engine in &mut self.engines {
+            if engine.poll_timeout().is_some_and(|t| t <= now) {
+                engine.handle_timeout(now);
+            }
         }
         for server in self.servers.values_mut() {
             if server.poll_timeout().is_some_and(|(t, _)| t <= now) {
@@ -429,9 +452,10 @@ impl SystemSim {
             }
             for c in &mut self.clients {
                 let Some(server) = self.servers.get_mut(&c.server_conn) else { continue };
+                let engine = &mut self.engines[c.instance];
                 while let Some(input) = server.poll_engine_input() {
                     moved = true;
-                    self.engine.handle_input(now, input);
+                    engine.handle_input(now, input);
                 }
                 while let Some(frame) = server.poll_transmit() {
                     moved = true;
@@ -442,12 +466,14 @@ impl SystemSim {
                 }
                 while let Some(input) = server.poll_engine_input() {
                     moved = true;
-                    self.engine.handle_input(now, input);
+                    engine.handle_input(now, input);
                 }
             }
-            while let Some(effect) = self.engine.poll_effect() {
-                moved = true;
-                self.apply(now, effect);
+            for instance in 0..self.engines.len() {
+                while let Some(effect) = self.engines[instance].poll_effect() {
+                    moved = true;
+                    self.apply(now, instance, effect);
+                }
             }
             if !moved {
                 break;
@@ -455,7 +481,7 @@ impl SystemSim {
         }
     }
 
-    fn apply(&mut self, now: Millis, effect: EngineEffect) {
+    fn apply(&mut self, now: Millis, instance: usize, effect: EngineEffect) {
         #[cfg(test)]
         if std::env::var("SIM_TRACE").is_ok() {
             std::println!("{now:?} {effect:?}");
@@ -473,7 +499,7 @@ impl SystemSim {
                     self.stores.entry(store).or_default();
                     Ok(())
                 };
-                self.engine.handle_store_opened(now, store, result);
+                self.engines[instance].handle_store_opened(now, store, result);
             }
             EngineEffect::CloseStore { .. } => {}
             EngineEffect::Storage { store, op, request } => {
@@ -482,6 +508,7 @@ impl SystemSim {
                 self.storage.push(PendingStorage {
                     ready_at: now + Millis(delay),
                     seq: self.storage_seq,
+                    instance,
                     store,
                     op,
                     request,
@@ -489,26 +516,30 @@ impl SystemSim {
             }
             EngineEffect::Bus { store, command } => match command {
                 BusCommand::Subscribe { op, route } => {
-                    self.routes.entry(route).or_default().insert(store);
-                    self.engine.handle_bus(now, store, BusEvent::Subscribed { op, result: Ok(()) });
+                    self.routes.entry(route).or_default().insert((instance, store));
+                    self.engines[instance].handle_bus(
+                        now,
+                        store,
+                        BusEvent::Subscribed { op, result: Ok(()) },
+                    );
                 }
                 BusCommand::Unsubscribe { route } => {
                     if let Some(stores) = self.routes.get_mut(&route) {
-                        stores.remove(&store);
+                        stores.remove(&(instance, store));
                     }
                 }
                 BusCommand::Publish { op, route, notification } => {
                     self.published += 1;
-                    let subscribers: Vec<Uuid> =
+                    let subscribers: Vec<(usize, Uuid)> =
                         self.routes.get(&route).map(|s| s.iter().copied().collect()).unwrap_or_default();
-                    for subscriber in subscribers {
+                    for (target, subscriber) in subscribers {
                         let event = BusEvent::Notification {
                             route: route.clone(),
                             notification: notification.clone(),
                         };
-                        self.engine.handle_bus(now, subscriber, event);
+                        self.engines[target].handle_bus(now, subscriber, event);
                     }
-                    self.engine.handle_bus(now, store, BusEvent::Published { op, result: Ok(()) });
+                    self.engines[instance].handle_bus(now, store, BusEvent::Published { op, result: Ok(()) });
                 }
             },
         }

@@ -22,6 +22,7 @@ const INV: &str = "INV";
 const SEGMENTS: &str = "SEGMENTS";
 const SPACES: &str = "SPACES";
 const SEGMENT_STATUSES: &str = "SEGMENT_STATUSES";
+const SPACE_CLOCKS: &str = "SPACE_CLOCKS";
 
 /// A key range `[start, end)`.
 pub type KeyRange = (Vec<u8>, Vec<u8>);
@@ -173,6 +174,12 @@ pub fn segments_range(space: &str) -> KeyRange {
 /// Key of a segment's persisted head/status.
 pub fn segment_status(space: &str, segment: &str) -> Vec<u8> {
     key(&[INV.into(), SEGMENT_STATUSES.into(), space.into(), segment.into()])
+}
+
+/// Key of a space's shared clock: the timestamp of its last commit (used when several server instances
+/// write one store, see [`crate::node::NodeConfig::shared_space_clock`]).
+pub fn space_clock(space: &str) -> Vec<u8> {
+    key(&[INV.into(), SPACE_CLOCKS.into(), space.into()])
 }
 
 #[cfg(test)]
