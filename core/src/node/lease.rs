@@ -11,12 +11,17 @@
 //!
 //! Every lease request answers one bare `LeaseResult` and then closes its stream.
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
-use super::Services;
 use super::io_queue::Owner;
+use super::{Services, Step, StreamOp};
 use crate::api::{LeaseAcquire, LeaseRelease, LeaseRenew, LeaseResult};
+use crate::storage::{CommitOutcome, Precondition, StorageOp, StorageResult, WriteBatch, keys};
+use crate::stream::StreamEnd;
 use crate::stream::StreamId;
 use crate::time::Millis;
 use crate::wire::Message;
@@ -185,13 +190,19 @@ pub(crate) enum LeaseCall {
     Release(LeaseRelease),
 }
 
+/// Starts a lease request: served at once from the node's table, or through storage when leases are
+/// kept there ([`NodeConfig::leases_in_storage`](super::NodeConfig::leases_in_storage)).
+pub(crate) fn start(sv: &mut Services, stream: StreamId, call: LeaseCall) -> Option<Box<dyn StreamOp>> {
+    if !sv.config.leases_in_storage {
+        serve(sv, stream, call);
+        return None;
+    }
+    StoredLeaseOp::start(sv, stream, call)
+}
+
 /// Serves one lease request: validates it, applies it, answers one `LeaseResult` and closes the stream.
 pub(crate) fn serve(sv: &mut Services, stream: StreamId, call: LeaseCall) {
-    let (key, holder, ttl_seconds) = match &call {
-        LeaseCall::Acquire(r) => (&r.key, &r.holder, Some(r.ttl_seconds)),
-        LeaseCall::Renew(r) => (&r.key, &r.holder, Some(r.ttl_seconds)),
-        LeaseCall::Release(r) => (&r.key, &r.holder, None),
-    };
+    let (key, holder, ttl_seconds) = call.parts();
     let result = match validate(key, holder, ttl_seconds) {
         Err(message) => LeaseResult::refused(message),
         Ok(()) => {
@@ -225,6 +236,152 @@ pub(crate) fn on_sweep(sv: &mut Services) {
     sv.leases.sweeping = false;
     sv.leases.table.sweep(sv.now.as_timestamp());
     arm_sweeper(sv);
+}
+
+/// Stored form of a lease: `0x01 | expires_at i64 LE | holder bytes`.
+fn encode_lease(lease: &Lease) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + lease.holder.len());
+    out.push(1);
+    out.extend_from_slice(&lease.expires_at.to_le_bytes());
+    out.extend_from_slice(lease.holder.as_bytes());
+    out
+}
+
+fn decode_lease(bytes: &[u8]) -> Option<Lease> {
+    let (&version, rest) = bytes.split_first()?;
+    if version != 1 || rest.len() < 8 {
+        return None;
+    }
+    let (expires, holder) = rest.split_at(8);
+    let expires_at = i64::from_le_bytes(expires.try_into().ok()?);
+    let holder = core::str::from_utf8(holder).ok()?.into();
+    Some(Lease { holder, expires_at })
+}
+
+const TAG_READ: u32 = 1;
+const TAG_WRITE: u32 = 2;
+/// Read-decide-commit rounds before a lease request gives up under contention.
+const STORED_LEASE_ATTEMPTS: u32 = 16;
+/// Refusal when other requests keep changing the same lease.
+pub const LEASE_CONTENTION: &str = "lease contention: retry";
+
+/// One lease request served through storage: read the lease, decide, commit the change with a
+/// precondition on what was read; a conflict (another instance changed it) starts over.
+pub(crate) struct StoredLeaseOp {
+    key: Vec<u8>,
+    call: LeaseCall,
+    ttl: Millis,
+    attempts: u32,
+    /// The value read, when a commit of `ok` is in flight.
+    pending: Option<bool>,
+}
+
+impl StoredLeaseOp {
+    fn start(sv: &mut Services, stream: StreamId, call: LeaseCall) -> Option<Box<dyn StreamOp>> {
+        let (key, holder, ttl_seconds) = call.parts();
+        if let Err(message) = validate(key, holder, ttl_seconds) {
+            sv.io.send(stream, Message::LeaseResult(LeaseResult::refused(message)));
+            sv.io.close(stream, None);
+            return None;
+        }
+        let ttl = Millis::from_secs(ttl_seconds.unwrap_or(0).unsigned_abs());
+        let op = Self { key: keys::lease(key), call, ttl, attempts: 0, pending: None };
+        op.read(sv, stream);
+        Some(Box::new(op))
+    }
+
+    fn read(&self, sv: &mut Services, stream: StreamId) {
+        sv.io.storage(Owner::Stream(stream, TAG_READ), StorageOp::Get { key: self.key.clone() });
+    }
+
+    fn answer(sv: &mut Services, stream: StreamId, result: LeaseResult) -> Step {
+        sv.io.send(stream, Message::LeaseResult(result));
+        sv.io.close(stream, None);
+        Step::Done
+    }
+
+    fn failed(sv: &mut Services, stream: StreamId, result: StorageResult) -> Step {
+        let error = match result {
+            StorageResult::Failed(e) => e.0,
+            other => format!("unexpected storage result: {other:?}"),
+        };
+        sv.io.close(stream, Some(error));
+        Step::Done
+    }
+
+    fn decide_and_write(&mut self, sv: &mut Services, stream: StreamId, stored: Option<Vec<u8>>) -> Step {
+        let current = stored.as_deref().and_then(decode_lease);
+        let (_, holder, _) = self.call.parts();
+        let request = match &self.call {
+            LeaseCall::Acquire(_) => LeaseRequest::Acquire { holder, ttl: self.ttl },
+            LeaseCall::Renew(_) => LeaseRequest::Renew { holder, ttl: self.ttl },
+            LeaseCall::Release(_) => LeaseRequest::Release { holder },
+        };
+        let (ok, change) = decide(request, current.as_ref(), sv.now.as_timestamp());
+        let precondition = match stored {
+            // An unreadable value is replaced like an absent one, but only if it is still the same.
+            Some(value) => Precondition::Equals { key: self.key.clone(), value },
+            None => Precondition::Absent { key: self.key.clone() },
+        };
+        let batch = match change {
+            LeaseChange::Keep => return Self::answer(sv, stream, LeaseResult::plain(ok)),
+            LeaseChange::Set(lease) => WriteBatch {
+                preconditions: alloc::vec![precondition],
+                puts: alloc::vec![(self.key.clone(), encode_lease(&lease))],
+                deletes: Vec::new(),
+            },
+            LeaseChange::Remove => WriteBatch {
+                preconditions: alloc::vec![precondition],
+                puts: Vec::new(),
+                deletes: alloc::vec![self.key.clone()],
+            },
+        };
+        self.pending = Some(ok);
+        sv.io.storage(Owner::Stream(stream, TAG_WRITE), StorageOp::Commit(batch));
+        Step::Continue
+    }
+}
+
+impl LeaseCall {
+    fn parts(&self) -> (&str, &str, Option<i64>) {
+        match self {
+            LeaseCall::Acquire(r) => (&r.key, &r.holder, Some(r.ttl_seconds)),
+            LeaseCall::Renew(r) => (&r.key, &r.holder, Some(r.ttl_seconds)),
+            LeaseCall::Release(r) => (&r.key, &r.holder, None),
+        }
+    }
+}
+
+impl StreamOp for StoredLeaseOp {
+    fn on_end(&mut self, _sv: &mut Services, _stream: StreamId, _end: StreamEnd) -> Step {
+        Step::Continue
+    }
+
+    fn on_storage(&mut self, sv: &mut Services, stream: StreamId, tag: u32, result: StorageResult) -> Step {
+        match (tag, result) {
+            (TAG_READ, StorageResult::Value(stored)) => self.decide_and_write(sv, stream, stored),
+            (TAG_WRITE, StorageResult::Commit(CommitOutcome::Committed)) => {
+                let ok = self.pending.take().unwrap_or(false);
+                Self::answer(sv, stream, LeaseResult::plain(ok))
+            }
+            (TAG_WRITE, StorageResult::Commit(CommitOutcome::Conflict { .. })) => {
+                // Another instance changed the lease between our read and our commit: decide again.
+                self.pending = None;
+                self.attempts += 1;
+                if self.attempts >= STORED_LEASE_ATTEMPTS {
+                    return Self::answer(sv, stream, LeaseResult::refused(LEASE_CONTENTION));
+                }
+                self.read(sv, stream);
+                Step::Continue
+            }
+            (_, other) => Self::failed(sv, stream, other),
+        }
+    }
+
+    fn on_abort(&mut self, _sv: &mut Services, _stream: StreamId) -> Step {
+        // A commit in flight still lands (the lease holds or goes as decided); nothing is left to answer.
+        Step::Done
+    }
 }
 
 #[cfg(test)]

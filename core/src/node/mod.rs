@@ -98,6 +98,12 @@ pub struct NodeConfig {
     pub shared_space_clock: bool,
     /// Commits retried when another instance advanced the space clock first.
     pub space_clock_retries: u32,
+    /// Keep leases in the store (cluster-wide: every instance sharing the store sees them, and they
+    /// survive restarts) instead of in the node's memory (Go's behaviour, lost when the node closes).
+    /// Each request reads the lease, applies the rules of spec §6.7 with this instance's clock, and
+    /// commits the change guarded by a precondition on what it read, so two instances deciding at once
+    /// cannot both win.
+    pub leases_in_storage: bool,
     /// Entries read from storage per scan.
     pub read_batch: usize,
     /// Initial send credit of a stream, in messages.
@@ -126,6 +132,7 @@ impl Default for NodeConfig {
             produce_commit_retries: 8,
             shared_space_clock: false,
             space_clock_retries: 64,
+            leases_in_storage: false,
             read_batch: 256,
             stream_credit: 256,
             bus_configured: true,
@@ -391,18 +398,9 @@ impl Node {
             Request::GetSegments(r) => read::ListOp::start_segments(sv, stream, r),
             Request::SubscribeToSegmentStatus(r) => subscribe::SubscribeOp::start(sv, stream, r),
             Request::SubscribeWorkers(r) => presence::PresenceOp::start(sv, stream, r),
-            Request::LeaseAcquire(r) => {
-                lease::serve(sv, stream, lease::LeaseCall::Acquire(r));
-                None
-            }
-            Request::LeaseRenew(r) => {
-                lease::serve(sv, stream, lease::LeaseCall::Renew(r));
-                None
-            }
-            Request::LeaseRelease(r) => {
-                lease::serve(sv, stream, lease::LeaseCall::Release(r));
-                None
-            }
+            Request::LeaseAcquire(r) => lease::start(sv, stream, lease::LeaseCall::Acquire(r)),
+            Request::LeaseRenew(r) => lease::start(sv, stream, lease::LeaseCall::Renew(r)),
+            Request::LeaseRelease(r) => lease::start(sv, stream, lease::LeaseCall::Release(r)),
         }
     }
 

@@ -23,6 +23,7 @@ const SEGMENTS: &str = "SEGMENTS";
 const SPACES: &str = "SPACES";
 const SEGMENT_STATUSES: &str = "SEGMENT_STATUSES";
 const SPACE_CLOCKS: &str = "SPACE_CLOCKS";
+const LEASES: &str = "LEASES";
 
 /// A key range `[start, end)`.
 pub type KeyRange = (Vec<u8>, Vec<u8>);
@@ -180,6 +181,11 @@ pub fn segment_status(space: &str, segment: &str) -> Vec<u8> {
 /// write one store, see [`crate::node::NodeConfig::shared_space_clock`]).
 pub fn space_clock(space: &str) -> Vec<u8> {
     key(&[INV.into(), SPACE_CLOCKS.into(), space.into()])
+}
+
+/// Key of a lease kept in the store (see [`crate::node::NodeConfig::leases_in_storage`]).
+pub fn lease(name: &str) -> Vec<u8> {
+    key(&[INV.into(), LEASES.into(), name.into()])
 }
 
 #[cfg(test)]
