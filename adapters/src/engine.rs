@@ -331,6 +331,14 @@ impl EngineTask {
                 }
                 self.bus_events.push_back((store, BusEvent::Published { op, result: Ok(()) }));
             }
+            BusCommand::Announce { op, route, announcement } => {
+                for subscriber in self.bus_routes.get(&route).into_iter().flatten() {
+                    let event =
+                        BusEvent::Announcement { route: route.clone(), announcement: announcement.clone() };
+                    self.bus_events.push_back((*subscriber, event));
+                }
+                self.bus_events.push_back((store, BusEvent::Published { op, result: Ok(()) }));
+            }
         }
     }
 }

@@ -131,6 +131,8 @@ pub struct NodeHarness {
     pub hold_subscribes: bool,
     /// Everything published on the bus.
     pub published: Vec<SegmentNotification>,
+    /// Every presence announcement published on the bus.
+    pub announcements: Vec<crate::node::PresenceAnnouncement>,
     /// Number of publishes attempted (failed ones included).
     pub publish_attempts: usize,
     /// Bus subscribe/unsubscribe calls, in order (`+route` / `-route`).
@@ -157,6 +159,7 @@ impl NodeHarness {
             subscribe_error: None,
             hold_subscribes: false,
             published: Vec::new(),
+            announcements: Vec::new(),
             publish_attempts: 0,
             bus_calls: Vec::new(),
             held: VecDeque::new(),
@@ -425,6 +428,13 @@ impl NodeHarness {
                 self.published.push(notification.clone());
                 if self.subscribed.contains(&route) {
                     self.node.handle_bus(self.now, BusEvent::Notification { route, notification });
+                }
+                self.node.handle_bus(self.now, BusEvent::Published { op, result: Ok(()) });
+            }
+            NodeOutput::Bus(BusCommand::Announce { op, route, announcement }) => {
+                self.announcements.push(announcement.clone());
+                if self.subscribed.contains(&route) {
+                    self.node.handle_bus(self.now, BusEvent::Announcement { route, announcement });
                 }
                 self.node.handle_bus(self.now, BusEvent::Published { op, result: Ok(()) });
             }

@@ -4,7 +4,10 @@ use alloc::format;
 use alloc::string::String;
 use uuid::Uuid;
 
-use crate::api::SegmentNotification;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{SegmentNotification, WorkerInfo};
 use crate::storage::StorageOp;
 use crate::stream::StreamId;
 use crate::wire::Message;
@@ -66,6 +69,16 @@ pub enum BusCommand {
         /// The route.
         route: String,
     },
+    /// Publish this instance's workers to the other instances serving the store (cluster-wide worker
+    /// presence); answer with [`BusEvent::Published`]. Delivered as [`BusEvent::Announcement`].
+    Announce {
+        /// Correlation id.
+        op: OpId,
+        /// The route ([`worker_presence_route`]).
+        route: String,
+        /// What this instance has.
+        announcement: PresenceAnnouncement,
+    },
     /// Publish a segment notification; answer with [`BusEvent::Published`].
     Publish {
         /// Correlation id.
@@ -101,6 +114,13 @@ pub enum BusEvent {
         /// The notification.
         notification: SegmentNotification,
     },
+    /// A presence announcement delivered on a subscribed route (including this instance's own).
+    Announcement {
+        /// The route.
+        route: String,
+        /// The announcement.
+        announcement: PresenceAnnouncement,
+    },
     /// Delivery on a subscribed route can no longer be guaranteed (bus outage); subscribers are closed
     /// with `error` and the route counts as unsubscribed.
     Lost {
@@ -109,6 +129,27 @@ pub enum BusEvent {
         /// Why.
         error: String,
     },
+}
+
+/// The workers one server instance holds for a store, published on the bus so that observers connected to
+/// any instance see every worker (cluster-wide presence). Bus-only: never on a client stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PresenceAnnouncement {
+    /// The announcing instance (random per node).
+    pub instance: Uuid,
+    /// The store.
+    pub store_id: Uuid,
+    /// Its workers (empty when its last worker left).
+    pub workers: Vec<WorkerInfo>,
+    /// Asks every other instance to announce at once (sent by an instance that just joined).
+    pub sync: bool,
+}
+
+/// The bus route of a store's worker presence: `tenant.streamkit.worker_presence[<store id>]` (the
+/// route Go reserves for it).
+pub fn worker_presence_route(store_id: &Uuid) -> String {
+    format!("tenant.streamkit.worker_presence[{}]", store_id.hyphenated())
 }
 
 /// Namespace of segment-notification route ids (the store id is the UUIDv5 namespace).

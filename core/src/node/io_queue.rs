@@ -128,6 +128,18 @@ impl Io {
         op
     }
 
+    /// Emits a presence announcement whose completion goes to `owner`.
+    pub fn bus_announce(
+        &mut self,
+        owner: Owner,
+        route: String,
+        announcement: super::io::PresenceAnnouncement,
+    ) -> OpId {
+        let op = self.next_op(owner);
+        self.out.push_back(NodeOutput::Bus(BusCommand::Announce { op, route, announcement }));
+        op
+    }
+
     /// Emits a bus unsubscribe.
     pub fn bus_unsubscribe(&mut self, route: String) {
         self.out.push_back(NodeOutput::Bus(BusCommand::Unsubscribe { route }));

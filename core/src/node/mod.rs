@@ -54,7 +54,10 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use uuid::Uuid;
 
-pub use io::{BusCommand, BusEvent, NodeOutput, OpId, segment_notification_route};
+pub use io::{
+    BusCommand, BusEvent, NodeOutput, OpId, PresenceAnnouncement, segment_notification_route,
+    worker_presence_route,
+};
 use io_queue::{Io, Owner};
 
 use crate::api::{Envelope, SegmentStatus};
@@ -104,6 +107,13 @@ pub struct NodeConfig {
     /// commits the change guarded by a precondition on what it read, so two instances deciding at once
     /// cannot both win.
     pub leases_in_storage: bool,
+    /// Share worker presence with the other instances serving the store, through the bus: each instance
+    /// announces its workers on change and every [`NodeConfig::presence_announce_interval`], and an
+    /// observer on any instance sees every instance's workers. An instance that stops announcing (it died)
+    /// has its workers dropped after `max(30 s, 3 × interval)`.
+    pub cluster_presence: bool,
+    /// How often an instance with workers re-announces them.
+    pub presence_announce_interval: Millis,
     /// Entries read from storage per scan.
     pub read_batch: usize,
     /// Initial send credit of a stream, in messages.
@@ -133,6 +143,8 @@ impl Default for NodeConfig {
             shared_space_clock: false,
             space_clock_retries: 64,
             leases_in_storage: false,
+            cluster_presence: false,
+            presence_announce_interval: Millis::from_secs(10),
             read_batch: 256,
             stream_credit: 256,
             bus_configured: true,
@@ -224,6 +236,8 @@ pub(crate) struct Services {
     pub io: Io,
     pub now: Millis,
     pub store_id: Uuid,
+    /// This node's identity among the server instances sharing the store (presence announcements).
+    pub instance: Uuid,
     pub config: NodeConfig,
     pub rng: Rng,
     pub watermarks: Watermarks,
@@ -293,13 +307,16 @@ impl Node {
     pub fn new(store_id: Uuid, config: NodeConfig, now: Millis, seed: u64) -> Self {
         let heads = produce::HeadCache::new(config.head_cache_capacity);
         let clocks = produce::ClockCache::new(config.head_cache_capacity);
+        let mut rng = Rng::new(seed);
+        let instance = rng.uuid_v4();
         Self {
             sv: Services {
                 io: Io::default(),
                 now,
                 store_id,
+                instance,
                 config,
-                rng: Rng::new(seed),
+                rng,
                 watermarks: Watermarks::default(),
                 heads,
                 clocks,
@@ -480,7 +497,8 @@ impl Node {
                             });
                         }
                     }
-                    Some(Owner::Presence(_) | Owner::Leases(_)) | None => {}
+                    Some(Owner::Presence(tag)) => presence::on_bus(&mut self.sv, tag, result),
+                    Some(Owner::Leases(_)) | None => {}
                 }
             }
             BusEvent::Notification { route, notification } => {
@@ -491,6 +509,9 @@ impl Node {
                         self.dispatch(stream, |o, sv| o.on_notification(sv, stream, &status));
                     }
                 }
+            }
+            BusEvent::Announcement { announcement, .. } => {
+                presence::on_announcement(&mut self.sv, announcement)
             }
             BusEvent::Lost { route, error } => {
                 for stream in self.sv.subscriptions.lost(&route) {
@@ -513,7 +534,7 @@ impl Node {
     fn wake(&mut self, owner: Owner) {
         match owner {
             Owner::Stream(stream, tag) => self.dispatch(stream, |o, sv| o.on_wake(sv, stream, tag)),
-            Owner::Presence(_) => presence::on_sweep(&mut self.sv),
+            Owner::Presence(tag) => presence::on_timer(&mut self.sv, tag),
             Owner::Leases(_) => lease::on_sweep(&mut self.sv),
             Owner::Subscriptions(_) => {}
         }

@@ -46,6 +46,9 @@ pub const WORKER_EXPIRED: &str = "worker presence expired";
 
 const TAG_HEARTBEAT: u32 = 1;
 const TAG_SWEEP: u32 = 1;
+const TAG_ANNOUNCE: u32 = 2;
+const TAG_CLUSTER_SUBSCRIBED: u32 = 3;
+const TAG_ANNOUNCED: u32 = 4;
 
 /// The renewal interval a worker is held to (Go `WorkerPresenceRenewIntervalSeconds`): 0 or less means the
 /// default of 30 s, anything else is clamped to 1..=300 s.
@@ -84,12 +87,33 @@ struct Subscriber {
     heartbeat: bool,
 }
 
+/// The workers another instance last announced.
+#[derive(Debug)]
+struct Remote {
+    workers: Vec<WorkerInfo>,
+    /// Dropped when no announcement refreshed it by then (the instance died or lost the bus).
+    expires_at: Millis,
+}
+
+/// This node's link to the other instances (cluster-wide presence only).
+#[derive(Debug, Default, PartialEq, Eq)]
+enum ClusterLink {
+    #[default]
+    Off,
+    Subscribing,
+    On,
+}
+
 /// The presence state of a node: workers and the streams that watch them.
 #[derive(Debug, Default)]
 pub(crate) struct PresenceRouter {
     workers: BTreeMap<Uuid, Worker>,
     subscribers: BTreeMap<StreamId, Subscriber>,
     sweeping: bool,
+    /// Workers of the other instances, by instance.
+    remote: BTreeMap<Uuid, Remote>,
+    link: ClusterLink,
+    announcing: bool,
 }
 
 impl PresenceRouter {
@@ -100,9 +124,8 @@ impl PresenceRouter {
     }
 }
 
-fn inventory(sv: &Services) -> WorkerInventory {
-    let workers = sv
-        .presence
+fn local_workers(sv: &Services) -> Vec<WorkerInfo> {
+    sv.presence
         .workers
         .iter()
         .map(|(id, w)| WorkerInfo {
@@ -110,8 +133,139 @@ fn inventory(sv: &Services) -> WorkerInventory {
             metadata: w.metadata.clone(),
             last_seen_at: w.last_seen_at,
         })
-        .collect();
-    WorkerInventory { workers, timestamp: sv.now.as_timestamp() }
+        .collect()
+}
+
+/// This node's workers and those other instances announced; an id registered on several instances (a
+/// worker that reconnected elsewhere) counts once, with its latest renewal.
+fn inventory(sv: &Services) -> WorkerInventory {
+    let mut merged: BTreeMap<Uuid, WorkerInfo> = BTreeMap::new();
+    let remote = sv.presence.remote.values().flat_map(|r| r.workers.iter().cloned());
+    for info in local_workers(sv).into_iter().chain(remote) {
+        match merged.get(&info.worker_id) {
+            Some(known) if known.last_seen_at >= info.last_seen_at => {}
+            _ => {
+                merged.insert(info.worker_id, info);
+            }
+        }
+    }
+    WorkerInventory { workers: merged.into_values().collect(), timestamp: sv.now.as_timestamp() }
+}
+
+/// How long another instance's announcement stays valid: `max(30 s, 3 × announce interval)`.
+fn remote_ttl(sv: &Services) -> Millis {
+    MIN_WORKER_TTL.max(Millis(sv.config.presence_announce_interval.0.saturating_mul(WORKER_TTL_MULTIPLIER)))
+}
+
+/// Joins the other instances' presence when the first presence stream of the node opens.
+fn cluster_join(sv: &mut Services) {
+    if sv.config.cluster_presence && sv.presence.link == ClusterLink::Off {
+        sv.presence.link = ClusterLink::Subscribing;
+        let route = super::worker_presence_route(&sv.store_id);
+        sv.io.bus_subscribe(Owner::Presence(TAG_CLUSTER_SUBSCRIBED), route);
+    }
+}
+
+/// Leaves when the last presence stream of the node is gone.
+fn cluster_leave(sv: &mut Services) {
+    if sv.presence.subscribers.is_empty() && sv.presence.link == ClusterLink::On {
+        // Tell the others this instance has no worker any more, then stop listening.
+        announce(sv, false);
+        sv.presence.link = ClusterLink::Off;
+        sv.io.bus_unsubscribe(super::worker_presence_route(&sv.store_id));
+        sv.presence.remote.clear();
+    }
+}
+
+/// Publishes this instance's workers (with `sync`, asks the others to publish theirs).
+fn announce(sv: &mut Services, sync: bool) {
+    if sv.presence.link != ClusterLink::On {
+        return;
+    }
+    let announcement = super::PresenceAnnouncement {
+        instance: sv.instance,
+        store_id: sv.store_id,
+        workers: local_workers(sv),
+        sync,
+    };
+    let route = super::worker_presence_route(&sv.store_id);
+    sv.io.bus_announce(Owner::Presence(TAG_ANNOUNCED), route, announcement);
+    arm_announcer(sv);
+}
+
+/// Keeps one re-announcement timer armed while this instance has workers.
+fn arm_announcer(sv: &mut Services) {
+    if sv.presence.link == ClusterLink::On && !sv.presence.announcing && !sv.presence.workers.is_empty() {
+        sv.presence.announcing = true;
+        let at = sv.now + sv.config.presence_announce_interval.max(Millis(1));
+        sv.io.timer(Owner::Presence(TAG_ANNOUNCE), at, "worker presence announcement");
+    }
+}
+
+/// The local worker set changed: tell local subscribers and the other instances.
+fn changed(sv: &mut Services) {
+    fan_out(sv);
+    announce(sv, false);
+}
+
+/// A timer of the router fired.
+pub(crate) fn on_timer(sv: &mut Services, tag: u32) {
+    match tag {
+        TAG_ANNOUNCE => {
+            sv.presence.announcing = false;
+            announce(sv, false);
+        }
+        _ => on_sweep(sv),
+    }
+}
+
+/// A bus completion of the router.
+pub(crate) fn on_bus(sv: &mut Services, tag: u32, result: Result<(), String>) {
+    if tag != TAG_CLUSTER_SUBSCRIBED || sv.presence.link != ClusterLink::Subscribing {
+        // Announcements that fail are repeated by the next one; nothing else to do.
+        return;
+    }
+    if result.is_ok() {
+        sv.presence.link = ClusterLink::On;
+        if sv.presence.subscribers.is_empty() {
+            cluster_leave(sv);
+        } else {
+            announce(sv, true);
+        }
+    } else {
+        // Local presence keeps working; the next presence stream retries the link.
+        sv.presence.link = ClusterLink::Off;
+    }
+}
+
+/// Another instance announced its workers.
+pub(crate) fn on_announcement(sv: &mut Services, announcement: super::PresenceAnnouncement) {
+    if announcement.instance == sv.instance
+        || announcement.store_id != sv.store_id
+        || sv.presence.link != ClusterLink::On
+    {
+        return;
+    }
+    let expires_at = sv.now + remote_ttl(sv);
+    let before = sv.presence.remote.get(&announcement.instance).map(|r| r.workers.clone());
+    if announcement.workers.is_empty() {
+        sv.presence.remote.remove(&announcement.instance);
+    } else {
+        let remote = Remote { workers: announcement.workers.clone(), expires_at };
+        sv.presence.remote.insert(announcement.instance, remote);
+    }
+    let after = sv.presence.remote.get(&announcement.instance).map(|r| r.workers.clone());
+    // Renewal timestamps alone do not make a new inventory (as for local renewals).
+    let ids = |w: &Option<Vec<WorkerInfo>>| -> Vec<(Uuid, Metadata)> {
+        w.iter().flatten().map(|i| (i.worker_id, i.metadata.clone())).collect()
+    };
+    if ids(&before) != ids(&after) {
+        fan_out(sv);
+    }
+    if announcement.sync && !sv.presence.workers.is_empty() {
+        announce(sv, false);
+    }
+    arm_sweeper(sv);
 }
 
 /// Sends what a subscriber has pending, as far as its credit goes.
@@ -155,7 +309,7 @@ fn remove_stream(sv: &mut Services, stream: StreamId) -> bool {
 }
 
 fn arm_sweeper(sv: &mut Services) {
-    if !sv.presence.sweeping && !sv.presence.workers.is_empty() {
+    if !sv.presence.sweeping && !(sv.presence.workers.is_empty() && sv.presence.remote.is_empty()) {
         sv.presence.sweeping = true;
         let at = sv.now + sv.config.presence_sweep_interval.max(Millis(1));
         sv.io.timer(Owner::Presence(TAG_SWEEP), at, "worker presence sweep");
@@ -180,11 +334,18 @@ pub(crate) fn on_sweep(sv: &mut Services) {
         // Unregistered before the fan-out, so the evicted stream gets the close, not the inventory.
         sv.presence.subscribers.remove(stream);
     }
+    let now = sv.now;
+    let before = sv.presence.remote.len();
+    sv.presence.remote.retain(|_, r| r.expires_at > now);
+    let remote_expired = sv.presence.remote.len() != before;
     if !stale.is_empty() {
-        fan_out(sv);
+        changed(sv);
         for (_, stream) in stale {
             sv.io.close(stream, Some(WORKER_EXPIRED.into()));
         }
+        cluster_leave(sv);
+    } else if remote_expired {
+        fan_out(sv);
     }
     arm_sweeper(sv);
 }
@@ -204,6 +365,7 @@ impl PresenceOp {
         let heartbeat_seconds = clamp_heartbeat_seconds(request.heartbeat_interval_seconds);
         let worker = (!request.worker_id.is_nil()).then_some(request.worker_id);
         sv.presence.subscribers.insert(stream, Subscriber { worker, ..Subscriber::default() });
+        cluster_join(sv);
         let mut heartbeat = None;
         match worker {
             None => {
@@ -229,7 +391,7 @@ impl PresenceOp {
                     sv.io.close(previous.stream, Some(WORKER_ID_TAKEN.into()));
                 }
                 arm_sweeper(sv);
-                fan_out(sv);
+                changed(sv);
                 if heartbeat_seconds > 0 {
                     let interval = Millis::from_secs(heartbeat_seconds.unsigned_abs());
                     heartbeat = Some(interval);
@@ -252,9 +414,10 @@ impl PresenceOp {
     /// Closes a misbehaving worker stream with `reason`, removing its worker.
     fn tear_down(sv: &mut Services, stream: StreamId, reason: String) -> Step {
         if remove_stream(sv, stream) {
-            fan_out(sv);
+            changed(sv);
         }
         sv.io.close(stream, Some(reason));
+        cluster_leave(sv);
         Step::Done
     }
 }
@@ -306,16 +469,18 @@ impl StreamOp for PresenceOp {
 
     fn on_end(&mut self, sv: &mut Services, stream: StreamId, _end: StreamEnd) -> Step {
         if remove_stream(sv, stream) {
-            fan_out(sv);
+            changed(sv);
         }
         sv.io.close(stream, None);
+        cluster_leave(sv);
         Step::Done
     }
 
     fn on_abort(&mut self, sv: &mut Services, stream: StreamId) -> Step {
         if remove_stream(sv, stream) {
-            fan_out(sv);
+            changed(sv);
         }
+        cluster_leave(sv);
         Step::Done
     }
 

@@ -147,6 +147,8 @@ pub struct SystemSim {
     routes: BTreeMap<String, BTreeSet<(usize, Uuid)>>,
     /// Every notification published on the bus.
     pub published: u64,
+    /// Instances that died: they process nothing any more.
+    halted: BTreeSet<usize>,
 }
 
 impl SystemSim {
@@ -169,6 +171,7 @@ impl SystemSim {
             storage_seq: 0,
             routes: BTreeMap::new(),
             published: 0,
+            halted: BTreeSet::new(),
             config,
         }
     }
@@ -288,6 +291,17 @@ impl SystemSim {
         self.op(client, channel).clone()
     }
 
+    /// Kills server `instance` (as `kill -9` would): its clients' connections break, and it never runs,
+    /// answers or announces anything again.
+    pub fn halt_instance(&mut self, instance: usize) {
+        self.halted.insert(instance);
+        for index in 0..self.clients.len() {
+            if self.clients[index].instance == instance {
+                self.sever(index);
+            }
+        }
+    }
+
     /// Breaks a client's connection (both directions fail at once).
     pub fn sever(&mut self, client: usize) {
         let now = self.now();
@@ -331,7 +345,13 @@ impl SystemSim {
 
     fn next_time(&self) -> Option<Millis> {
         let mut times = alloc::vec![self.storage.iter().map(|p| p.ready_at).min()];
-        times.extend(self.engines.iter().map(Engine::poll_timeout));
+        times.extend(
+            self.engines
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !self.halted.contains(i))
+                .map(|(_, e)| e.poll_timeout()),
+        );
         for c in &self.clients {
             times.push(c.up.next_delivery());
             times.push(c.down.next_delivery());
@@ -362,6 +382,9 @@ impl SystemSim {
         }
         due.sort_by_key(|p| (p.ready_at, p.seq));
         for p in due {
+            if self.halted.contains(&p.instance) {
+                continue;
+            }
             let result = self.stores.entry(p.store).or_default().execute(&p.request);
             self.engines[p.instance].handle_storage(now, p.store, p.op, result);
             self.pump();
@@ -388,8 +411,8 @@ impl SystemSim {
             }
         }
         // Timers.
-        for engine in &mut self.engines {
-            if engine.poll_timeout().is_some_and(|t| t <= now) {
+        for (instance, engine) in self.engines.iter_mut().enumerate() {
+            if !self.halted.contains(&instance) && engine.poll_timeout().is_some_and(|t| t <= now) {
                 engine.handle_timeout(now);
             }
         }
@@ -470,6 +493,9 @@ impl SystemSim {
                 }
             }
             for instance in 0..self.engines.len() {
+                if self.halted.contains(&instance) {
+                    continue;
+                }
                 while let Some(effect) = self.engines[instance].poll_effect() {
                     moved = true;
                     self.apply(now, instance, effect);
@@ -533,9 +559,27 @@ impl SystemSim {
                     let subscribers: Vec<(usize, Uuid)> =
                         self.routes.get(&route).map(|s| s.iter().copied().collect()).unwrap_or_default();
                     for (target, subscriber) in subscribers {
+                        if self.halted.contains(&target) {
+                            continue;
+                        }
                         let event = BusEvent::Notification {
                             route: route.clone(),
                             notification: notification.clone(),
+                        };
+                        self.engines[target].handle_bus(now, subscriber, event);
+                    }
+                    self.engines[instance].handle_bus(now, store, BusEvent::Published { op, result: Ok(()) });
+                }
+                BusCommand::Announce { op, route, announcement } => {
+                    let subscribers: Vec<(usize, Uuid)> =
+                        self.routes.get(&route).map(|s| s.iter().copied().collect()).unwrap_or_default();
+                    for (target, subscriber) in subscribers {
+                        if self.halted.contains(&target) {
+                            continue;
+                        }
+                        let event = BusEvent::Announcement {
+                            route: route.clone(),
+                            announcement: announcement.clone(),
                         };
                         self.engines[target].handle_bus(now, subscriber, event);
                     }

@@ -653,3 +653,89 @@ fn subscriber_on_one_instance_sees_produces_through_another() {
         sim.op(subscriber, sub).statuses().iter().filter(|s| s.segment == "x").map(|s| s.last_sequence).max();
     assert_eq!(last, Some(3));
 }
+
+fn inventories(log: &super::system::OpLog) -> Vec<WorkerInventory> {
+    log.messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Envelope(Envelope::WorkerInventory(inv)) => Some(inv.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn worker_presence_across_instances() {
+    let mut engine = crate::server::EngineConfig::default();
+    engine.manager.node.cluster_presence = true;
+    let mut sim = SystemSim::new(SystemConfig { seed: 23, instances: 2, engine, ..SystemConfig::default() });
+    let observer_client = sim.connect_to(1, Codec::Json, StoreScopes::All);
+    let worker_client = sim.connect_to(0, Codec::Cbor, StoreScopes::All);
+    let observer = sim.open(observer_client, STORE, Request::SubscribeWorkers(SubscribeWorkers::default()));
+    sim.settle();
+    let worker_id = Uuid::from_u128(0xaaaa);
+    let worker = sim.open(
+        worker_client,
+        STORE,
+        Request::SubscribeWorkers(SubscribeWorkers {
+            worker_id,
+            metadata: Metadata::new(),
+            heartbeat_interval_seconds: 1,
+        }),
+    );
+    sim.settle();
+    let has_worker = |sim: &SystemSim| {
+        inventories(sim.op(observer_client, observer))
+            .last()
+            .is_some_and(|inv| inv.workers.iter().any(|w| w.worker_id == worker_id))
+    };
+    assert!(has_worker(&sim), "an observer on instance 1 sees a worker registered on instance 0");
+    // The worker leaves cleanly: gone everywhere at once.
+    sim.cancel(worker_client, worker);
+    sim.settle();
+    assert!(!has_worker(&sim));
+    // It comes back, then its instance dies: it disappears once the instance's announcements are stale.
+    let worker_client = sim.connect_to(0, Codec::Json, StoreScopes::All);
+    sim.open(
+        worker_client,
+        STORE,
+        Request::SubscribeWorkers(SubscribeWorkers {
+            worker_id,
+            metadata: Metadata::new(),
+            heartbeat_interval_seconds: 1,
+        }),
+    );
+    sim.settle();
+    assert!(has_worker(&sim));
+    sim.halt_instance(0);
+    sim.run_for(Millis::from_secs(5));
+    assert!(has_worker(&sim), "not evicted before the stale timeout");
+    sim.run_for(Millis::from_secs(30));
+    assert!(!has_worker(&sim), "evicted after the stale timeout");
+}
+
+#[test]
+fn late_observer_on_another_instance_gets_the_full_inventory() {
+    let mut engine = crate::server::EngineConfig::default();
+    engine.manager.node.cluster_presence = true;
+    let mut sim = SystemSim::new(SystemConfig { seed: 24, instances: 3, engine, ..SystemConfig::default() });
+    for (instance, id) in [(0usize, 1u128), (1, 2)] {
+        let c = sim.connect_to(instance, Codec::Json, StoreScopes::All);
+        let request = SubscribeWorkers {
+            worker_id: Uuid::from_u128(id),
+            heartbeat_interval_seconds: 5,
+            ..Default::default()
+        };
+        sim.open(c, STORE, Request::SubscribeWorkers(request));
+    }
+    sim.settle();
+    // Instance 2 had no presence stream so far: its first observer triggers a sync.
+    let c = sim.connect_to(2, Codec::Json, StoreScopes::All);
+    let observer = sim.open(c, STORE, Request::SubscribeWorkers(SubscribeWorkers::default()));
+    sim.settle();
+    let ids: Vec<Uuid> = inventories(sim.op(c, observer))
+        .last()
+        .map(|inv| inv.workers.iter().map(|w| w.worker_id).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, [Uuid::from_u128(1), Uuid::from_u128(2)]);
+}
