@@ -309,7 +309,8 @@ fn remove_stream(sv: &mut Services, stream: StreamId) -> bool {
 }
 
 fn arm_sweeper(sv: &mut Services) {
-    if !sv.presence.sweeping && !(sv.presence.workers.is_empty() && sv.presence.remote.is_empty()) {
+    let nothing_to_sweep = sv.presence.workers.is_empty() && sv.presence.remote.is_empty();
+    if !sv.presence.sweeping && !nothing_to_sweep {
         sv.presence.sweeping = true;
         let at = sv.now + sv.config.presence_sweep_interval.max(Millis(1));
         sv.io.timer(Owner::Presence(TAG_SWEEP), at, "worker presence sweep");
