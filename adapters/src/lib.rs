@@ -11,6 +11,7 @@
 pub use streamkit_core as core;
 
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod engine;
 pub mod http;
