@@ -69,12 +69,19 @@ pub enum ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    /// Set when configuration overrides the classification by text (auth retries).
+    retryable: Option<bool>,
 }
 
 impl Error {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), retryable: None }
+    }
+
+    /// This error, classified as transient whatever its text (Go `RetryAuthFailures`).
+    pub(crate) fn into_transient(self) -> Self {
+        Self { kind: ErrorKind::Connection, retryable: Some(true), ..self }
     }
 
     /// What went wrong.
@@ -90,6 +97,9 @@ impl Error {
     /// Whether opening the operation again may succeed, with Go's `IsRetryable` rules: cancellation and
     /// texts naming a permanent condition are not retryable, everything else is.
     pub fn is_retryable(&self) -> bool {
+        if let Some(retryable) = self.retryable {
+            return retryable;
+        }
         match self.kind {
             ErrorKind::Canceled
             | ErrorKind::Closed

@@ -371,7 +371,7 @@ impl Driver {
             }
             Err(mut error) => {
                 if error.kind() == ErrorKind::Unauthorized && self.options.retry_auth_failures {
-                    error = Error::new(ErrorKind::Connection, error.message());
+                    error = error.into_transient();
                 }
                 tracing::debug!(url = %self.url, %error, "streamkit dial failed");
                 self.last_failure = Some((Instant::now(), error.clone()));
