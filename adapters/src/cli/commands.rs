@@ -12,6 +12,7 @@ use super::{CliError, ClientArgs};
 use crate::client::{Client, EntryStream, SubscribeOptions};
 use crate::core::api::{ConsumeSegment, ConsumeSpace, Entry, Record};
 use crate::core::lexkey::LexKey;
+use crate::core::wire::Codec;
 use crate::runtime::{Runtime, RuntimeExt};
 
 /// Lines read ahead of the producer.
@@ -167,7 +168,8 @@ async fn print_entries(mut entries: EntryStream, json: bool) -> Result<Option<En
 
 fn print_entry(out: &mut impl Write, entry: &Entry, json: bool) -> Result<(), CliError> {
     if json {
-        serde_json::to_writer(&mut *out, entry)?;
+        // Go's JSON: payload in base64, fields in Go's order.
+        out.write_all(&Codec::Json.encode_value(entry))?;
         writeln!(out)?;
     } else {
         let payload = String::from_utf8_lossy(entry.payload.as_deref().unwrap_or_default());
@@ -290,7 +292,7 @@ pub(super) struct PeekArgs {
 pub(super) async fn peek(runtime: Arc<dyn Runtime>, args: PeekArgs) -> Result<(), CliError> {
     let client = args.client.connect(runtime).await?;
     let entry = client.peek(args.client.store, &args.space, &args.segment).await?;
-    println!("{}", serde_json::to_string(&entry)?);
+    println!("{}", String::from_utf8_lossy(&Codec::Json.encode_value(&entry)));
     client.close().await;
     Ok(())
 }
