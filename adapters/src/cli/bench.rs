@@ -184,6 +184,7 @@ async fn bench(runtime: &Arc<dyn Runtime>, args: &BenchArgs, url: &str, token: &
         let client = clients[(p % clients.len() as u64) as usize].clone();
         let mine: Vec<u64> = (p..segments).step_by(producers as usize).collect();
         tasks.push(runtime.spawn(async move {
+            let per_segment = per_segment;
             let mut count = 0u64;
             let mut latencies = Vec::new();
             for segment in mine {
@@ -194,9 +195,17 @@ async fn bench(runtime: &Arc<dyn Runtime>, args: &BenchArgs, url: &str, token: &
                     ..Default::default()
                 };
                 let mut entries = client.consume_segment(store, request);
+                let mut expected = 1;
                 while let Some(entry) = entries.next().await {
-                    entry?;
+                    let sequence = entry?.sequence;
+                    if sequence != expected {
+                        eprintln!("seg-{segment}: expected sequence {expected}, got {sequence}");
+                    }
+                    expected = sequence + 1;
                     count += 1;
+                }
+                if expected != per_segment + 1 {
+                    eprintln!("seg-{segment}: ended after sequence {}", expected - 1);
                 }
                 latencies.push(begun.elapsed());
             }

@@ -245,7 +245,7 @@ impl Driver {
 
     fn handle_frames(&mut self, first: Option<Result<Option<Bytes>, WsError>>) {
         let mut next = first;
-        for _ in 0..FRAMES_PER_WAKE {
+        for round in 1..=FRAMES_PER_WAKE {
             let Some(live) = self.live.as_mut() else { return };
             let now = self.clock.now();
             match next {
@@ -255,7 +255,8 @@ impl Driver {
             }
             self.process();
             let Some(live) = self.live.as_mut() else { return };
-            if live.is_paused() {
+            // Only take another frame when this wake-up will handle it.
+            if live.is_paused() || round == FRAMES_PER_WAKE {
                 return;
             }
             match live.frames.try_recv() {
