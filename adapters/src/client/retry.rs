@@ -58,7 +58,7 @@ impl RetryPolicy {
         if self.max < self.initial {
             self.max = Duration::from_secs(10);
         }
-        if !(self.multiplier > 0.0) {
+        if self.multiplier.is_nan() || self.multiplier <= 0.0 {
             self.multiplier = 2.0;
         }
         self.jitter = if self.jitter.is_finite() { self.jitter.clamp(0.0, 1.0) } else { 0.0 };

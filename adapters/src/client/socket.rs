@@ -110,11 +110,14 @@ impl Transport for SocketTransport {
     }
 }
 
+/// What the reader task hands over: a frame, the end of the connection (`None`), or a read error.
+type ReadFrame = Result<Option<Bytes>, WsError>;
+
 /// What exists while a connection is up.
 struct Live {
     conn: ClientConnection,
     /// Receivers are boxed: async-channel receivers are `!Unpin` while they wait.
-    frames: Pin<Box<Receiver<Result<Option<Bytes>, WsError>>>>,
+    frames: Pin<Box<Receiver<ReadFrame>>>,
     writer: Sender<Vec<Vec<u8>>>,
     acks: Pin<Box<Receiver<Result<(), String>>>>,
     in_flight: usize,
@@ -151,7 +154,7 @@ struct Driver {
 enum Wake {
     Signal(Signal),
     Ack(Option<Result<(), String>>),
-    Frame(Option<Result<Option<Bytes>, WsError>>),
+    Frame(Option<ReadFrame>),
     Command(Option<Command>),
     Timer,
 }
@@ -243,7 +246,7 @@ impl Driver {
         }
     }
 
-    fn handle_frames(&mut self, first: Option<Result<Option<Bytes>, WsError>>) {
+    fn handle_frames(&mut self, first: Option<ReadFrame>) {
         let mut next = first;
         for round in 1..=FRAMES_PER_WAKE {
             let Some(live) = self.live.as_mut() else { return };
