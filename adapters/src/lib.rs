@@ -11,6 +11,9 @@
 pub use streamkit_core as core;
 
 pub mod auth;
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod engine;
 pub mod http;

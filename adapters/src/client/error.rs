@@ -1,0 +1,236 @@
+//! The client's error type: a kind to match on and the exact text a Go client would show.
+
+use std::fmt;
+
+use streamkit_core::mux::{MUXER_CLOSED, OVERLOAD_REASON};
+
+use crate::ws::DialError;
+
+/// Text of an operation ended because its caller dropped it (Go's `context canceled`, which is also
+/// what the server is told in the `mux::close` it receives).
+pub const CANCELED: &str = "context canceled";
+/// Text of operations on a client after [`Client::close`](super::Client::close).
+pub const CLIENT_CLOSED: &str = "client closed";
+/// Text of a consume entry that is not a stored entry (Go `invalid consume entry payload`).
+pub const INVALID_ENTRY: &str = "invalid consume entry payload";
+/// Text when a publish got no status back (Go).
+pub const NO_STATUS_CONFIRMATION: &str = "no status confirmation from server";
+/// Text of a lease that could not be acquired (Go `ErrLeaseNotAcquired`).
+pub const LEASE_NOT_ACQUIRED: &str = "lease not acquired";
+/// Text when a held lease could not be renewed (another holder took it, or it expired).
+pub const LEASE_LOST: &str = "lease lost";
+/// Text when a subscription or worker stream saw no frame for three heartbeat intervals.
+pub const HEARTBEAT_MISSED: &str = "subscription heartbeat timeout";
+
+/// What went wrong, for matching; the [`Error`]'s text carries the details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The server ended the stream with an error: `remote closed stream: <text>` (e.g. a sequence gap).
+    RemoteClosed,
+    /// The server refused the stream: `remote error: <text>` (e.g. `access denied`, `store unavailable`).
+    RemoteError,
+    /// The connection failed or was lost (`muxer closed`, `heartbeat timeout`, a dial that may succeed
+    /// later). Transient.
+    Connection,
+    /// The server refused the credentials (HTTP 401/403) or the token source failed with such a text.
+    Unauthorized,
+    /// A dial that cannot succeed as configured (bad URL, `wss://` without TLS, CBOR refused).
+    InvalidConfig,
+    /// The stream was torn down because its reader did not keep up
+    /// (`stream receive buffer overloaded`).
+    Overloaded,
+    /// The operation was cancelled (`context canceled`).
+    Canceled,
+    /// The client was closed.
+    Closed,
+    /// `lease not acquired: <message>`.
+    LeaseNotAcquired,
+    /// The lease could not be renewed; the guarded future was cancelled.
+    LeaseLost,
+    /// `produce failed: <error>` (publish).
+    ProduceFailed,
+    /// `no status confirmation from server` (publish).
+    NoConfirmation,
+    /// `invalid consume entry payload`.
+    InvalidEntry,
+    /// An answer that could not be decoded, or an answer of the wrong type.
+    Protocol,
+    /// An argument the client refuses before sending anything.
+    InvalidArgument,
+    /// No frame for three heartbeat intervals on a subscription or worker stream.
+    HeartbeatTimeout,
+}
+
+/// A client error: [`kind`](Self::kind) to match on, and a message that is the exact text of the Go
+/// client (`remote closed stream: sequence gap: expected 3, got 4`, `remote error: access denied`,
+/// `lease not acquired: ...`). `Display` prints the message alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    /// Set when configuration overrides the classification by text (auth retries).
+    retryable: Option<bool>,
+}
+
+impl Error {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), retryable: None }
+    }
+
+    /// This error, classified as transient whatever its text (Go `RetryAuthFailures`).
+    pub(crate) fn into_transient(self) -> Self {
+        Self { kind: ErrorKind::Connection, retryable: Some(true), ..self }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The full text.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether opening the operation again may succeed, with Go's `IsRetryable` rules: cancellation and
+    /// texts naming a permanent condition are not retryable, everything else is.
+    pub fn is_retryable(&self) -> bool {
+        if let Some(retryable) = self.retryable {
+            return retryable;
+        }
+        match self.kind {
+            ErrorKind::Canceled
+            | ErrorKind::Closed
+            | ErrorKind::Unauthorized
+            | ErrorKind::InvalidConfig
+            | ErrorKind::InvalidArgument
+            | ErrorKind::LeaseNotAcquired
+            | ErrorKind::LeaseLost => false,
+            _ => is_retryable_text(&self.message),
+        }
+    }
+
+    /// The error a reader sees for a stream that ended with `text` (the core's `StreamEnd` texts:
+    /// `remote closed stream: X`, `remote error: X`, or a local reason such as `muxer closed`).
+    pub fn from_stream_end(text: &str) -> Self {
+        let kind = if text.starts_with("remote closed stream: ") {
+            ErrorKind::RemoteClosed
+        } else if text.starts_with("remote error: ") {
+            ErrorKind::RemoteError
+        } else if text == OVERLOAD_REASON {
+            ErrorKind::Overloaded
+        } else if text == CANCELED {
+            ErrorKind::Canceled
+        } else if text == CLIENT_CLOSED {
+            ErrorKind::Closed
+        } else {
+            ErrorKind::Connection
+        };
+        Self::new(kind, text)
+    }
+
+    /// A lost connection (`muxer closed`).
+    pub(crate) fn muxer_closed() -> Self {
+        Self::new(ErrorKind::Connection, MUXER_CLOSED)
+    }
+
+    /// The client was closed.
+    pub(crate) fn closed() -> Self {
+        Self::new(ErrorKind::Closed, CLIENT_CLOSED)
+    }
+
+    /// An answer of the wrong type for the operation.
+    pub(crate) fn unexpected(what: &str) -> Self {
+        Self::new(ErrorKind::Protocol, format!("unexpected message: {what}"))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<DialError> for Error {
+    fn from(error: DialError) -> Self {
+        let kind = match &error {
+            DialError::Unauthorized | DialError::Forbidden | DialError::InvalidToken => {
+                ErrorKind::Unauthorized
+            }
+            e if e.is_permanent() => ErrorKind::InvalidConfig,
+            _ => ErrorKind::Connection,
+        };
+        Self::new(kind, error.to_string())
+    }
+}
+
+/// Substrings (lower case) that make an error permanent in Go's `IsRetryable`.
+const PERMANENT_TEXTS: &[&str] = &[
+    "not found",
+    "unauthorized",
+    "forbidden",
+    "access denied",
+    "authentication failed",
+    "invalid argument",
+    "invalid request",
+    "bad request",
+    "permission denied",
+    "stream receive buffer overloaded",
+    "stream overloaded",
+    "payload too large",
+    "frame payload size exceeds limit",
+];
+
+/// Go's `IsRetryable` on an error text: cancellation and the permanent texts above are not retryable;
+/// everything else (connection refused, reset, timeouts, 503, ...) is.
+pub fn is_retryable_text(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("context canceled") || lower.contains("context deadline exceeded") {
+        return false;
+    }
+    !PERMANENT_TEXTS.iter().any(|p| lower.contains(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_is_retryable_samples() {
+        assert!(!is_retryable_text("context canceled"));
+        assert!(!is_retryable_text("not found"));
+        assert!(!is_retryable_text("invalid argument: foo"));
+        assert!(is_retryable_text("connection refused"));
+        assert!(is_retryable_text("503 service unavailable"));
+        assert!(!is_retryable_text("remote error: access denied"));
+        assert!(!is_retryable_text("401 Unauthorized"));
+        assert!(is_retryable_text("muxer closed"));
+    }
+
+    #[test]
+    fn stream_end_texts_classify() {
+        let gap = Error::from_stream_end("remote closed stream: sequence gap: expected 3, got 4");
+        assert_eq!(gap.kind(), ErrorKind::RemoteClosed);
+        assert_eq!(gap.to_string(), "remote closed stream: sequence gap: expected 3, got 4");
+        let denied = Error::from_stream_end("remote error: access denied");
+        assert_eq!(denied.kind(), ErrorKind::RemoteError);
+        assert!(!denied.is_retryable());
+        assert_eq!(Error::from_stream_end("muxer closed").kind(), ErrorKind::Connection);
+        assert!(Error::from_stream_end("muxer closed").is_retryable());
+        assert_eq!(Error::from_stream_end(OVERLOAD_REASON).kind(), ErrorKind::Overloaded);
+        assert!(!Error::from_stream_end(CANCELED).is_retryable());
+    }
+
+    #[test]
+    fn dial_errors_classify() {
+        let unauthorized = Error::from(DialError::Unauthorized);
+        assert_eq!((unauthorized.kind(), unauthorized.is_retryable()), (ErrorKind::Unauthorized, false));
+        let timeout = Error::from(DialError::Timeout);
+        assert_eq!((timeout.kind(), timeout.is_retryable()), (ErrorKind::Connection, true));
+        assert_eq!(Error::from(DialError::TlsUnsupported).kind(), ErrorKind::InvalidConfig);
+    }
+}

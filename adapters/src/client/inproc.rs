@@ -1,0 +1,288 @@
+//! The in-process transport: a client that reaches a server's engine in the same process, without
+//! sockets or encoding (typed messages both ways), with the same operations as over a socket.
+//!
+//! One driver task registers as a connection of the engine ([`EngineHandle::register`]) and plays the
+//! part a socket connection plays on the server: it forwards requests and messages as
+//! [`EngineInput`]s within the engine's input window, returns send credit as the operations take
+//! answers, and maps stream ends to the texts a socket client sees (`remote closed stream: X`,
+//! `remote error: X`). Like Go's in-process transport, it has no authentication: every store is
+//! reachable.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::task::Poll;
+
+use async_channel::{Receiver, Sender, WeakSender};
+use futures_core::Stream as _;
+use streamkit_core::api::Request;
+use streamkit_core::server::{EngineInput, EngineOutput, INPUT_WINDOW};
+use streamkit_core::stream::{StreamEnd, StreamId};
+use streamkit_core::wire::Message;
+use uuid::Uuid;
+
+use super::error::{CANCELED, Error};
+use super::stream::{Command, DriverStream, OpStream, Signal, new_stream};
+use super::{ClientOptions, Transport};
+use crate::engine::EngineHandle;
+use crate::runtime::{BoxFuture, Runtime, RuntimeExt};
+
+/// Handle to the in-process driver task.
+pub(crate) struct InProcTransport {
+    commands: Sender<Command>,
+}
+
+impl InProcTransport {
+    /// Registers with the engine and starts the driver.
+    pub(crate) async fn spawn(
+        runtime: Arc<dyn Runtime>,
+        engine: EngineHandle,
+        options: ClientOptions,
+    ) -> Result<Self, Error> {
+        let (conn, outbox) = engine.register().await.map_err(|_| Error::muxer_closed())?;
+        let (commands, commands_rx) = async_channel::bounded(1024);
+        let (signals, signals_rx) = async_channel::unbounded();
+        let driver = Driver {
+            engine,
+            conn,
+            options,
+            commands: commands.downgrade(),
+            signals,
+            streams: HashMap::new(),
+            closed: false,
+        };
+        runtime.spawn(driver.run(commands_rx, signals_rx, outbox)).detach();
+        Ok(Self { commands })
+    }
+}
+
+impl Transport for InProcTransport {
+    fn connect(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(super::send_connect(&self.commands))
+    }
+
+    fn open(&self, store: Uuid, request: Request) -> BoxFuture<'_, Result<OpStream, Error>> {
+        Box::pin(super::send_open(&self.commands, store, request))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(super::send_close(&self.commands))
+    }
+}
+
+/// An answer waiting for room in the operation's channel (at most the engine's send credit of them).
+enum Pending {
+    Message(Message),
+    End(Result<(), Error>),
+}
+
+struct Stream {
+    handle: DriverStream,
+    pending: VecDeque<Pending>,
+}
+
+struct Driver {
+    engine: EngineHandle,
+    conn: u64,
+    options: ClientOptions,
+    commands: WeakSender<Command>,
+    signals: Sender<Signal>,
+    streams: HashMap<Uuid, Stream>,
+    closed: bool,
+}
+
+enum Wake {
+    Signal(Signal),
+    Output(Option<EngineOutput>),
+    Command(Option<Command>),
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        commands: Receiver<Command>,
+        signals: Receiver<Signal>,
+        outbox: Receiver<EngineOutput>,
+    ) {
+        // Boxed: async-channel receivers are `!Unpin` while they wait.
+        let (mut commands, mut signals, mut outbox) =
+            (Box::pin(commands), Box::pin(signals), Box::pin(outbox));
+        let mut outbox_open = true;
+        loop {
+            let wake = std::future::poll_fn(|cx| {
+                if let Poll::Ready(Some(signal)) = signals.as_mut().poll_next(cx) {
+                    return Poll::Ready(Wake::Signal(signal));
+                }
+                if outbox_open && let Poll::Ready(output) = outbox.as_mut().poll_next(cx) {
+                    return Poll::Ready(Wake::Output(output));
+                }
+                if let Poll::Ready(command) = commands.as_mut().poll_next(cx) {
+                    return Poll::Ready(Wake::Command(command));
+                }
+                Poll::Pending
+            })
+            .await;
+            let mut inputs = Vec::new();
+            match wake {
+                Wake::Signal(signal) => self.handle_signal(signal, &mut inputs),
+                Wake::Output(Some(output)) => {
+                    self.handle_output(output, &mut inputs);
+                    // Take what else is ready before talking to the engine: batching.
+                    while let Ok(output) = outbox.try_recv() {
+                        self.handle_output(output, &mut inputs);
+                    }
+                }
+                Wake::Output(None) => {
+                    // The engine stopped (server shut down): like a lost connection.
+                    outbox_open = false;
+                    for (_, stream) in self.streams.drain() {
+                        stream.handle.finish(Err(Error::muxer_closed()));
+                    }
+                }
+                Wake::Command(Some(command)) => self.handle_command(command, &mut inputs).await,
+                Wake::Command(None) => {
+                    self.close(&mut inputs);
+                    let _ = self.engine.send(inputs).await;
+                    self.engine.unregister(self.conn).await;
+                    return;
+                }
+            }
+            if !inputs.is_empty() && self.engine.send(inputs).await.is_err() {
+                outbox_open = false;
+                for (_, stream) in self.streams.drain() {
+                    stream.handle.finish(Err(Error::muxer_closed()));
+                }
+            }
+        }
+    }
+
+    fn stream_id(&self, channel: Uuid) -> StreamId {
+        StreamId { conn: self.conn, channel }
+    }
+
+    fn handle_signal(&mut self, signal: Signal, inputs: &mut Vec<EngineInput>) {
+        match signal {
+            Signal::Resume(channel) => self.pump(channel, inputs),
+            Signal::Cancel(channel) => {
+                if self.streams.remove(&channel).is_some() {
+                    let stream = self.stream_id(channel);
+                    let end = StreamEnd::Failed(format!("remote closed stream: {CANCELED}"));
+                    inputs.push(EngineInput::End { stream, end });
+                    inputs.push(EngineInput::Aborted { stream });
+                }
+            }
+        }
+    }
+
+    fn handle_output(&mut self, output: EngineOutput, inputs: &mut Vec<EngineInput>) {
+        let channel = output.stream().channel;
+        let Some(stream) = self.streams.get_mut(&channel) else { return };
+        match output {
+            EngineOutput::Send { message, .. } => stream.pending.push_back(Pending::Message(message)),
+            EngineOutput::Close { error, .. } => stream.pending.push_back(Pending::End(match error {
+                None => Ok(()),
+                Some(error) => Err(Error::from_stream_end(&format!("remote closed stream: {error}"))),
+            })),
+            EngineOutput::Reject { error, .. } => stream
+                .pending
+                .push_back(Pending::End(Err(Error::from_stream_end(&format!("remote error: {error}"))))),
+            EngineOutput::InputCredit { messages, .. } => stream.handle.add_credit(messages),
+        }
+        self.pump(channel, inputs);
+    }
+
+    /// Hands a stream's answers to its operation while it has room; the engine gets the credit back.
+    fn pump(&mut self, channel: Uuid, inputs: &mut Vec<EngineInput>) {
+        let Some(stream) = self.streams.get_mut(&channel) else { return };
+        let mut delivered = 0u32;
+        let mut ended = None;
+        while let Some(front) = stream.pending.front() {
+            if matches!(front, Pending::Message(_)) && !stream.handle.has_room() {
+                if stream.handle.mark_stalled() {
+                    continue;
+                }
+                break;
+            }
+            match stream.pending.pop_front() {
+                Some(Pending::Message(message)) => {
+                    stream.handle.deliver(message);
+                    delivered += 1;
+                }
+                Some(Pending::End(end)) => {
+                    ended = Some(end);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if delivered > 0 {
+            inputs.push(EngineInput::Credit { stream: self.stream_id(channel), frames: delivered });
+        }
+        if let Some(end) = ended
+            && let Some(stream) = self.streams.remove(&channel)
+        {
+            stream.handle.finish(end);
+        }
+    }
+
+    async fn handle_command(&mut self, command: Command, inputs: &mut Vec<EngineInput>) {
+        match command {
+            Command::Open { store, request, reply } => {
+                let result = self.open(store, request, inputs);
+                let _ = reply.send(result);
+            }
+            Command::Send { channel, message } => {
+                if self.streams.contains_key(&channel) {
+                    inputs.push(EngineInput::Message { stream: self.stream_id(channel), message });
+                }
+            }
+            Command::CloseSend { channel, err } => {
+                if self.streams.contains_key(&channel) {
+                    let end = match err {
+                        None => StreamEnd::Finished,
+                        Some(err) => StreamEnd::Failed(format!("remote closed stream: {err}")),
+                    };
+                    inputs.push(EngineInput::End { stream: self.stream_id(channel), end });
+                }
+            }
+            Command::Connect { reply } => {
+                let _ = reply.send(if self.closed { Err(Error::closed()) } else { Ok(()) });
+            }
+            Command::Close { done } => {
+                self.close(inputs);
+                let _ = self.engine.send(std::mem::take(inputs)).await;
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        store: Uuid,
+        request: Request,
+        inputs: &mut Vec<EngineInput>,
+    ) -> Result<OpStream, Error> {
+        if self.closed {
+            return Err(Error::closed());
+        }
+        let Some(commands) = self.commands.upgrade() else { return Err(Error::closed()) };
+        let mut channel = Uuid::new_v4();
+        while self.streams.contains_key(&channel) {
+            channel = Uuid::new_v4();
+        }
+        // The engine accepts INPUT_WINDOW messages of a stream before it acknowledges any.
+        let (handle, op) =
+            new_stream(channel, self.options.stream_buffer, INPUT_WINDOW, commands, self.signals.clone());
+        self.streams.insert(channel, Stream { handle, pending: VecDeque::new() });
+        let envelope = request.into_envelope();
+        inputs.push(EngineInput::Open { stream: self.stream_id(channel), store, request: Ok(envelope) });
+        Ok(op)
+    }
+
+    fn close(&mut self, inputs: &mut Vec<EngineInput>) {
+        self.closed = true;
+        for (channel, stream) in self.streams.drain() {
+            inputs.push(EngineInput::Aborted { stream: StreamId { conn: self.conn, channel } });
+            stream.handle.finish(Err(Error::closed()));
+        }
+    }
+}

@@ -1,0 +1,625 @@
+//! The streamkit client SDK: [`Client`].
+//!
+//! One client holds **one connection**, shared by every operation (each operation is a logical stream
+//! of the connection's mux), driven by one background task that owns the connection; operations talk
+//! to it through channels. The client is runtime-agnostic: it takes an `Arc<dyn Runtime>` (tokio, smol
+//! or the deprecated async-std).
+//!
+//! Two transports, same operations:
+//! * [`Client::connect`]: a WebSocket to a server (`ws://`, or `wss://` with the `tls` feature), with a
+//!   [`TokenSource`] called on every dial, JSON (default, what Go speaks) or CBOR;
+//! * [`Client::in_process`]: a server's engine in the same process, no sockets and no encoding.
+//!
+//! # Failures and retries (spec §2.10, §7.1)
+//!
+//! Operations that **open** a stream retry transient failures (a failed dial, a lost connection) with
+//! jittered exponential backoff ([`RetryPolicy`]); a refused token (HTTP 401/403) is permanent and not
+//! retried unless [`ClientOptions::retry_auth_failures`] is set. The connection is redialed on demand by
+//! the next operation after it was lost. **Established streams are not resumed**, as in Go: a consume,
+//! subscription or produce whose connection is lost fails with an error (`muxer closed`, ...) and the
+//! caller starts a new one from its cursor (`min_sequence = last + 1`, `offset = last.space_offset()`).
+//!
+//! Errors are [`Error`]s: a [`ErrorKind`] to match on and the exact text a Go client shows
+//! (`remote closed stream: sequence gap: expected 3, got 4`, `remote error: access denied`).
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn example(runtime: std::sync::Arc<dyn streamkit::runtime::Runtime>) -> Result<(), streamkit::client::Error> {
+//! use futures_util::StreamExt;
+//! use streamkit::client::{Client, ClientOptions, static_token};
+//! use streamkit::core::api::{ConsumeSegment, Metadata};
+//!
+//! let client = Client::connect(runtime, "ws://127.0.0.1:7070", static_token("<jwt>"), ClientOptions::default()).await?;
+//! let store = uuid::Uuid::new_v4();
+//! let status = client.publish(store, "orders", "order-1", b"created".to_vec(), Metadata::new()).await?;
+//! assert_eq!(status.last_sequence, 1);
+//! let request = ConsumeSegment { space: "orders".into(), segment: "order-1".into(), ..Default::default() };
+//! let mut entries = client.consume_segment(store, request);
+//! while let Some(entry) = entries.next().await {
+//!     println!("{}", entry?.sequence);
+//! }
+//! client.close().await;
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod inproc;
+mod items;
+mod lease;
+mod retry;
+mod socket;
+mod stream;
+
+pub use error::{
+    CANCELED, CLIENT_CLOSED, Error, ErrorKind, HEARTBEAT_MISSED, INVALID_ENTRY, LEASE_LOST,
+    LEASE_NOT_ACQUIRED, NO_STATUS_CONFIRMATION, is_retryable_text,
+};
+pub use items::ItemStream;
+pub use lease::Lease;
+pub use retry::RetryPolicy;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_channel::Sender;
+use futures_channel::oneshot;
+use futures_util::StreamExt;
+use streamkit_core::api::{
+    Consume, ConsumeSegment, ConsumeSpace, Entry, Envelope, GetSegments, GetSpaces, LeaseResult, Metadata,
+    Peek, Presence, Produce, Record, Request, SegmentStatus, SubscribeToSegmentStatus, SubscribeWorkers,
+    WorkerInventory,
+};
+use streamkit_core::mux::MuxConfig;
+use streamkit_core::wire::{Codec, Message};
+use uuid::Uuid;
+
+use self::inproc::InProcTransport;
+use self::items::Mapped;
+use self::socket::SocketTransport;
+use self::stream::{Command, OpStream};
+use crate::clock::WallClock;
+use crate::engine::EngineHandle;
+use crate::runtime::{BoxFuture, Runtime, RuntimeExt};
+
+/// Result of client operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+/// Entries of a consume operation.
+pub type EntryStream = ItemStream<Entry>;
+/// Names of a `get_spaces` / `get_segments` operation.
+pub type NameStream = ItemStream<String>;
+/// Segment statuses: a produce's acknowledgements, or a subscription's snapshot and live updates.
+pub type StatusStream = ItemStream<SegmentStatus>;
+/// Worker inventories of a `subscribe_workers` operation.
+pub type InventoryStream = ItemStream<WorkerInventory>;
+
+/// Where the token for each dial comes from; called on **every** dial, so a rotating or refreshed token
+/// is picked up when the client reconnects.
+///
+/// Implemented for closures returning a future of `Result<String, E>` (any displayable `E`); use
+/// [`static_token`] for a fixed token.
+pub trait TokenSource: Send + Sync + 'static {
+    /// The token to present as `Authorization: Bearer <token>`.
+    fn token(&self) -> BoxFuture<'static, Result<String>>;
+}
+
+impl<F, Fut, E> TokenSource for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<String, E>> + Send + 'static,
+    E: fmt::Display,
+{
+    fn token(&self) -> BoxFuture<'static, Result<String>> {
+        let future = self();
+        Box::pin(async move {
+            future.await.map_err(|e| {
+                let text = format!("token source failed: {e}");
+                let kind =
+                    if is_retryable_text(&text) { ErrorKind::Connection } else { ErrorKind::Unauthorized };
+                Error::new(kind, text)
+            })
+        })
+    }
+}
+
+/// A [`TokenSource`] that always presents `token`.
+pub fn static_token(token: impl Into<String>) -> impl TokenSource {
+    let token: Arc<str> = Arc::from(token.into());
+    move || {
+        let token = token.clone();
+        std::future::ready(Ok::<_, std::convert::Infallible>(token.to_string()))
+    }
+}
+
+/// Client settings. [`Default`]: JSON, Go's default retry policy, 10 s dial timeout.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The codec: [`Codec::Json`] (default; Go servers speak only JSON) or [`Codec::Cbor`] (a streamkit
+    /// server; a server that refuses it fails the dial with a permanent error).
+    pub codec: Codec,
+    /// Retry policy for opening operations.
+    pub retry: RetryPolicy,
+    /// Deadline for one dial (resolution, TCP, TLS and the WebSocket handshake).
+    pub dial_timeout: Duration,
+    /// Treat a refused token (401/403) as transient, retrying it with backoff (Go `RetryAuthFailures`;
+    /// useful when the token source refreshes an expired token).
+    pub retry_auth_failures: bool,
+    /// Mux settings of the connection (frame limits, heartbeat, inbound queue bounds).
+    pub mux: MuxConfig,
+    /// Answers buffered per operation before the client stops pulling that stream's answers.
+    pub stream_buffer: usize,
+    /// Messages (records, presence renewals) an operation may have queued for the socket.
+    pub send_window: u32,
+    /// How long a paused socket (a consumer not keeping up) may stall the other streams before the
+    /// stalled streams are aborted with `stream receive buffer overloaded`. Keep it well under the mux's
+    /// idle timeout (90 s): a paused socket does not read the server's pongs.
+    pub stall_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            codec: Codec::Json,
+            retry: RetryPolicy::default(),
+            dial_timeout: Duration::from_secs(10),
+            retry_auth_failures: false,
+            mux: MuxConfig::default(),
+            stream_buffer: 256,
+            send_window: 256,
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// These options with `codec`.
+    pub fn with_codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// These options with `retry`.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+}
+
+/// How a client reaches the server: written once per transport, used by every operation.
+pub(crate) trait Transport: Send + Sync {
+    /// Connects now if not connected (the socket transport dials; in-process is always connected).
+    fn connect(&self) -> BoxFuture<'_, Result<()>>;
+    /// Opens a stream on `store` whose first message is `request`.
+    fn open(&self, store: Uuid, request: Request) -> BoxFuture<'_, Result<OpStream>>;
+    /// Closes the client: every stream fails with `client closed`.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Asks a driver to connect.
+pub(crate) async fn send_connect(commands: &Sender<Command>) -> Result<()> {
+    let (reply, answer) = oneshot::channel();
+    commands.send(Command::Connect { reply }).await.map_err(|_| Error::closed())?;
+    answer.await.map_err(|_| Error::closed())?
+}
+
+/// Asks a driver to open a stream.
+pub(crate) async fn send_open(commands: &Sender<Command>, store: Uuid, request: Request) -> Result<OpStream> {
+    let (reply, answer) = oneshot::channel();
+    commands.send(Command::Open { store, request, reply }).await.map_err(|_| Error::closed())?;
+    answer.await.map_err(|_| Error::closed())?
+}
+
+/// Asks a driver to close and waits until it did.
+pub(crate) async fn send_close(commands: &Sender<Command>) {
+    let (done, finished) = oneshot::channel();
+    if commands.send(Command::Close { done }).await.is_ok() {
+        let _ = finished.await;
+    }
+}
+
+/// Publish locks kept at most (Go `MaxProduceLocks`); past it a tenth of the idle ones are dropped.
+const MAX_PUBLISH_LOCKS: usize = 10_000;
+/// Peeks a publish retries when the segment looks empty (a concurrent write may hide its head, §4.2).
+const PUBLISH_PEEK_RETRIES: usize = 3;
+const PUBLISH_PEEK_DELAY: Duration = Duration::from_millis(5);
+
+type PublishKey = (Uuid, String, String);
+
+struct Inner {
+    transport: Box<dyn Transport>,
+    runtime: Arc<dyn Runtime>,
+    retry: RetryPolicy,
+    publish_locks: Mutex<HashMap<PublishKey, Arc<futures_util::lock::Mutex<()>>>>,
+    clock: WallClock,
+}
+
+/// A streamkit client; cheap to clone (clones share the connection). See the [module](self) docs.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("runtime", &self.inner.runtime.name()).finish_non_exhaustive()
+    }
+}
+
+/// Options of a segment-status subscription.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Ask the server for a heartbeat every interval (rounded up to whole seconds, clamped to 1..=300 s)
+    /// and fail the subscription with `subscription heartbeat timeout` after three intervals without any
+    /// frame. `None` (default, like Go): no heartbeats, an idle subscription stays open.
+    pub heartbeat_interval: Option<Duration>,
+}
+
+/// How to join the worker presence of a store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerOptions {
+    /// `None`: observe the inventory only. `Some(id)`: register as worker `id`.
+    pub worker_id: Option<Uuid>,
+    /// The worker's metadata.
+    pub metadata: Metadata,
+    /// Renewal interval of a worker (rounded up to whole seconds, clamped to 1..=300 s; default 30 s).
+    pub heartbeat_interval: Option<Duration>,
+}
+
+impl WorkerOptions {
+    /// An observer: the inventory, then every change.
+    pub fn observer() -> Self {
+        Self::default()
+    }
+
+    /// A worker registering as `worker_id`.
+    pub fn worker(worker_id: Uuid) -> Self {
+        Self { worker_id: Some(worker_id), ..Self::default() }
+    }
+
+    /// Adds a metadata pair.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the renewal interval.
+    pub fn with_heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = Some(interval);
+        self
+    }
+}
+
+/// Whole seconds of `interval`, rounded up and clamped to 1..=300 (spec §7.2).
+fn interval_seconds(interval: Duration) -> u64 {
+    let secs = interval.as_secs() + u64::from(interval.subsec_nanos() > 0);
+    secs.clamp(1, 300)
+}
+
+impl Client {
+    /// Connects to the server at `url` (`ws://host:port`; `/streamz` is appended), calling `tokens` for
+    /// the token of this and every later dial. The first dial happens here (with the retry policy for
+    /// transient failures), so a wrong address or a refused token is reported at once.
+    pub async fn connect(
+        runtime: Arc<dyn Runtime>,
+        url: impl Into<String>,
+        tokens: impl TokenSource,
+        options: ClientOptions,
+    ) -> Result<Self> {
+        let client = Self::connect_lazy(runtime, url, tokens, options);
+        client.retrying(|| client.inner.transport.connect()).await?;
+        Ok(client)
+    }
+
+    /// Like [`connect`](Self::connect) without dialing: the first operation dials.
+    pub fn connect_lazy(
+        runtime: Arc<dyn Runtime>,
+        url: impl Into<String>,
+        tokens: impl TokenSource,
+        options: ClientOptions,
+    ) -> Self {
+        let retry = options.retry.normalized();
+        let transport = SocketTransport::spawn(runtime.clone(), url.into(), Arc::new(tokens), options);
+        Self::with_transport(runtime, Box::new(transport), retry)
+    }
+
+    /// A client of the server whose engine is `engine` (see [`RunningServer::engine`]), in the same
+    /// process: no socket, no encoding, no authentication (every store is reachable).
+    ///
+    /// [`RunningServer::engine`]: crate::server::RunningServer::engine
+    pub async fn in_process(runtime: Arc<dyn Runtime>, engine: &EngineHandle) -> Result<Self> {
+        Self::in_process_with(runtime, engine, ClientOptions::default()).await
+    }
+
+    /// [`in_process`](Self::in_process) with options (the codec and dial settings do not apply).
+    pub async fn in_process_with(
+        runtime: Arc<dyn Runtime>,
+        engine: &EngineHandle,
+        options: ClientOptions,
+    ) -> Result<Self> {
+        let retry = options.retry.normalized();
+        let transport = InProcTransport::spawn(runtime.clone(), engine.clone(), options).await?;
+        Ok(Self::with_transport(runtime, Box::new(transport), retry))
+    }
+
+    fn with_transport(runtime: Arc<dyn Runtime>, transport: Box<dyn Transport>, retry: RetryPolicy) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                transport,
+                runtime,
+                retry,
+                publish_locks: Mutex::new(HashMap::new()),
+                clock: WallClock::default(),
+            }),
+        }
+    }
+
+    /// The runtime the client runs on.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.inner.runtime
+    }
+
+    /// Closes the client: open operations fail with `client closed`, the connection is closed, and
+    /// later operations fail. Idempotent.
+    pub async fn close(&self) {
+        self.inner.transport.close().await;
+    }
+
+    /// Runs `attempt` with the retry policy: transient errors are retried after a jittered backoff.
+    async fn retrying<'a, T, F>(&'a self, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> BoxFuture<'a, Result<T>>,
+    {
+        let policy = self.inner.retry;
+        let mut failures = 0;
+        loop {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) if error.is_retryable() && failures + 1 < policy.attempts => {
+                    tracing::debug!(%error, attempt = failures + 1, "streamkit operation retried");
+                    self.inner.runtime.sleep(policy.delay(failures)).await;
+                    failures += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Opens an operation's stream, retrying transient failures.
+    async fn open(&self, store: Uuid, request: Request) -> Result<OpStream> {
+        self.retrying(|| self.inner.transport.open(store, request.clone())).await
+    }
+
+    /// An operation that opens on the first poll.
+    fn lazy<T>(&self, store: Uuid, request: Request, map: fn(Message) -> Mapped<T>) -> ItemStream<T> {
+        let client = self.clone();
+        ItemStream::opening(
+            Box::pin(async move { Ok((client.open(store, request).await?, Vec::new())) }),
+            map,
+        )
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // operations
+
+    /// Appends `records` to a segment and streams the server's acknowledgements: one
+    /// [`SegmentStatus`] per committed chunk. Each record must carry the segment's next sequence; a
+    /// wrong one ends the stream with `remote closed stream: sequence gap: expected X, got Y`.
+    ///
+    /// The operation opens on the first poll; records are pumped from a background task that waits for
+    /// send credit, so memory stays bounded whatever the source. Dropping the stream cancels it.
+    pub fn produce<S>(
+        &self,
+        store: Uuid,
+        space: impl Into<String>,
+        segment: impl Into<String>,
+        records: S,
+    ) -> StatusStream
+    where
+        S: futures_core::Stream<Item = Record> + Send + 'static,
+    {
+        let client = self.clone();
+        let request = Request::Produce(Produce { space: space.into(), segment: segment.into() });
+        let opening = async move {
+            let stream = client.open(store, request).await?;
+            let sender = stream.sender();
+            let pump = client.inner.runtime.spawn(async move {
+                let mut records = Box::pin(records);
+                while let Some(record) = records.next().await {
+                    if sender.send(Message::Record(record)).await.is_err() {
+                        return;
+                    }
+                }
+                sender.close_send(None).await;
+            });
+            Ok((stream, vec![pump]))
+        };
+        ItemStream::opening(Box::pin(opening), items::status)
+    }
+
+    /// Appends one record at the segment's next sequence: peeks the head (again, up to 3 times 5 ms
+    /// apart, while it reads 0, since an in-flight write can hide it), produces `head + 1` and waits
+    /// for its status. Publishes to one segment through this client are serialised, so concurrent
+    /// publishes get strictly increasing sequences. A conflict with another writer is not retried:
+    /// it fails with `produce failed: remote closed stream: sequence gap: ...`.
+    pub async fn publish(
+        &self,
+        store: Uuid,
+        space: &str,
+        segment: &str,
+        payload: impl Into<Vec<u8>>,
+        metadata: Metadata,
+    ) -> Result<SegmentStatus> {
+        let lock = self.publish_lock(store, space, segment);
+        let _serialised = lock.lock().await;
+        let mut head = self.peek(store, space, segment).await?;
+        for _ in 0..PUBLISH_PEEK_RETRIES {
+            if head.sequence != 0 {
+                break;
+            }
+            self.inner.runtime.sleep(PUBLISH_PEEK_DELAY).await;
+            head = self.peek(store, space, segment).await?;
+        }
+        let record = Record { sequence: head.sequence + 1, payload: Some(payload.into()), metadata };
+        let mut statuses = self.produce(store, space, segment, futures_util::stream::iter([record]));
+        let first = match statuses.next().await {
+            Some(Ok(status)) => status,
+            Some(Err(error)) => {
+                return Err(Error::new(ErrorKind::ProduceFailed, format!("produce failed: {error}")));
+            }
+            None => return Err(Error::new(ErrorKind::NoConfirmation, NO_STATUS_CONFIRMATION)),
+        };
+        // Read to the end rather than cancelling an operation the server is finishing anyway.
+        while statuses.next().await.is_some() {}
+        Ok(first)
+    }
+
+    fn publish_lock(&self, store: Uuid, space: &str, segment: &str) -> Arc<futures_util::lock::Mutex<()>> {
+        let mut locks = self.inner.publish_locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = (store, space.to_owned(), segment.to_owned());
+        if let Some(lock) = locks.get(&key) {
+            return lock.clone();
+        }
+        if locks.len() >= MAX_PUBLISH_LOCKS {
+            // Evict a tenth of the locks nobody holds or waits for (only the map refers to them).
+            let idle: Vec<PublishKey> = locks
+                .iter()
+                .filter(|(_, lock)| Arc::strong_count(lock) == 1)
+                .map(|(key, _)| key.clone())
+                .take(MAX_PUBLISH_LOCKS / 10)
+                .collect();
+            for key in idle {
+                locks.remove(&key);
+            }
+        }
+        locks.entry(key).or_default().clone()
+    }
+
+    /// The last entry of a segment; for a missing (or empty) segment an entry with only `space` and
+    /// `segment` set (sequence 0).
+    pub async fn peek(&self, store: Uuid, space: &str, segment: &str) -> Result<Entry> {
+        let request = Request::Peek(Peek { space: space.to_owned(), segment: segment.to_owned() });
+        match self.open(store, request).await?.single().await? {
+            Some(Message::Entry(entry)) => Ok(entry),
+            Some(_) => Err(Error::unexpected("peek answer")),
+            None => Err(Error::new(ErrorKind::Protocol, "peek ended without an entry")),
+        }
+    }
+
+    /// Reads a segment in sequence order (spec §4.3). Lazy: opens on the first poll. Dropping the stream
+    /// cancels the read.
+    pub fn consume_segment(&self, store: Uuid, request: ConsumeSegment) -> EntryStream {
+        self.lazy(store, Request::ConsumeSegment(request), items::valid_entry)
+    }
+
+    /// Reads a space in timestamp order, resuming strictly after `request.offset` (spec §4.4).
+    pub fn consume_space(&self, store: Uuid, request: ConsumeSpace) -> EntryStream {
+        self.lazy(store, Request::ConsumeSpace(request), items::valid_entry)
+    }
+
+    /// Reads several spaces merged by timestamp (spec §4.5).
+    pub fn consume(&self, store: Uuid, request: Consume) -> EntryStream {
+        self.lazy(store, Request::Consume(request), items::valid_entry)
+    }
+
+    /// The spaces of a store, in byte order.
+    pub fn get_spaces(&self, store: Uuid) -> NameStream {
+        self.lazy(store, Request::GetSpaces(GetSpaces {}), items::name)
+    }
+
+    /// The segments of a space, in byte order.
+    pub fn get_segments(&self, store: Uuid, space: impl Into<String>) -> NameStream {
+        self.lazy(store, Request::GetSegments(GetSegments { space: space.into() }), items::name)
+    }
+
+    /// Subscribes to one segment's status: a snapshot (if the segment has data), then every update.
+    /// Heartbeats are filtered out. The subscription ends with an error when the connection is lost; it
+    /// is not re-established (subscribe again: a new subscription starts with the current snapshot).
+    pub async fn subscribe_segment(
+        &self,
+        store: Uuid,
+        space: impl Into<String>,
+        segment: impl Into<String>,
+        options: SubscribeOptions,
+    ) -> Result<StatusStream> {
+        self.subscribe(store, space.into(), segment.into(), options).await
+    }
+
+    /// Subscribes to every segment of a space (`"*"`): snapshots sorted by segment, then updates.
+    pub async fn subscribe_space(
+        &self,
+        store: Uuid,
+        space: impl Into<String>,
+        options: SubscribeOptions,
+    ) -> Result<StatusStream> {
+        self.subscribe(store, space.into(), "*".to_owned(), options).await
+    }
+
+    async fn subscribe(
+        &self,
+        store: Uuid,
+        space: String,
+        segment: String,
+        options: SubscribeOptions,
+    ) -> Result<StatusStream> {
+        let interval = options.heartbeat_interval.map(interval_seconds);
+        let request = Request::SubscribeToSegmentStatus(SubscribeToSegmentStatus {
+            space,
+            segment,
+            heartbeat_interval_seconds: interval.map_or(0, |s| s as i64),
+        });
+        let stream = ItemStream::open(self.open(store, request).await?, Vec::new(), items::live_status);
+        Ok(match interval {
+            Some(secs) => stream.with_idle_timeout(self.inner.runtime.clone(), Duration::from_secs(3 * secs)),
+            None => stream,
+        })
+    }
+
+    /// Joins the worker presence of a store: as an observer (the inventory, then every change) or as a
+    /// worker (registered while the stream lives; a `Presence` renewal is sent at once and every
+    /// interval, and the stream fails after three intervals without a frame from the server).
+    pub async fn subscribe_workers(&self, store: Uuid, options: WorkerOptions) -> Result<InventoryStream> {
+        let WorkerOptions { worker_id, metadata, heartbeat_interval } = options;
+        let Some(worker_id) = worker_id.filter(|id| !id.is_nil()) else {
+            let request = Request::SubscribeWorkers(SubscribeWorkers {
+                worker_id: Uuid::nil(),
+                metadata,
+                heartbeat_interval_seconds: 0,
+            });
+            return Ok(ItemStream::open(self.open(store, request).await?, Vec::new(), items::inventory));
+        };
+        let secs = heartbeat_interval.map_or(30, interval_seconds);
+        let request = Request::SubscribeWorkers(SubscribeWorkers {
+            worker_id,
+            metadata,
+            heartbeat_interval_seconds: secs as i64,
+        });
+        let stream = self.open(store, request).await?;
+        let sender = stream.sender();
+        let runtime = self.inner.runtime.clone();
+        let clock = self.inner.clock.clone();
+        let renewals = self.inner.runtime.spawn(async move {
+            loop {
+                let presence =
+                    Presence { worker_id, heartbeat: false, timestamp: clock.now().as_u64() as i64 };
+                if sender.send(Message::Envelope(Envelope::Presence(presence))).await.is_err() {
+                    return;
+                }
+                runtime.sleep(Duration::from_secs(secs)).await;
+            }
+        });
+        Ok(ItemStream::open(stream, vec![renewals], items::inventory)
+            .with_idle_timeout(self.inner.runtime.clone(), Duration::from_secs(3 * secs)))
+    }
+
+    /// A lease operation: one result.
+    async fn lease_call(&self, store: Uuid, request: Request) -> Result<LeaseResult> {
+        match self.open(store, request).await?.single().await? {
+            Some(Message::LeaseResult(result)) => Ok(result),
+            Some(_) => Err(Error::unexpected("lease answer")),
+            None => Err(Error::new(ErrorKind::Protocol, "lease operation ended without a result")),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Smoke tests of the `streamkit` binary: `serve` in a child process on a free port, then `token`,
+//! `produce`, `consume`, `peek`, `spaces`, `segments`, and a graceful stop on SIGTERM.
+#![cfg(feature = "cli")]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamkit");
+
+/// A `streamkit serve` child, stopped (SIGTERM, then kill) when dropped.
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(secret: Option<&str>, data: &std::path::Path) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env_remove("STREAMKIT_JWT_SECRET")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(secret) = secret {
+            command.env("STREAMKIT_JWT_SECRET", secret);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Stdout lines up to and including the "listening" line; the address it names.
+    fn wait_listening(&self) -> (String, Vec<String>) {
+        let mut seen = Vec::new();
+        loop {
+            let line = self.lines.recv_timeout(Duration::from_secs(20)).expect("server printed its address");
+            if let Some(rest) = line.strip_prefix("streamkit listening on ") {
+                let addr = rest.split_whitespace().next().unwrap().to_owned();
+                return (format!("ws://{addr}"), seen);
+            }
+            seen.push(line);
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs the binary with `args`, `stdin` and the client environment; its stdout.
+fn run(env: &[(&str, &str)], args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "streamkit {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn serve_token_produce_consume_spaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "cli-smoke-secret";
+    let mut server = Server::start(Some(secret), &dir.path().join("data"));
+    let (url, _) = server.wait_listening();
+    let token =
+        run(&[("STREAMKIT_JWT_SECRET", secret)], &["token", "--scope", "streamkit::*", "--ttl", "5m"], "");
+    let store = uuid::Uuid::new_v4().to_string();
+    let env = [
+        ("STREAMKIT_URL", url.as_str()),
+        ("STREAMKIT_TOKEN", token.trim()),
+        ("STREAMKIT_STORE", store.as_str()),
+    ];
+
+    run(&env, &["produce", "--space", "sp", "--segment", "sg"], "alpha\nbeta\ngamma\n");
+    // A second run appends after what is there.
+    run(&env, &["produce", "--space", "sp", "--segment", "sg", "--cbor"], "delta\n");
+    assert_eq!(
+        run(&env, &["consume", "--space", "sp", "--segment", "sg"], ""),
+        "sp/sg:1\talpha\nsp/sg:2\tbeta\nsp/sg:3\tgamma\nsp/sg:4\tdelta\n"
+    );
+    assert_eq!(
+        run(&env, &["consume", "--space", "sp", "--segment", "sg", "--from", "4"], ""),
+        "sp/sg:4\tdelta\n"
+    );
+    let json = run(&env, &["consume", "--space", "sp", "--json", "--cbor"], "");
+    assert_eq!(json.lines().count(), 4);
+    assert!(json.lines().next().unwrap().contains(r#""payload":"YWxwaGE=""#), "{json}");
+    assert!(run(&env, &["peek", "--space", "sp", "--segment", "sg"], "").starts_with(r#"{"sequence":4,"#));
+    assert_eq!(run(&env, &["spaces"], ""), "sp\n");
+    assert_eq!(run(&env, &["segments", "--space", "sp"], ""), "sg\n");
+
+    let status = server.terminate();
+    assert!(status.success(), "graceful stop: {status:?}");
+    // The embedded store kept the data under --data.
+    assert!(dir.path().join("data").join(&store).is_dir());
+}
+
+#[test]
+fn serve_without_a_key_prints_a_working_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(None, dir.path());
+    let (url, printed) = server.wait_listening();
+    let token =
+        printed.iter().find_map(|line| line.strip_prefix("STREAMKIT_TOKEN=")).expect("a token is printed");
+    let secret = printed.iter().find_map(|line| line.strip_prefix("STREAMKIT_JWT_SECRET=")).unwrap();
+    assert_eq!(secret.len(), 64, "a random 256-bit secret");
+    let store = uuid::Uuid::new_v4().to_string();
+    let env =
+        [("STREAMKIT_URL", url.as_str()), ("STREAMKIT_TOKEN", token), ("STREAMKIT_STORE", store.as_str())];
+    assert_eq!(run(&env, &["spaces"], ""), "");
+    server.terminate();
+
+    // Another run gets another secret.
+    let other = Server::start(None, dir.path());
+    let (_, printed) = other.wait_listening();
+    assert!(!printed.iter().any(|line| line.strip_prefix("STREAMKIT_JWT_SECRET=") == Some(secret)));
+}
+
+#[test]
+fn refused_token_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(Some("right"), dir.path());
+    let (url, _) = server.wait_listening();
+    let token = run(&[("STREAMKIT_JWT_SECRET", "wrong")], &["token"], "");
+    let output = Command::new(BIN)
+        .args([
+            "spaces",
+            "--url",
+            &url,
+            "--token",
+            token.trim(),
+            "--store",
+            &uuid::Uuid::new_v4().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("error: 401 unauthorized"));
+}
