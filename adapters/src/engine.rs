@@ -359,8 +359,8 @@ impl EngineTask {
                     );
                     self.phase = Phase::Draining { deadline: Instant::now() + grace, done };
                 }
-                // A second shutdown request while one is in progress: its waiter is told when the
-                // task exits (its sender is dropped then).
+                // A second shutdown request while one is in progress: dropping its sender here
+                // answers it at once; the first caller is the one that waits for the end.
             }
         }
     }

@@ -10,8 +10,10 @@ use streamkit::runtime::{Runtime, TokioRuntime};
 use streamkit::server::ServerConfig;
 use streamkit::store::{RedbOptions, StoreFactory};
 use streamkit::ws::{DialOptions, dial};
+use streamkit_core::Millis;
 use streamkit_core::api::{ConsumeSegment, GetSpaces, Record, Request, SubscribeToSegmentStatus};
 use streamkit_core::client::ClientConnection;
+use streamkit_core::manager::IdleEviction;
 use streamkit_core::mux::MuxConfig;
 use streamkit_core::wire::Codec;
 use support::*;
@@ -188,5 +190,33 @@ async fn an_unopenable_store_is_unavailable_and_trips_the_circuit_breaker() {
         Some(6.0)
     );
     assert_eq!(metric(&text, "streamkit_stores_open"), Some(0.0));
+    server.shutdown().await;
+}
+
+/// Idle eviction (on by default, here with short timers): a store nobody uses is closed, and opened
+/// again, with its data, by the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_stores_are_closed_and_reopened_on_demand() {
+    let runtime = tokio_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::embedded(any_port(), verifier(), dir.path());
+    assert!(config.idle_eviction.is_some(), "on by default");
+    config.idle_eviction = Some(IdleEviction { ttl: Millis(200), check_interval: Millis(50) });
+    let server = serve(&runtime, config).await;
+    let store = Uuid::new_v4();
+    let client = TestClient::connect(&runtime, &url(&server), &admin_token(), Codec::Json).await.unwrap();
+    client.produce(store, "sp", "sg", records(1, 3)).await.ok();
+    assert_eq!(metric(&server.metrics().render(), "streamkit_stores_open"), Some(1.0));
+    eventually(&runtime, "the idle store to be closed", || {
+        metric(&server.metrics().render(), "streamkit_stores_open") == Some(0.0)
+    })
+    .await;
+    let consume = Request::ConsumeSegment(ConsumeSegment {
+        space: "sp".into(),
+        segment: "sg".into(),
+        ..ConsumeSegment::default()
+    });
+    assert_eq!(client.call(store, consume).await.ok().sequences(), [1, 2, 3]);
+    client.produce(store, "sp", "sg", records(4, 4)).await.ok();
     server.shutdown().await;
 }
