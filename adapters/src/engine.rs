@@ -59,7 +59,7 @@ enum EngineMsg {
     Inputs(Vec<EngineInput>),
     StoreOpened { store: Uuid, result: Result<StoreHandle, KvError> },
     StorageDone { store: Uuid, op: OpId, result: StorageResult, commit_latency: Option<Duration> },
-    StoreClosed,
+    StoreClosed { store: Uuid },
     Shutdown { grace: Duration, done: futures_channel::oneshot::Sender<()> },
 }
 
@@ -168,6 +168,7 @@ pub fn spawn_engine(runtime: Arc<dyn Runtime>, config: EngineTaskConfig) -> Engi
         stores: BTreeMap::new(),
         streams: BTreeMap::new(),
         local_bus: VecDeque::new(),
+        closing_stores: BTreeMap::new(),
         commits_in_flight: 0,
         opening: 0,
         closing: 0,
@@ -225,6 +226,10 @@ struct EngineTask {
     streams: BTreeMap<StreamId, StreamMeta>,
     /// Bus completions that were ready at once, handled before anything else the bus sends.
     local_bus: VecDeque<(Uuid, BusEvent)>,
+    /// Stores whose close is in progress; the receiver reports closed once the database is released.
+    /// A store evicted while idle and requested again at once must not be reopened before that:
+    /// redb locks its file until the close finished.
+    closing_stores: BTreeMap<Uuid, Receiver<()>>,
     commits_in_flight: usize,
     opening: usize,
     closing: usize,
@@ -323,7 +328,7 @@ impl EngineTask {
                 match result {
                     Ok(handle) => {
                         if matches!(self.phase, Phase::Closing { .. }) {
-                            self.close_store(handle);
+                            self.close_store(store, handle);
                         } else {
                             tracing::debug!(store_id = %store, "store opened");
                             let gauge = self.metrics.store_opened();
@@ -349,7 +354,13 @@ impl EngineTask {
                 }
                 self.engine.handle_storage(now, store, op, result);
             }
-            EngineMsg::StoreClosed => self.closing = self.closing.saturating_sub(1),
+            EngineMsg::StoreClosed { store } => {
+                self.closing = self.closing.saturating_sub(1);
+                // Only if no later close of the same store is still running.
+                if self.closing_stores.get(&store).is_some_and(Receiver::is_closed) {
+                    self.closing_stores.remove(&store);
+                }
+            }
             EngineMsg::Shutdown { grace, done } => {
                 if matches!(self.phase, Phase::Running) {
                     tracing::info!(
@@ -442,10 +453,16 @@ impl EngineTask {
                 self.opening += 1;
                 let factory = self.factory.clone();
                 let tx = self.tx.clone();
-                // Opening a database touches the disk: blocking work.
-                let job = self.runtime.spawn_blocking(move || factory.open(&store));
+                let closed = self.closing_stores.get(&store).cloned();
+                let runtime = self.runtime.clone();
                 self.runtime
                     .spawn(async move {
+                        if let Some(closed) = closed {
+                            // Err(closed) once the previous close finished: that is the signal.
+                            let _ = closed.recv().await;
+                        }
+                        // Opening a database touches the disk: blocking work.
+                        let job = runtime.spawn_blocking(move || factory.open(&store));
                         let result = match job.await {
                             Ok(result) => result,
                             Err(e) => Err(KvError(format!("store open failed: {e}"))),
@@ -457,7 +474,7 @@ impl EngineTask {
             EngineEffect::CloseStore { store } => {
                 if let Some(open) = self.stores.remove(&store) {
                     tracing::debug!(store_id = %store, "closing store");
-                    self.close_store(open.handle);
+                    self.close_store(store, open.handle);
                 }
             }
             EngineEffect::Storage { store, op, request } => {
@@ -559,13 +576,16 @@ impl EngineTask {
 
     /// Closes a store in the background (queued commits finish first); during shutdown the task waits
     /// for every close.
-    fn close_store(&mut self, handle: StoreHandle) {
+    fn close_store(&mut self, store: Uuid, handle: StoreHandle) {
         self.closing += 1;
+        let (done, closed) = async_channel::bounded::<()>(1);
+        self.closing_stores.insert(store, closed);
         let tx = self.tx.clone();
         self.runtime
             .spawn(async move {
                 handle.close().await;
-                let _ = tx.send(EngineMsg::StoreClosed).await;
+                drop(done);
+                let _ = tx.send(EngineMsg::StoreClosed { store }).await;
             })
             .detach();
     }
