@@ -68,7 +68,7 @@ fn child_server_process() {
 /// acknowledged sequence. Odd producers send one record per produce, even ones batches of 25.
 async fn produce_until_failure(client: TestClient, index: usize, stop: Arc<AtomicBool>) -> u64 {
     let segment = format!("seg-{index}");
-    let batch = if index % 2 == 0 { 25 } else { 1 };
+    let batch = if index.is_multiple_of(2) { 25 } else { 1 };
     let mut acknowledged = 0;
     while !stop.load(Ordering::Acquire) {
         let outcome =

@@ -421,7 +421,7 @@ async fn drive(
                 break;
             }
         }
-        if (wrote && !failed && writer.flush().await.is_err()) || failed {
+        if failed || (wrote && writer.flush().await.is_err()) {
             conn.handle_transport_closed(clock.now(), "write failed");
         }
         if conn.is_shut_down() && !conn.has_transmit() {
