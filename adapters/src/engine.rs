@@ -1,32 +1,56 @@
 //! The engine task: drives the core's [`Engine`] on a runtime.
 //!
-//! One task owns the engine (every store's node). Connections, in-process clients, storage completions
-//! and the bus talk to it through one bounded inbox ([`EngineHandle`]); it answers each connection
+//! One task owns the engine (every store's node). Connections, in-process clients and storage
+//! completions talk to it through one bounded inbox ([`EngineHandle`]); it answers each connection
 //! through that connection's outbox. Storage effects run on the store's [`StoreHandle`] (group commit,
-//! reader threads) and come back as completions; the in-memory bus is served inside the task.
+//! reader threads) and come back as completions; bus effects go to a [`MessageBus`] (the in-process
+//! [`MemoryBus`] by default) whose deliveries come back through a second bounded queue.
 //!
 //! Outboxes are unbounded channels, but what flows through them is bounded by the core's flow control:
-//! the engine only sends on a stream while it has send credit, and only acknowledges input it took.
+//! the engine only sends on a stream while it has send credit (at most `stream_credit` messages per
+//! stream, and streams per connection are capped by the mux), and only acknowledges input it took.
+//!
+//! The task also keeps a small record per stream (store, operation, space, segment) for metrics and
+//! logs: operations by outcome, produced records and bytes, live subscriptions and workers. Nothing is
+//! logged per record.
+//!
+//! **Shutdown** ([`EngineHandle::drain_and_shutdown`]): new streams are refused with
+//! [`SHUTTING_DOWN`]; in-flight commits get up to the grace period to finish (their producers get
+//! their statuses); then every node shuts down (open streams end with `store closed`), every store is
+//! closed (queued commits are written first) and the task exits.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender, TrySendError};
 use futures_util::future::{Either, select};
-use streamkit_core::node::{BusCommand, BusEvent, OpId};
-use streamkit_core::server::{Engine, EngineConfig, EngineEffect, EngineInput, EngineOutput};
+use streamkit_core::api::Envelope;
+use streamkit_core::node::{BusCommand, BusEvent, BusMessage, OpId};
+use streamkit_core::server::{
+    Engine, EngineConfig, EngineEffect, EngineInput, EngineOutput, STORE_UNAVAILABLE,
+};
 use streamkit_core::storage::{KvError, StorageOp, StorageResult};
+use streamkit_core::stream::StreamId;
+use streamkit_core::wire::Message;
 use uuid::Uuid;
 
+use crate::bus::{BusDelivery, MemoryBus, MessageBus};
 use crate::clock::WallClock;
-use crate::metrics::Metrics;
-use crate::runtime::{Runtime, RuntimeExt};
+use crate::metrics::{ErrorKind, GaugeGuard, Metrics, Operation, Outcome};
+use crate::runtime::{BoxFuture, Runtime, RuntimeExt};
 use crate::store::{StoreFactory, StoreHandle};
 
 /// Messages the engine task's inbox holds at most; senders wait beyond that (back-pressure).
 pub const INBOX_CAPACITY: usize = 65_536;
+
+/// Bus deliveries and completions waiting for the engine at most; a bus delivering faster waits.
+pub const BUS_QUEUE_CAPACITY: usize = 65_536;
+
+/// Why streams are refused once the server is shutting down.
+pub const SHUTTING_DOWN: &str = "server shutting down";
 
 /// What the engine task receives.
 enum EngineMsg {
@@ -34,9 +58,9 @@ enum EngineMsg {
     Unregister { conn: u64 },
     Inputs(Vec<EngineInput>),
     StoreOpened { store: Uuid, result: Result<StoreHandle, KvError> },
-    StorageDone { store: Uuid, op: OpId, result: StorageResult, is_commit: bool, elapsed: Duration },
-    StoreClosed,
-    Shutdown { done: futures_channel::oneshot::Sender<()> },
+    StorageDone { store: Uuid, op: OpId, result: StorageResult, commit_latency: Option<Duration> },
+    StoreClosed { store: Uuid },
+    Shutdown { grace: Duration, done: futures_channel::oneshot::Sender<()> },
 }
 
 /// A cheap, cloneable handle to the engine task: how connections and in-process clients reach it.
@@ -44,6 +68,12 @@ enum EngineMsg {
 pub struct EngineHandle {
     tx: Sender<EngineMsg>,
     next_conn: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle").field("queued", &self.tx.len()).finish_non_exhaustive()
+    }
 }
 
 /// The engine task is gone (server shut down).
@@ -73,13 +103,24 @@ impl EngineHandle {
         self.tx.send(EngineMsg::Inputs(inputs)).await.map_err(|_| EngineStopped)
     }
 
-    /// Asks the engine to shut down: every stream is closed, every store flushed and closed. Resolves
-    /// when done.
+    /// Shuts the engine down at once: every stream is closed, every store flushed and closed.
+    /// Resolves when done.
     pub async fn shutdown(&self) {
+        self.drain_and_shutdown(Duration::ZERO).await;
+    }
+
+    /// Refuses new streams, waits up to `grace` for in-flight commits to finish (so their producers
+    /// get their statuses), then shuts down like [`shutdown`](Self::shutdown). Resolves when done.
+    pub async fn drain_and_shutdown(&self, grace: Duration) {
         let (done, wait) = futures_channel::oneshot::channel();
-        if self.tx.send(EngineMsg::Shutdown { done }).await.is_ok() {
+        if self.tx.send(EngineMsg::Shutdown { grace, done }).await.is_ok() {
             let _ = wait.await;
         }
+    }
+
+    /// Messages waiting in the inbox (a queue-depth gauge for tests and diagnostics).
+    pub fn queued(&self) -> usize {
+        self.tx.len()
     }
 }
 
@@ -89,15 +130,28 @@ pub struct EngineTaskConfig {
     pub engine: EngineConfig,
     /// Where stores live.
     pub stores: StoreFactory,
+    /// The message bus for segment notifications.
+    pub bus: Arc<dyn MessageBus>,
     /// Metrics to record into.
     pub metrics: Arc<Metrics>,
     /// Seed of the engine's randomness (TRX ids).
     pub seed: u64,
 }
 
+impl EngineTaskConfig {
+    /// A configuration with the in-memory bus and a fresh metrics registry.
+    pub fn new(engine: EngineConfig, stores: StoreFactory, seed: u64) -> Self {
+        Self { engine, stores, bus: Arc::new(MemoryBus::new()), metrics: Arc::new(Metrics::new()), seed }
+    }
+}
+
+/// Distinguishes the engines of one process on a shared bus.
+static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Starts the engine task on `runtime`; returns its handle.
 pub fn spawn_engine(runtime: Arc<dyn Runtime>, config: EngineTaskConfig) -> EngineHandle {
     let (tx, rx) = async_channel::bounded(INBOX_CAPACITY);
+    let (bus_tx, bus_rx) = async_channel::bounded(BUS_QUEUE_CAPACITY);
     let clock = WallClock::default();
     let engine = Engine::new(config.engine, clock.now(), config.seed);
     let task = EngineTask {
@@ -105,17 +159,56 @@ pub fn spawn_engine(runtime: Arc<dyn Runtime>, config: EngineTaskConfig) -> Engi
         clock,
         runtime: runtime.clone(),
         factory: Arc::new(config.stores),
+        bus: config.bus,
+        engine_id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
         metrics: config.metrics,
         tx: tx.clone(),
+        bus_tx,
         outboxes: BTreeMap::new(),
         stores: BTreeMap::new(),
-        bus_routes: BTreeMap::new(),
-        bus_events: VecDeque::new(),
-        shutdown: None,
+        streams: BTreeMap::new(),
+        local_bus: VecDeque::new(),
+        closing_stores: BTreeMap::new(),
+        commits_in_flight: 0,
+        opening: 0,
         closing: 0,
+        phase: Phase::Running,
     };
-    runtime.spawn(task.run(rx)).detach();
+    runtime.spawn(task.run(rx, bus_rx)).detach();
     EngineHandle { tx, next_conn: Arc::new(AtomicU64::new(1)) }
+}
+
+/// An open store and its share of the `stores_open` gauge.
+struct OpenStore {
+    handle: StoreHandle,
+    _gauge: GaugeGuard,
+}
+
+/// What the task remembers of a stream the engine serves, for metrics and logs.
+struct StreamMeta {
+    store: Uuid,
+    op: Operation,
+    space: String,
+    segment: String,
+    /// Produce streams: records handed to the engine and not yet acknowledged, as (sequence, payload
+    /// bytes). Bounded by what the node holds (its chunk) plus the input window.
+    unacknowledged: Option<VecDeque<(u64, u64)>>,
+    _stream: GaugeGuard,
+    _subscription: Option<GaugeGuard>,
+    _worker: Option<GaugeGuard>,
+}
+
+enum Phase {
+    Running,
+    /// New streams are refused; waiting for in-flight commits until `deadline`.
+    Draining {
+        deadline: Instant,
+        done: futures_channel::oneshot::Sender<()>,
+    },
+    /// Nodes are shut down; waiting for stores to close.
+    Closing {
+        done: futures_channel::oneshot::Sender<()>,
+    },
 }
 
 struct EngineTask {
@@ -123,62 +216,100 @@ struct EngineTask {
     clock: WallClock,
     runtime: Arc<dyn Runtime>,
     factory: Arc<StoreFactory>,
+    bus: Arc<dyn MessageBus>,
+    engine_id: u64,
     metrics: Arc<Metrics>,
     tx: Sender<EngineMsg>,
+    bus_tx: Sender<(Uuid, BusEvent)>,
     outboxes: BTreeMap<u64, Sender<EngineOutput>>,
-    stores: BTreeMap<Uuid, StoreHandle>,
-    /// In-memory bus: route → stores subscribed to it.
-    bus_routes: BTreeMap<String, BTreeSet<Uuid>>,
-    bus_events: VecDeque<(Uuid, BusEvent)>,
-    shutdown: Option<futures_channel::oneshot::Sender<()>>,
+    stores: BTreeMap<Uuid, OpenStore>,
+    streams: BTreeMap<StreamId, StreamMeta>,
+    /// Bus completions that were ready at once, handled before anything else the bus sends.
+    local_bus: VecDeque<(Uuid, BusEvent)>,
+    /// Stores whose close is in progress; the receiver reports closed once the database is released.
+    /// A store evicted while idle and requested again at once must not be reopened before that:
+    /// redb locks its file until the close finished.
+    closing_stores: BTreeMap<Uuid, Receiver<()>>,
+    commits_in_flight: usize,
+    opening: usize,
     closing: usize,
+    phase: Phase,
 }
 
 impl EngineTask {
-    async fn run(mut self, rx: Receiver<EngineMsg>) {
+    async fn run(mut self, rx: Receiver<EngineMsg>, bus_rx: Receiver<(Uuid, BusEvent)>) {
         let mut timer = self.runtime.sleep(Duration::from_secs(3600));
         loop {
-            let deadline = self.engine.poll_timeout();
-            if let Some(at) = deadline {
-                timer.as_mut().reset(self.clock.instant_of(at));
-            } else {
-                timer.as_mut().reset(Instant::now() + Duration::from_secs(3600));
+            let mut deadline = self.engine.poll_timeout().map(|at| self.clock.instant_of(at));
+            if let Phase::Draining { deadline: drain, .. } = &self.phase {
+                deadline = Some(deadline.map_or(*drain, |d| d.min(*drain)));
             }
-            let next = select(Box::pin(rx.recv()), timer.as_mut()).await;
-            match next {
-                Either::Left((Ok(msg), _)) => {
-                    if !self.handle(msg) {
-                        break;
-                    }
+            timer.as_mut().reset(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
+            let inputs = select(Box::pin(rx.recv()), Box::pin(bus_rx.recv()));
+            match select(inputs, timer.as_mut()).await {
+                Either::Left((Either::Left((Ok(msg), _)), _)) => {
+                    self.handle(msg);
                     // Take whatever else is already waiting before flushing effects: batching.
-                    let mut more = 0;
-                    while more < 1024 {
+                    for _ in 0..1024 {
                         let Ok(msg) = rx.try_recv() else { break };
-                        if !self.handle(msg) {
-                            return;
-                        }
-                        more += 1;
+                        self.handle(msg);
                     }
                 }
-                Either::Left((Err(_), _)) => break,
+                Either::Left((Either::Left((Err(_), _)), _)) => break,
+                Either::Left((Either::Right((Ok((store, event)), _)), _)) => {
+                    let now = self.clock.now();
+                    self.engine.handle_bus(now, store, event);
+                }
+                // The task holds a sender of the bus queue: it cannot close while the task runs.
+                Either::Left((Either::Right((Err(_), _)), _)) => {}
                 Either::Right(_) => {}
             }
             let now = self.clock.now();
             if self.engine.poll_timeout().is_some_and(|at| at <= now) {
                 self.engine.handle_timeout(now);
             }
-            self.drain();
-            if self.shutdown.is_some() && self.closing == 0 {
-                if let Some(done) = self.shutdown.take() {
-                    let _ = done.send(());
-                }
+            self.drain(&bus_rx);
+            if self.advance_shutdown() {
                 break;
             }
         }
     }
 
-    /// Handles one message; false when the task must stop at once.
-    fn handle(&mut self, msg: EngineMsg) -> bool {
+    /// Moves the shutdown along; true once the task must exit.
+    fn advance_shutdown(&mut self) -> bool {
+        match std::mem::replace(&mut self.phase, Phase::Running) {
+            Phase::Running => false,
+            Phase::Draining { deadline, done } => {
+                if self.commits_in_flight > 0 && Instant::now() < deadline {
+                    self.phase = Phase::Draining { deadline, done };
+                    return false;
+                }
+                if self.commits_in_flight > 0 {
+                    tracing::warn!(
+                        commits = self.commits_in_flight,
+                        "shutdown grace over with commits in flight"
+                    );
+                }
+                self.phase = Phase::Closing { done };
+                let now = self.clock.now();
+                self.engine.shutdown(now);
+                while let Some(effect) = self.engine.poll_effect() {
+                    self.apply(effect);
+                }
+                self.advance_shutdown()
+            }
+            Phase::Closing { done } => {
+                if self.closing > 0 || self.opening > 0 {
+                    self.phase = Phase::Closing { done };
+                    return false;
+                }
+                let _ = done.send(());
+                true
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: EngineMsg) {
         let now = self.clock.now();
         match msg {
             EngineMsg::Register { conn, outbox } => {
@@ -189,50 +320,127 @@ impl EngineTask {
             }
             EngineMsg::Inputs(inputs) => {
                 for input in inputs {
-                    self.engine.handle_input(now, input);
+                    self.input(now, input);
                 }
             }
-            EngineMsg::StoreOpened { store, result } => match result {
-                Ok(handle) => {
-                    if self.shutdown.is_some() {
-                        self.close_store(handle);
-                    } else {
-                        self.stores.insert(store, handle);
-                        self.engine.handle_store_opened(now, store, Ok(()));
+            EngineMsg::StoreOpened { store, result } => {
+                self.opening = self.opening.saturating_sub(1);
+                match result {
+                    Ok(handle) => {
+                        if matches!(self.phase, Phase::Closing { .. }) {
+                            self.close_store(store, handle);
+                        } else {
+                            tracing::debug!(store_id = %store, "store opened");
+                            let gauge = self.metrics.store_opened();
+                            self.stores.insert(store, OpenStore { handle, _gauge: gauge });
+                            self.engine.handle_store_opened(now, store, Ok(()));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(store_id = %store, error = %e, "store cannot be opened");
+                        self.metrics.error(ErrorKind::StoreOpen);
+                        self.engine.handle_store_opened(now, store, Err(e.0));
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(store_id = %store, error = %e, "store cannot be opened");
-                    self.metrics.error("store_open");
-                    self.engine.handle_store_opened(now, store, Err(e.0));
-                }
-            },
-            EngineMsg::StorageDone { store, op, result, is_commit, elapsed } => {
-                if is_commit {
-                    self.metrics.commit(elapsed, 1);
+            }
+            EngineMsg::StorageDone { store, op, result, commit_latency } => {
+                if let Some(latency) = commit_latency {
+                    self.commits_in_flight = self.commits_in_flight.saturating_sub(1);
+                    self.metrics.commit_latency(latency);
                 }
                 if let StorageResult::Failed(e) = &result {
                     tracing::warn!(store_id = %store, error = %e, "storage operation failed");
-                    self.metrics.error("storage");
+                    self.metrics.error(ErrorKind::Storage);
                 }
                 self.engine.handle_storage(now, store, op, result);
             }
-            EngineMsg::StoreClosed => self.closing = self.closing.saturating_sub(1),
-            EngineMsg::Shutdown { done } => {
-                self.shutdown = Some(done);
-                self.engine.shutdown(now);
+            EngineMsg::StoreClosed { store } => {
+                self.closing = self.closing.saturating_sub(1);
+                // Only if no later close of the same store is still running.
+                if self.closing_stores.get(&store).is_some_and(Receiver::is_closed) {
+                    self.closing_stores.remove(&store);
+                }
+            }
+            EngineMsg::Shutdown { grace, done } => {
+                if matches!(self.phase, Phase::Running) {
+                    tracing::info!(
+                        streams = self.streams.len(),
+                        commits = self.commits_in_flight,
+                        "engine draining"
+                    );
+                    self.phase = Phase::Draining { deadline: Instant::now() + grace, done };
+                }
+                // A second shutdown request while one is in progress: dropping its sender here
+                // answers it at once; the first caller is the one that waits for the end.
             }
         }
-        true
     }
 
-    /// Executes every effect the engine has queued (and the bus events they cause).
-    fn drain(&mut self) {
+    /// One input from a connection: bookkeeping, then the engine.
+    fn input(&mut self, now: streamkit_core::Millis, input: EngineInput) {
+        match &input {
+            EngineInput::Open { stream, store, request } => {
+                if !matches!(self.phase, Phase::Running) {
+                    let operation = request.as_ref().map_or(Operation::Invalid, |e| describe(e).0);
+                    self.metrics.operation(operation, Outcome::Rejected);
+                    let reject = EngineOutput::Reject { stream: *stream, error: SHUTTING_DOWN.to_owned() };
+                    self.output(reject);
+                    return;
+                }
+                self.opened(*stream, *store, request);
+            }
+            EngineInput::Message { stream, message: Message::Record(record) } => {
+                if let Some(pending) = self.streams.get_mut(stream).and_then(|m| m.unacknowledged.as_mut()) {
+                    let bytes = record.payload.as_ref().map_or(0, |p| p.len() as u64);
+                    pending.push_back((record.sequence, bytes));
+                }
+            }
+            EngineInput::Aborted { stream } => {
+                if let Some(meta) = self.streams.remove(stream) {
+                    self.metrics.operation(meta.op, Outcome::Cancelled);
+                }
+            }
+            _ => {}
+        }
+        self.engine.handle_input(now, input);
+    }
+
+    fn opened(&mut self, stream: StreamId, store: Uuid, request: &Result<Envelope, String>) {
+        let (op, space, segment, role) = match request {
+            Ok(envelope) => describe(envelope),
+            Err(_) => (Operation::Invalid, String::new(), String::new(), Role::Plain),
+        };
+        tracing::debug!(
+            store_id = %store,
+            channel_id = %stream.channel,
+            conn = stream.conn,
+            op = op.as_str(),
+            space = %space,
+            segment = %segment,
+            "stream opened"
+        );
+        let meta = StreamMeta {
+            store,
+            op,
+            space,
+            segment,
+            unacknowledged: (op == Operation::Produce).then(VecDeque::new),
+            _stream: self.metrics.stream_opened(),
+            _subscription: matches!(role, Role::Subscriber).then(|| self.metrics.subscription_opened()),
+            _worker: matches!(role, Role::Worker).then(|| self.metrics.worker_registered()),
+        };
+        self.streams.insert(stream, meta);
+    }
+
+    /// Executes every effect the engine has queued and hands it what the bus delivered, until neither
+    /// has anything left.
+    fn drain(&mut self, bus_rx: &Receiver<(Uuid, BusEvent)>) {
         loop {
             while let Some(effect) = self.engine.poll_effect() {
                 self.apply(effect);
             }
-            let Some((store, event)) = self.bus_events.pop_front() else { break };
+            let next = self.local_bus.pop_front().or_else(|| bus_rx.try_recv().ok());
+            let Some((store, event)) = next else { break };
             let now = self.clock.now();
             self.engine.handle_bus(now, store, event);
         }
@@ -240,25 +448,21 @@ impl EngineTask {
 
     fn apply(&mut self, effect: EngineEffect) {
         match effect {
-            EngineEffect::Output(output) => {
-                let conn = output.stream().conn;
-                if let Some(outbox) = self.outboxes.get(&conn) {
-                    match outbox.try_send(output) {
-                        Ok(()) => {}
-                        // Unbounded: only fails once the connection dropped its receiver.
-                        Err(TrySendError::Closed(_) | TrySendError::Full(_)) => {
-                            self.outboxes.remove(&conn);
-                        }
-                    }
-                }
-            }
+            EngineEffect::Output(output) => self.output(output),
             EngineEffect::OpenStore { store } => {
+                self.opening += 1;
                 let factory = self.factory.clone();
                 let tx = self.tx.clone();
-                // Opening a database touches the disk: blocking work.
-                let job = self.runtime.spawn_blocking(move || factory.open(&store));
+                let closed = self.closing_stores.get(&store).cloned();
+                let runtime = self.runtime.clone();
                 self.runtime
                     .spawn(async move {
+                        if let Some(closed) = closed {
+                            // Err(closed) once the previous close finished: that is the signal.
+                            let _ = closed.recv().await;
+                        }
+                        // Opening a database touches the disk: blocking work.
+                        let job = runtime.spawn_blocking(move || factory.open(&store));
                         let result = match job.await {
                             Ok(result) => result,
                             Err(e) => Err(KvError(format!("store open failed: {e}"))),
@@ -268,12 +472,13 @@ impl EngineTask {
                     .detach();
             }
             EngineEffect::CloseStore { store } => {
-                if let Some(handle) = self.stores.remove(&store) {
-                    self.close_store(handle);
+                if let Some(open) = self.stores.remove(&store) {
+                    tracing::debug!(store_id = %store, "closing store");
+                    self.close_store(store, open.handle);
                 }
             }
             EngineEffect::Storage { store, op, request } => {
-                let Some(handle) = self.stores.get(&store).cloned() else {
+                let Some(handle) = self.stores.get(&store).map(|s| s.handle.clone()) else {
                     let now = self.clock.now();
                     let result = StorageResult::Failed(KvError("store closed".into()));
                     self.engine.handle_storage(now, store, op, result);
@@ -281,13 +486,15 @@ impl EngineTask {
                 };
                 let tx = self.tx.clone();
                 let is_commit = matches!(request, StorageOp::Commit(_));
+                if is_commit {
+                    self.commits_in_flight += 1;
+                }
                 self.runtime
                     .spawn(async move {
                         let started = Instant::now();
                         let result = handle.execute(request).await;
-                        let elapsed = started.elapsed();
-                        let _ =
-                            tx.send(EngineMsg::StorageDone { store, op, result, is_commit, elapsed }).await;
+                        let commit_latency = is_commit.then(|| started.elapsed());
+                        let _ = tx.send(EngineMsg::StorageDone { store, op, result, commit_latency }).await;
                     })
                     .detach();
             }
@@ -295,50 +502,178 @@ impl EngineTask {
         }
     }
 
+    /// Routes an output to its connection, after the bookkeeping it implies.
+    fn output(&mut self, output: EngineOutput) {
+        match &output {
+            EngineOutput::Send { stream, message: Message::Status(status) } => {
+                if let Some(pending) = self.streams.get_mut(stream).and_then(|m| m.unacknowledged.as_mut()) {
+                    let (mut records, mut bytes) = (0, 0);
+                    while let Some(&(sequence, size)) = pending.front() {
+                        if sequence > status.last_sequence {
+                            break;
+                        }
+                        pending.pop_front();
+                        records += 1;
+                        bytes += size;
+                    }
+                    if records > 0 {
+                        self.metrics.produced(records, bytes);
+                    }
+                }
+            }
+            EngineOutput::Close { stream, error } => {
+                if let Some(meta) = self.streams.remove(stream) {
+                    match error {
+                        None => self.metrics.operation(meta.op, Outcome::Ok),
+                        Some(error) => {
+                            let outcome = if matches!(self.phase, Phase::Running) {
+                                Outcome::Error
+                            } else {
+                                Outcome::Cancelled
+                            };
+                            self.metrics.operation(meta.op, outcome);
+                            tracing::info!(
+                                store_id = %meta.store,
+                                channel_id = %stream.channel,
+                                op = meta.op.as_str(),
+                                space = %meta.space,
+                                segment = %meta.segment,
+                                %error,
+                                "stream closed with error"
+                            );
+                        }
+                    }
+                }
+            }
+            EngineOutput::Reject { stream, error } => {
+                if let Some(meta) = self.streams.remove(stream) {
+                    self.metrics.operation(meta.op, Outcome::Rejected);
+                    if error == STORE_UNAVAILABLE {
+                        self.metrics.error(ErrorKind::StoreUnavailable);
+                    }
+                    tracing::warn!(
+                        store_id = %meta.store,
+                        channel_id = %stream.channel,
+                        op = meta.op.as_str(),
+                        %error,
+                        "stream rejected"
+                    );
+                }
+            }
+            _ => {}
+        }
+        let conn = output.stream().conn;
+        if let Some(outbox) = self.outboxes.get(&conn) {
+            match outbox.try_send(output) {
+                Ok(()) => {}
+                // Unbounded: only fails once the connection dropped its receiver.
+                Err(TrySendError::Closed(_) | TrySendError::Full(_)) => {
+                    self.outboxes.remove(&conn);
+                }
+            }
+        }
+    }
+
     /// Closes a store in the background (queued commits finish first); during shutdown the task waits
     /// for every close.
-    fn close_store(&mut self, handle: StoreHandle) {
+    fn close_store(&mut self, store: Uuid, handle: StoreHandle) {
         self.closing += 1;
+        let (done, closed) = async_channel::bounded::<()>(1);
+        self.closing_stores.insert(store, closed);
         let tx = self.tx.clone();
         self.runtime
             .spawn(async move {
                 handle.close().await;
-                let _ = tx.send(EngineMsg::StoreClosed).await;
+                drop(done);
+                let _ = tx.send(EngineMsg::StoreClosed { store }).await;
             })
             .detach();
     }
 
-    /// The in-memory bus: routes live in this task, deliveries loop back to subscribed stores.
+    fn delivery(&self, store: Uuid) -> BusDelivery {
+        BusDelivery::new(self.engine_id, store, self.bus_tx.clone())
+    }
+
+    /// Hands a bus command to the bus; its completion comes back to the node.
     fn bus(&mut self, store: Uuid, command: BusCommand) {
         match command {
             BusCommand::Subscribe { op, route } => {
-                self.bus_routes.entry(route).or_default().insert(store);
-                self.bus_events.push_back((store, BusEvent::Subscribed { op, result: Ok(()) }));
+                let future = self.bus.subscribe(&route, self.delivery(store));
+                self.run_bus(store, future, move |result| Some(BusEvent::Subscribed { op, result }));
             }
             BusCommand::Unsubscribe { route } => {
-                if let Some(stores) = self.bus_routes.get_mut(&route) {
-                    stores.remove(&store);
-                    if stores.is_empty() {
-                        self.bus_routes.remove(&route);
-                    }
-                }
+                let future = self.bus.unsubscribe(&route, &self.delivery(store));
+                self.run_bus(store, future, |()| None);
             }
             BusCommand::Publish { op, route, notification } => {
-                for subscriber in self.bus_routes.get(&route).into_iter().flatten() {
-                    let event =
-                        BusEvent::Notification { route: route.clone(), notification: notification.clone() };
-                    self.bus_events.push_back((*subscriber, event));
-                }
-                self.bus_events.push_back((store, BusEvent::Published { op, result: Ok(()) }));
+                let future = self.bus.publish(&route, BusMessage::Segment(notification));
+                self.run_bus(store, future, move |result| Some(BusEvent::Published { op, result }));
             }
             BusCommand::Announce { op, route, announcement } => {
-                for subscriber in self.bus_routes.get(&route).into_iter().flatten() {
-                    let event =
-                        BusEvent::Announcement { route: route.clone(), announcement: announcement.clone() };
-                    self.bus_events.push_back((*subscriber, event));
-                }
-                self.bus_events.push_back((store, BusEvent::Published { op, result: Ok(()) }));
+                let future = self.bus.publish(&route, BusMessage::Presence(announcement));
+                self.run_bus(store, future, move |result| Some(BusEvent::Published { op, result }));
             }
         }
+    }
+
+    /// Polls a bus future once; if it is not ready, it finishes on its own task. Either way its
+    /// completion (if any) reaches the engine.
+    fn run_bus<T: Send + 'static>(
+        &mut self,
+        store: Uuid,
+        mut future: BoxFuture<'static, T>,
+        completion: impl FnOnce(T) -> Option<BusEvent> + Send + 'static,
+    ) {
+        let mut cx = Context::from_waker(Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) => {
+                if let Some(event) = completion(output) {
+                    self.local_bus.push_back((store, event));
+                }
+            }
+            Poll::Pending => {
+                let tx = self.bus_tx.clone();
+                self.runtime
+                    .spawn(async move {
+                        if let Some(event) = completion(future.await) {
+                            let _ = tx.send((store, event)).await;
+                        }
+                    })
+                    .detach();
+            }
+        }
+    }
+}
+
+/// What a stream does, as far as the gauges care.
+enum Role {
+    Plain,
+    Subscriber,
+    Worker,
+}
+
+/// The operation of a request envelope, its space and segment (empty when it has none) and its role.
+fn describe(envelope: &Envelope) -> (Operation, String, String, Role) {
+    let plain = |op, space: &str, segment: &str| (op, space.to_owned(), segment.to_owned(), Role::Plain);
+    match envelope {
+        Envelope::Produce(r) => plain(Operation::Produce, &r.space, &r.segment),
+        Envelope::Peek(r) => plain(Operation::Peek, &r.space, &r.segment),
+        Envelope::ConsumeSegment(r) => plain(Operation::ConsumeSegment, &r.space, &r.segment),
+        Envelope::ConsumeSpace(r) => plain(Operation::ConsumeSpace, &r.space, ""),
+        Envelope::Consume(_) => plain(Operation::Consume, "", ""),
+        Envelope::GetSpaces(_) => plain(Operation::GetSpaces, "", ""),
+        Envelope::GetSegments(r) => plain(Operation::GetSegments, &r.space, ""),
+        Envelope::GetStatus(_) => plain(Operation::GetStatus, "", ""),
+        Envelope::SubscribeToSegmentStatus(r) => {
+            (Operation::SubscribeSegmentStatus, r.space.clone(), r.segment.clone(), Role::Subscriber)
+        }
+        Envelope::SubscribeWorkers(r) => {
+            let role = if r.worker_id.is_nil() { Role::Subscriber } else { Role::Worker };
+            (Operation::SubscribeWorkers, String::new(), String::new(), role)
+        }
+        Envelope::LeaseAcquire(_) => plain(Operation::LeaseAcquire, "", ""),
+        Envelope::LeaseRenew(_) => plain(Operation::LeaseRenew, "", ""),
+        Envelope::LeaseRelease(_) => plain(Operation::LeaseRelease, "", ""),
+        _ => plain(Operation::Invalid, "", ""),
     }
 }

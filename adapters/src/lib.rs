@@ -3,7 +3,8 @@
 //! This crate owns everything with I/O: the [`runtime`] abstraction (tokio, smol, deprecated
 //! async-std), JWT verification and minting ([`auth`]), the HTTP front with the WebSocket upgrade and
 //! the probe/metrics endpoints ([`http`]), the WebSocket connection wrapper and client dial ([`ws`]) and
-//! the Prometheus registry ([`metrics`]). The protocol itself lives in the sans-IO core, re-exported as
+//! the Prometheus registry ([`metrics`]), the storage backends ([`store`]), the message bus ([`bus`]),
+//! the engine task ([`engine`]) and the server ([`server`]). The protocol itself lives in the sans-IO core, re-exported as
 //! [`core`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -11,6 +12,7 @@
 pub use streamkit_core as core;
 
 pub mod auth;
+pub mod bus;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;

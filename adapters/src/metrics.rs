@@ -6,20 +6,26 @@
 //! |---|---|---|
 //! | `connections_active` | gauge | open WebSocket connections |
 //! | `connections_accepted_total` | counter | WebSocket connections accepted since start |
-//! | `streams_active` | gauge | open logical streams |
-//! | `operations_total{op,outcome}` | counter | requests by operation and outcome |
-//! | `produce_records_total` | counter | records appended |
-//! | `produce_bytes_total` | counter | record payload bytes appended |
-//! | `commit_latency_seconds` | histogram | storage commit latency |
-//! | `commit_batch_size` | histogram | records per storage commit (group commit) |
-//! | `subscriptions_active` | gauge | live segment-status and worker subscriptions |
-//! | `presence_workers` | gauge | workers currently present |
-//! | `errors_total{kind}` | counter | errors by kind |
+//! | `streams_active` | gauge | logical streams the engine serves (requests in progress) |
+//! | `operations_total{op,outcome}` | counter | requests by operation and outcome (`ok`, `error`, `rejected`, `cancelled`) |
+//! | `produce_records_total` | counter | records appended (acknowledged to a producer) |
+//! | `produce_bytes_total` | counter | payload bytes of those records |
+//! | `commit_latency_seconds` | histogram | a produce commit from request to durable result (group wait included) |
+//! | `commit_batch_size` | histogram | write batches per store transaction (group commit: >1 means shared fsyncs) |
+//! | `store_transactions_total` | counter | store write transactions |
+//! | `store_fsyncs_total` | counter | transactions that fsynced (durable stores only) |
+//! | `stores_open` | gauge | stores with an open database |
+//! | `subscriptions_active` | gauge | live segment-status subscriptions and worker-inventory observers |
+//! | `presence_workers` | gauge | registered worker streams |
+//! | `received_frames_total`, `received_bytes_total` | counter | WebSocket messages read and their bytes |
+//! | `sent_frames_total`, `sent_bytes_total` | counter | WebSocket messages written and their bytes |
+//! | `errors_total{kind}` | counter | errors by kind (see [`ErrorKind`]) |
 //!
 //! Label values are static strings or enums, never text from the network, so a client cannot grow the
 //! number of series. The `operations_total` series exist at zero from the start; an `errors_total`
-//! series appears with the first error of its kind. Gauges that count open things are driven by [`GaugeGuard`]s, which decrement on
-//! drop, so an early return or a panic cannot leave a gauge drifting upwards.
+//! series appears with the first error of its kind. Gauges that count open things are driven by
+//! [`GaugeGuard`]s, which decrement on drop, so an early return or a panic cannot leave a gauge
+//! drifting upwards.
 
 use std::time::Duration;
 
@@ -50,6 +56,8 @@ pub enum Operation {
     LeaseAcquire,
     LeaseRenew,
     LeaseRelease,
+    /// A stream whose first message was not a request this server knows.
+    Invalid,
 }
 
 /// How a request ended, the `outcome` label.
@@ -57,17 +65,18 @@ pub enum Operation {
 pub enum Outcome {
     /// Completed successfully.
     Ok,
-    /// Failed (storage error, conflict, invalid request, ...).
+    /// Ended with an error (storage error, sequence conflict, invalid request, ...).
     Error,
-    /// Refused by the store-scope check.
-    Denied,
+    /// Refused before it started: the store could not be opened (`store unavailable`) or the server is
+    /// shutting down.
+    Rejected,
     /// Ended by the client or by the connection going away.
     Cancelled,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 13] = [
+    pub const ALL: [Operation; 14] = [
         Operation::Produce,
         Operation::Peek,
         Operation::ConsumeSegment,
@@ -81,6 +90,7 @@ impl Operation {
         Operation::LeaseAcquire,
         Operation::LeaseRenew,
         Operation::LeaseRelease,
+        Operation::Invalid,
     ];
 
     /// The label value.
@@ -99,21 +109,72 @@ impl Operation {
             Operation::LeaseAcquire => "lease_acquire",
             Operation::LeaseRenew => "lease_renew",
             Operation::LeaseRelease => "lease_release",
+            Operation::Invalid => "invalid",
         }
     }
 }
 
 impl Outcome {
     /// Every outcome.
-    pub const ALL: [Outcome; 4] = [Outcome::Ok, Outcome::Error, Outcome::Denied, Outcome::Cancelled];
+    pub const ALL: [Outcome; 4] = [Outcome::Ok, Outcome::Error, Outcome::Rejected, Outcome::Cancelled];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Error => "error",
-            Outcome::Denied => "denied",
+            Outcome::Rejected => "rejected",
             Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Kinds of errors, the `kind` label of `errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A handshake refused with 401 (token missing, invalid, expired, no usable scope).
+    Auth,
+    /// Any other refused or dropped handshake (bad request, not ready, timeout, too many pending).
+    Handshake,
+    /// A connection closed right after the upgrade because `max_connections` were open.
+    ConnectionLimit,
+    /// A data frame naming a store outside the token's scopes (`access denied` error frame).
+    AccessDenied,
+    /// A new stream over `max_streams_per_connection` (`too many active streams`).
+    TooManyStreams,
+    /// A stream whose receive queue overflowed (`stream receive buffer overloaded`).
+    StreamOverload,
+    /// A store whose database could not be opened.
+    StoreOpen,
+    /// A stream refused with `store unavailable` (failed open or open circuit).
+    StoreUnavailable,
+    /// A storage read or commit that failed.
+    Storage,
+    /// A connection that ended on a protocol violation (oversized or undecodable frame, heartbeat
+    /// timeout, write queue overload).
+    Protocol,
+    /// A connection that ended on a socket error.
+    Transport,
+    /// A connection closed because its token expired.
+    TokenExpired,
+}
+
+impl ErrorKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Auth => "auth",
+            ErrorKind::Handshake => "handshake",
+            ErrorKind::ConnectionLimit => "connection_limit",
+            ErrorKind::AccessDenied => "access_denied",
+            ErrorKind::TooManyStreams => "too_many_streams",
+            ErrorKind::StreamOverload => "stream_overload",
+            ErrorKind::StoreOpen => "store_open",
+            ErrorKind::StoreUnavailable => "store_unavailable",
+            ErrorKind::Storage => "storage",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Transport => "transport",
+            ErrorKind::TokenExpired => "token_expired",
         }
     }
 }
@@ -121,6 +182,12 @@ impl Outcome {
 // Hand-written rather than derived: the derive would use the Rust variant names ("ConsumeSegment"),
 // and Prometheus label values are conventionally snake_case.
 impl EncodeLabelValue for Operation {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+impl EncodeLabelValue for ErrorKind {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
@@ -140,7 +207,7 @@ struct OperationLabels {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ErrorLabels {
-    kind: &'static str,
+    kind: ErrorKind,
 }
 
 /// The registry and every metric of the server. Share it behind an `Arc`; recording is lock-free
@@ -156,8 +223,15 @@ pub struct Metrics {
     produce_bytes: Counter,
     commit_latency: Histogram,
     commit_batch_size: Histogram,
+    store_transactions: Counter,
+    store_fsyncs: Counter,
+    stores_open: Gauge,
     subscriptions_active: Gauge,
     presence_workers: Gauge,
+    received_frames: Counter,
+    received_bytes: Counter,
+    sent_frames: Counter,
+    sent_bytes: Counter,
     errors: Family<ErrorLabels, Counter>,
 }
 
@@ -186,10 +260,17 @@ impl Metrics {
         let produce_bytes = Counter::default();
         // 100 µs .. ~3.3 s: an fsync on a virtual disk sits in the middle of that range.
         let commit_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
-        // 1 .. 4096 records per commit.
+        // 1 .. 4096 batches per transaction (the store worker's default group cap).
         let commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 13));
+        let store_transactions = Counter::default();
+        let store_fsyncs = Counter::default();
+        let stores_open = Gauge::default();
         let subscriptions_active = Gauge::default();
         let presence_workers = Gauge::default();
+        let received_frames = Counter::default();
+        let received_bytes = Counter::default();
+        let sent_frames = Counter::default();
+        let sent_bytes = Counter::default();
         let errors = Family::<ErrorLabels, Counter>::default();
 
         registry.register("connections_active", "Open WebSocket connections", connections_active.clone());
@@ -208,13 +289,24 @@ impl Metrics {
             Unit::Seconds,
             commit_latency.clone(),
         );
-        registry.register("commit_batch_size", "Records per storage commit", commit_batch_size.clone());
+        registry.register(
+            "commit_batch_size",
+            "Write batches per store transaction",
+            commit_batch_size.clone(),
+        );
+        registry.register("store_transactions", "Store write transactions", store_transactions.clone());
+        registry.register("store_fsyncs", "Store transactions that fsynced", store_fsyncs.clone());
+        registry.register("stores_open", "Stores with an open database", stores_open.clone());
         registry.register(
             "subscriptions_active",
             "Live segment-status and worker subscriptions",
             subscriptions_active.clone(),
         );
-        registry.register("presence_workers", "Workers currently present", presence_workers.clone());
+        registry.register("presence_workers", "Registered worker streams", presence_workers.clone());
+        registry.register("received_frames", "WebSocket messages read", received_frames.clone());
+        registry.register("received_bytes", "Bytes of WebSocket messages read", received_bytes.clone());
+        registry.register("sent_frames", "WebSocket messages written", sent_frames.clone());
+        registry.register("sent_bytes", "Bytes of WebSocket messages written", sent_bytes.clone());
         registry.register("errors", "Errors by kind", errors.clone());
 
         Self {
@@ -227,8 +319,15 @@ impl Metrics {
             produce_bytes,
             commit_latency,
             commit_batch_size,
+            store_transactions,
+            store_fsyncs,
+            stores_open,
             subscriptions_active,
             presence_workers,
+            received_frames,
+            received_bytes,
+            sent_frames,
+            sent_bytes,
             errors,
         }
     }
@@ -249,6 +348,16 @@ impl Metrics {
         GaugeGuard::new(&self.subscriptions_active)
     }
 
+    /// Counts a registered worker until the guard drops.
+    pub fn worker_registered(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.presence_workers)
+    }
+
+    /// Counts an open store until the guard drops.
+    pub fn store_opened(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.stores_open)
+    }
+
     /// Records the end of a request.
     pub fn operation(&self, op: Operation, outcome: Outcome) {
         self.operations.get_or_create(&OperationLabels { op, outcome }).inc();
@@ -260,20 +369,42 @@ impl Metrics {
         self.produce_bytes.inc_by(bytes);
     }
 
-    /// Records one storage commit: how long it took and how many records it carried.
-    pub fn commit(&self, latency: Duration, records: u64) {
+    /// Records how long one produce commit took, from the request to its durable result.
+    pub fn commit_latency(&self, latency: Duration) {
         self.commit_latency.observe(latency.as_secs_f64());
-        self.commit_batch_size.observe(records as f64);
     }
 
-    /// Sets the number of present workers (presence is a snapshot, not open/close pairs).
-    pub fn set_presence_workers(&self, workers: u64) {
-        self.presence_workers.set(i64::try_from(workers).unwrap_or(i64::MAX));
+    /// Records one store transaction: how many write batches it carried and whether it fsynced.
+    pub fn transaction(&self, batches: usize, fsynced: bool) {
+        self.store_transactions.inc();
+        if fsynced {
+            self.store_fsyncs.inc();
+        }
+        self.commit_batch_size.observe(batches as f64);
     }
 
-    /// Counts an error of `kind` (a static name such as `"auth"`, `"protocol"`, `"storage"`).
-    pub fn error(&self, kind: &'static str) {
-        self.errors.get_or_create(&ErrorLabels { kind }).inc();
+    /// Records WebSocket messages read.
+    pub fn received(&self, frames: u64, bytes: u64) {
+        self.received_frames.inc_by(frames);
+        self.received_bytes.inc_by(bytes);
+    }
+
+    /// Records WebSocket messages written.
+    pub fn sent(&self, frames: u64, bytes: u64) {
+        self.sent_frames.inc_by(frames);
+        self.sent_bytes.inc_by(bytes);
+    }
+
+    /// Counts an error of `kind`.
+    pub fn error(&self, kind: ErrorKind) {
+        self.error_n(kind, 1);
+    }
+
+    /// Counts `n` errors of `kind` (nothing when `n` is 0, so no empty series appears).
+    pub fn error_n(&self, kind: ErrorKind, n: u64) {
+        if n > 0 {
+            self.errors.get_or_create(&ErrorLabels { kind }).inc_by(n);
+        }
     }
 
     /// The OpenMetrics text exposition of every metric (serve it with [`CONTENT_TYPE`]).
@@ -322,13 +453,19 @@ mod tests {
         let _s = m.stream_opened();
         let sub = m.subscription_opened();
         drop(sub);
+        let _worker = m.worker_registered();
+        let _store = m.store_opened();
         m.operation(Operation::Produce, Outcome::Ok);
         m.operation(Operation::Produce, Outcome::Ok);
-        m.operation(Operation::Peek, Outcome::Denied);
+        m.operation(Operation::Peek, Outcome::Rejected);
         m.produced(3, 300);
-        m.commit(Duration::from_millis(2), 3);
-        m.set_presence_workers(4);
-        m.error("auth");
+        m.commit_latency(Duration::from_millis(2));
+        m.transaction(3, true);
+        m.transaction(1, false);
+        m.received(2, 20);
+        m.sent(5, 50);
+        m.error(ErrorKind::Auth);
+        m.error_n(ErrorKind::Storage, 0);
         let text = m.render();
         assert_eq!(line_value(&text, "streamkit_connections_active ").as_deref(), Some("1"));
         assert_eq!(line_value(&text, "streamkit_connections_accepted_total ").as_deref(), Some("2"));
@@ -339,15 +476,21 @@ mod tests {
             Some("2")
         );
         assert_eq!(
-            line_value(&text, "streamkit_operations_total{op=\"peek\",outcome=\"denied\"} ").as_deref(),
+            line_value(&text, "streamkit_operations_total{op=\"peek\",outcome=\"rejected\"} ").as_deref(),
             Some("1")
         );
         assert_eq!(line_value(&text, "streamkit_produce_records_total ").as_deref(), Some("3"));
         assert_eq!(line_value(&text, "streamkit_produce_bytes_total ").as_deref(), Some("300"));
         assert_eq!(line_value(&text, "streamkit_commit_latency_seconds_count ").as_deref(), Some("1"));
-        assert_eq!(line_value(&text, "streamkit_commit_batch_size_sum ").as_deref(), Some("3.0"));
-        assert_eq!(line_value(&text, "streamkit_presence_workers ").as_deref(), Some("4"));
+        assert_eq!(line_value(&text, "streamkit_commit_batch_size_sum ").as_deref(), Some("4.0"));
+        assert_eq!(line_value(&text, "streamkit_store_transactions_total ").as_deref(), Some("2"));
+        assert_eq!(line_value(&text, "streamkit_store_fsyncs_total ").as_deref(), Some("1"));
+        assert_eq!(line_value(&text, "streamkit_stores_open ").as_deref(), Some("1"));
+        assert_eq!(line_value(&text, "streamkit_presence_workers ").as_deref(), Some("1"));
+        assert_eq!(line_value(&text, "streamkit_received_bytes_total ").as_deref(), Some("20"));
+        assert_eq!(line_value(&text, "streamkit_sent_frames_total ").as_deref(), Some("5"));
         assert_eq!(line_value(&text, "streamkit_errors_total{kind=\"auth\"} ").as_deref(), Some("1"));
+        assert!(!text.contains("kind=\"storage\""), "no series for zero errors");
         assert!(text.ends_with("# EOF\n"));
         drop(c2);
         assert_eq!(line_value(&m.render(), "streamkit_connections_active ").as_deref(), Some("0"));

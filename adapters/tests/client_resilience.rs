@@ -79,7 +79,7 @@ async fn reconnects_after_the_server_restarts(runtime: Arc<dyn Runtime>) {
     let dir = tempfile::tempdir().unwrap();
     let config = |listen| {
         let mut config = server_config(listen);
-        config.stores = StoreFactory::embedded(dir.path(), Default::default());
+        config.store_factory = Some(StoreFactory::embedded(dir.path(), Default::default()));
         config
     };
     let server = start(runtime.clone(), config("127.0.0.1:0".parse().unwrap())).await.unwrap();

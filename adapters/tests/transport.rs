@@ -20,7 +20,7 @@ use streamkit::core::wire::{CBOR_SUBPROTOCOL, Codec};
 use streamkit::http::{
     AcceptedWebSocket, ConnectionHandler, HttpConfig, HttpFront, Readiness, ReadinessState, Rejection,
 };
-use streamkit::metrics::Metrics;
+use streamkit::metrics::{ErrorKind, Metrics};
 use streamkit::runtime::{BoxFuture, JoinError, Runtime, RuntimeExt};
 use streamkit::ws::{DialError, DialOptions, WsError, dial};
 
@@ -154,8 +154,8 @@ impl ConnectionHandler for EchoHandler {
 
     fn on_rejected(&self, _peer: SocketAddr, rejection: &Rejection) {
         self.metrics.error(match rejection {
-            Rejection::Unauthorized(_) => "unauthorized",
-            _ => "handshake",
+            Rejection::Unauthorized(_) => ErrorKind::Auth,
+            _ => ErrorKind::Handshake,
         });
         self.rejections.lock().unwrap().push(rejection.clone());
     }
@@ -519,6 +519,11 @@ async fn probes_readiness_metrics_and_404(runtime: Arc<dyn Runtime>) {
         ("commit_batch_size", "histogram"),
         ("subscriptions_active", "gauge"),
         ("presence_workers", "gauge"),
+        ("store_transactions", "counter"),
+        ("store_fsyncs", "counter"),
+        ("stores_open", "gauge"),
+        ("received_bytes", "counter"),
+        ("sent_frames", "counter"),
         ("errors", "counter"),
     ] {
         let declaration = format!("# TYPE streamkit_{family} {kind}\n");

@@ -3,18 +3,23 @@
 //! A reader task turns socket messages into a bounded channel (so a slow engine slows the socket, not
 //! memory); the connection task waits on that channel, its outbox from the engine and its timer, and
 //! after every input forwards engine inputs and writes every pending frame with one flush.
+//!
+//! The connection ends when the peer closes or fails, on a protocol violation (the mux decides), when
+//! the token expires, or when the engine stops (server shutdown): then its `close` frame and whatever
+//! was queued before it are flushed and the socket is closed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{Either, select};
-use streamkit_core::mux::{MuxConfig, MuxSession, Role};
+use streamkit_core::mux::{MUXER_CLOSED, MuxConfig, MuxCounters, MuxSession, Role};
 use streamkit_core::server::{EngineOutput, ServerConnection};
 
 use crate::clock::WallClock;
 use crate::engine::EngineHandle;
 use crate::http::AcceptedWebSocket;
+use crate::metrics::{ErrorKind, Metrics};
 use crate::runtime::{Runtime, RuntimeExt};
 use crate::ws::{WsError, WsWriter};
 
@@ -26,10 +31,25 @@ pub const SERVER_SHUTDOWN: &str = "server shutting down";
 /// Frames buffered between the reader task and the connection task.
 const READ_AHEAD: usize = 64;
 
+/// Frames handled from the reader or the outbox before the connection writes (and so returns credit):
+/// large enough to batch, small enough that writes are never starved by a busy peer.
+const MAX_BATCH: usize = 256;
+
 enum Event {
     Frame(Result<Option<Bytes>, WsError>),
     Output(Option<EngineOutput>),
     Timer,
+}
+
+/// How a connection ended, for the error metrics.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Still running, or ended by the mux (its reason tells why).
+    Mux,
+    /// A socket read or write failed.
+    Transport,
+    /// Token expiry or server shutdown.
+    Server,
 }
 
 /// Runs `accepted` until the connection ends.
@@ -38,6 +58,7 @@ pub async fn run_connection(
     engine: EngineHandle,
     runtime: Arc<dyn Runtime>,
     mux: MuxConfig,
+    metrics: Arc<Metrics>,
     seed: u64,
 ) {
     let Ok((conn_id, outbox)) = engine.register().await else { return };
@@ -60,6 +81,8 @@ pub async fn run_connection(
         })
         .detach();
     tracing::debug!(conn = conn_id, %peer, ?codec, "connection opened");
+    let mut counters = MuxCounters::default();
+    let mut ending = Ending::Mux;
     let mut timer = runtime.sleep(Duration::from_secs(3600));
     loop {
         let now = clock.now();
@@ -74,31 +97,49 @@ pub async fn run_connection(
         let now = clock.now().max(now);
         match event {
             Event::Frame(Ok(Some(bytes))) => {
+                let (mut frames, mut size) = (1, bytes.len());
                 conn.handle_frame(now, &bytes);
                 // Take what else the reader has ready before writing: batching.
-                while let Ok(Ok(Some(bytes))) = frames_rx.try_recv() {
+                while frames < MAX_BATCH {
+                    let Ok(Ok(Some(bytes))) = frames_rx.try_recv() else { break };
+                    frames += 1;
+                    size += bytes.len();
                     conn.handle_frame(now, &bytes);
                 }
+                metrics.received(frames as u64, size as u64);
             }
-            Event::Frame(Ok(None)) => conn.handle_transport_closed(now, "muxer closed"),
-            Event::Frame(Err(e)) => conn.handle_transport_closed(now, &e.to_string()),
+            Event::Frame(Ok(None)) => conn.handle_transport_closed(now, MUXER_CLOSED),
+            Event::Frame(Err(e)) => {
+                ending = Ending::Transport;
+                conn.handle_transport_closed(now, &e.to_string());
+            }
             Event::Output(Some(output)) => {
                 conn.handle_engine(now, output);
-                while let Ok(output) = outbox.try_recv() {
+                for _ in 1..MAX_BATCH {
+                    let Ok(output) = outbox.try_recv() else { break };
                     conn.handle_engine(now, output);
                 }
             }
-            Event::Output(None) => conn.shutdown(now, SERVER_SHUTDOWN),
+            Event::Output(None) => {
+                ending = Ending::Server;
+                conn.shutdown(now, SERVER_SHUTDOWN);
+            }
             Event::Timer => {
                 if now >= expires_at {
-                    tracing::info!(conn = conn_id, "closing connection: token expired");
+                    tracing::info!(conn = conn_id, %peer, "closing connection: token expired");
+                    metrics.error(ErrorKind::TokenExpired);
+                    ending = Ending::Server;
                     conn.shutdown(now, TOKEN_EXPIRED);
                 } else {
                     conn.handle_timeout(now);
                 }
             }
         }
-        if flush(&mut conn, &engine, &mut writer, &clock).await.is_err() {
+        record_refusals(&conn, &mut counters, &metrics);
+        if flush(&mut conn, &engine, &mut writer, &clock, &metrics).await.is_err() {
+            if conn.shutdown_reason().is_none() {
+                ending = Ending::Transport;
+            }
             conn.handle_transport_closed(clock.now(), "write failed");
             let _ = forward(&mut conn, &engine).await;
             break;
@@ -108,8 +149,29 @@ pub async fn run_connection(
             break;
         }
     }
-    tracing::debug!(conn = conn_id, reason = conn.shutdown_reason().unwrap_or(""), "connection closed");
+    let reason = conn.shutdown_reason().unwrap_or("");
+    match ending {
+        Ending::Transport => metrics.error(ErrorKind::Transport),
+        Ending::Mux if reason != MUXER_CLOSED && reason != SERVER_SHUTDOWN => {
+            metrics.error(ErrorKind::Protocol);
+            tracing::info!(conn = conn_id, %peer, reason, "connection closed on a protocol error");
+        }
+        _ => {}
+    }
+    tracing::debug!(conn = conn_id, %peer, reason, "connection closed");
     engine.unregister(conn_id).await;
+}
+
+/// Counts what the mux refused since the last call (denied frames, refused and overloaded streams).
+fn record_refusals(conn: &ServerConnection, seen: &mut MuxCounters, metrics: &Metrics) {
+    let now = conn.mux().counters();
+    if now == *seen {
+        return;
+    }
+    metrics.error_n(ErrorKind::AccessDenied, now.denied_frames - seen.denied_frames);
+    metrics.error_n(ErrorKind::TooManyStreams, now.refused_streams - seen.refused_streams);
+    metrics.error_n(ErrorKind::StreamOverload, now.overloaded_streams - seen.overloaded_streams);
+    *seen = now;
 }
 
 /// Forwards queued engine inputs.
@@ -130,17 +192,20 @@ async fn flush(
     engine: &EngineHandle,
     writer: &mut WsWriter,
     clock: &WallClock,
+    metrics: &Metrics,
 ) -> Result<(), WsError> {
     if forward(conn, engine).await.is_err() {
         conn.shutdown(clock.now(), SERVER_SHUTDOWN);
     }
-    let mut wrote = false;
+    let (mut frames, mut bytes) = (0u64, 0u64);
     while let Some(frame) = conn.poll_transmit() {
+        frames += 1;
+        bytes += frame.len() as u64;
         writer.feed(frame).await?;
-        wrote = true;
     }
-    if wrote {
+    if frames > 0 {
         writer.flush().await?;
+        metrics.sent(frames, bytes);
     }
     // Taking frames produced send credit for the engine.
     if forward(conn, engine).await.is_err() {

@@ -1,55 +1,326 @@
 //! The streamkit server: the HTTP front (WebSocket at `/streamz`, probes, metrics), one task per
 //! connection and the engine task, on any runtime.
+//!
+//! ```no_run
+//! # async fn run(runtime: std::sync::Arc<dyn streamkit::runtime::Runtime>) -> std::io::Result<()> {
+//! use streamkit::auth::JwtVerifier;
+//! use streamkit::server::{Durability, ServerConfig, start};
+//!
+//! let verifier = JwtVerifier::hs256(b"a long random secret").expect("non-empty secret");
+//! let mut config = ServerConfig::embedded("127.0.0.1:7070".parse().unwrap(), verifier, "./data");
+//! config.durability = Durability::Fsync; // the default
+//! let server = start(runtime, config).await?;
+//! // ... until SIGTERM:
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The same [`start`] runs on tokio, smol and (deprecated) async-std: the runtime is a value
+//! ([`Runtime`]), and nothing below it depends on a particular executor.
 
 mod connection;
 
 pub use connection::{SERVER_SHUTDOWN, TOKEN_EXPIRED, run_connection};
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use async_channel::{Receiver, Sender};
+use streamkit_core::Millis;
+use streamkit_core::manager::{IdleEviction, ManagerConfig};
 use streamkit_core::mux::MuxConfig;
+use streamkit_core::node::NodeConfig;
 use streamkit_core::server::EngineConfig;
+use streamkit_core::wire::{DEFAULT_MAX_FRAME, DEFAULT_MAX_PAYLOAD, Limits};
 
 use crate::auth::JwtVerifier;
+use crate::bus::{MemoryBus, MessageBus};
 use crate::engine::{EngineHandle, EngineTaskConfig, spawn_engine};
-use crate::http::{AcceptedWebSocket, ConnectionHandler, HttpConfig, HttpFront, Readiness};
-use crate::metrics::Metrics;
-use crate::runtime::{BoxFuture, Runtime, RuntimeExt};
-use crate::store::StoreFactory;
+use crate::http::{AcceptedWebSocket, ConnectionHandler, HttpConfig, HttpFront, Readiness, Rejection};
+use crate::metrics::{ErrorKind, Metrics};
+use crate::runtime::{BoxFuture, JoinHandle, Runtime, RuntimeExt};
+use crate::store::{CommitDurability, CommitObserver, RedbOptions, StoreConfig, StoreFactory};
 
-/// Everything a server needs.
+/// The address [`ServerConfig`] listens on unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default [`ServerConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default [`ServerConfig::max_streams_per_connection`].
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 1024;
+/// Default [`ServerConfig::shutdown_grace`].
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Which storage backend holds the stores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoreKind {
+    /// One redb database per store under [`ServerConfig::data_dir`] (the default).
+    #[default]
+    Embedded,
+    /// In process memory: lost when the server stops. For tests and embedding.
+    Memory,
+}
+
+impl FromStr for StoreKind {
+    type Err = String;
+
+    /// Parses `embedded` or `memory` (the CLI's `--store`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "embedded" => Ok(StoreKind::Embedded),
+            "memory" => Ok(StoreKind::Memory),
+            other => Err(format!("unknown store {other:?}: expected \"embedded\" or \"memory\"")),
+        }
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreKind::Embedded => "embedded",
+            StoreKind::Memory => "memory",
+        })
+    }
+}
+
+/// When an embedded store's commit is on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// A produce is acknowledged only after its commit was fsynced (group commit shares one fsync
+    /// between concurrent produces of a store). The default.
+    #[default]
+    Fsync,
+    /// **Not durable**: commits are acknowledged before they reach the disk; a crash or `kill -9`
+    /// loses every produce since the last clean close, although it was acknowledged. For tests,
+    /// benchmarks and data that can be rebuilt.
+    None,
+}
+
+impl FromStr for Durability {
+    type Err = String;
+
+    /// Parses `fsync` or `none` (the CLI's `--durability`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "none" => Ok(Durability::None),
+            other => Err(format!("unknown durability {other:?}: expected \"fsync\" or \"none\"")),
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Durability::Fsync => "fsync",
+            Durability::None => "none",
+        })
+    }
+}
+
+impl From<Durability> for CommitDurability {
+    fn from(value: Durability) -> Self {
+        match value {
+            Durability::Fsync => CommitDurability::Immediate,
+            Durability::None => CommitDurability::None,
+        }
+    }
+}
+
+/// Everything a server needs. Every field is public and documented with its default; the
+/// constructors fill in the defaults.
 pub struct ServerConfig {
-    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    /// Address to listen on (default [`DEFAULT_LISTEN`]; port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Token verification.
+    /// Token verification (algorithm and key; no default: a server never runs with a fixed secret).
     pub verifier: JwtVerifier,
-    /// Where stores live (embedded redb under a data directory, or memory).
-    pub stores: StoreFactory,
-    /// Engine tunables (node limits, idle eviction, store circuit breaker).
-    pub engine: EngineConfig,
-    /// Per-connection mux tunables (frame and payload limits, heartbeats, stream limits).
-    pub mux: MuxConfig,
-    /// HTTP front tunables.
-    pub http: HttpConfig,
-    /// Connections served at once; more are closed right after the upgrade.
+    /// Storage backend (default [`StoreKind::Embedded`]).
+    pub store: StoreKind,
+    /// Directory of the embedded stores, one sub-directory per store UUID (default `./data`; created
+    /// when needed). Unused by memory stores.
+    pub data_dir: PathBuf,
+    /// Durability of embedded stores (default [`Durability::Fsync`]). Unused by memory stores.
+    pub durability: Durability,
+    /// A ready-made store factory, used instead of `store`, `data_dir` and `durability` (default
+    /// `None`). For embedding and tests that share or inspect the stores.
+    pub store_factory: Option<StoreFactory>,
+    /// Sizes of each store's worker (commit and read queues, reader threads, group-commit caps;
+    /// default [`StoreConfig::default`]).
+    pub store_worker: StoreConfig,
+    /// The message bus for segment notifications (default `None`: an in-process [`MemoryBus`]).
+    pub bus: Option<Arc<dyn MessageBus>>,
+    /// WebSocket connections served at once (default [`DEFAULT_MAX_CONNECTIONS`]); a connection over
+    /// the limit is closed right after its upgrade.
     pub max_connections: usize,
+    /// Logical streams one connection may have open at once (the mux's `max_streams`; default
+    /// [`DEFAULT_MAX_STREAMS_PER_CONNECTION`]; 0 = unlimited, Go's default). A stream over the limit is
+    /// refused with `too many active streams`.
+    pub max_streams_per_connection: usize,
+    /// Largest WebSocket message accepted (default 8 MiB, Go's `MaxPayloadBytes`); a larger one closes
+    /// the connection.
+    pub max_frame_bytes: usize,
+    /// Largest inner message (decoded payload) accepted or sent (default 6 MiB).
+    pub max_payload_bytes: usize,
+    /// Period of the application-level ping (default 30 s; zero disables heartbeats and the idle
+    /// timeout).
+    pub heartbeat_interval: Duration,
+    /// Each heartbeat wait is shortened by a random amount below this (default 5 s), so connections do
+    /// not ping in lock-step.
+    pub heartbeat_jitter: Duration,
+    /// A connection silent for longer than this is closed with `heartbeat timeout` (default 90 s).
+    pub idle_timeout: Duration,
+    /// Closing of stores that have been idle (no open stream, no effect in flight, no live lease) for
+    /// `ttl`, checked every `check_interval` (default on: 10 min, checked every minute). `None` keeps
+    /// stores open until shutdown.
+    pub idle_eviction: Option<IdleEviction>,
+    /// How long [`RunningServer::shutdown`] lets in-flight commits finish, and then connections flush
+    /// their last frames (default [`DEFAULT_SHUTDOWN_GRACE`]).
+    pub shutdown_grace: Duration,
+    /// Per-node tunables (produce chunking, read batches, stream credit, subscription queues; default
+    /// [`NodeConfig::default`], the spec's values).
+    pub node: NodeConfig,
+    /// HTTP front tunables (request head limits, handshake timeout, pending handshakes; default
+    /// [`HttpConfig::default`]). Its WebSocket message cap is set from `max_frame_bytes`.
+    pub http: HttpConfig,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("verifier", &self.verifier)
+            .field("store", &self.store)
+            .field("data_dir", &self.data_dir)
+            .field("durability", &self.durability)
+            .field("store_factory", &self.store_factory)
+            .field("max_connections", &self.max_connections)
+            .field("max_streams_per_connection", &self.max_streams_per_connection)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("idle_eviction", &self.idle_eviction)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerConfig {
-    /// A configuration with defaults for everything but the address, the verifier and the stores.
-    pub fn new(listen: SocketAddr, verifier: JwtVerifier, stores: StoreFactory) -> Self {
+    /// Defaults for everything but the address and the verifier: embedded, durable stores in `./data`.
+    pub fn defaults(listen: SocketAddr, verifier: JwtVerifier) -> Self {
         Self {
             listen,
             verifier,
-            stores,
-            engine: EngineConfig::default(),
-            mux: MuxConfig::default(),
+            store: StoreKind::Embedded,
+            data_dir: PathBuf::from("./data"),
+            durability: Durability::Fsync,
+            store_factory: None,
+            store_worker: StoreConfig::default(),
+            bus: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_frame_bytes: DEFAULT_MAX_FRAME,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD,
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_jitter: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(90),
+            idle_eviction: Some(IdleEviction::default()),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            node: NodeConfig::default(),
             http: HttpConfig::default(),
-            max_connections: 10_000,
         }
+    }
+
+    /// Defaults, with the stores `stores` opens (embedded or memory, as built).
+    pub fn new(listen: SocketAddr, verifier: JwtVerifier, stores: StoreFactory) -> Self {
+        Self { store_factory: Some(stores), ..Self::defaults(listen, verifier) }
+    }
+
+    /// Defaults, with embedded stores under `data_dir`.
+    pub fn embedded(listen: SocketAddr, verifier: JwtVerifier, data_dir: impl Into<PathBuf>) -> Self {
+        Self { data_dir: data_dir.into(), ..Self::defaults(listen, verifier) }
+    }
+
+    /// Defaults, with memory stores.
+    pub fn memory(listen: SocketAddr, verifier: JwtVerifier) -> Self {
+        Self { store: StoreKind::Memory, ..Self::defaults(listen, verifier) }
+    }
+
+    /// The mux configuration of every connection.
+    pub fn mux_config(&self) -> MuxConfig {
+        let millis = |d: Duration| Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        MuxConfig {
+            limits: Limits { max_frame: self.max_frame_bytes, max_payload: self.max_payload_bytes },
+            heartbeat_interval: millis(self.heartbeat_interval),
+            heartbeat_jitter: millis(self.heartbeat_jitter),
+            idle_timeout: millis(self.idle_timeout),
+            max_streams: self.max_streams_per_connection,
+            ..MuxConfig::default()
+        }
+    }
+
+    /// The core engine's configuration.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            manager: ManagerConfig {
+                node: self.node.clone(),
+                idle_eviction: self.idle_eviction,
+                ..ManagerConfig::default()
+            },
+        }
+    }
+
+    fn take_store_factory(&mut self, observer: CommitObserver) -> StoreFactory {
+        let worker = StoreConfig { observer: Some(observer.clone()), ..self.store_worker.clone() };
+        match self.store_factory.take() {
+            Some(factory) => factory.with_observer(observer),
+            None => match self.store {
+                StoreKind::Embedded => {
+                    let options =
+                        RedbOptions { durability: self.durability.into(), ..RedbOptions::default() };
+                    StoreFactory::embedded(self.data_dir.clone(), options).with_config(worker)
+                }
+                StoreKind::Memory => StoreFactory::memory().with_config(worker),
+            },
+        }
+    }
+}
+
+/// Counts live connection tasks: each holds a clone of the sender; the receiver sees the channel
+/// close once all of them (and the tracker's own sender) are gone.
+struct ConnectionTracker {
+    sender: Mutex<Option<Sender<()>>>,
+    done: Receiver<()>,
+}
+
+impl ConnectionTracker {
+    fn new() -> Self {
+        let (sender, done) = async_channel::bounded(1);
+        Self { sender: Mutex::new(Some(sender)), done }
+    }
+
+    /// A token for a new connection; `None` once the server is shutting down.
+    fn enter(&self) -> Option<Sender<()>> {
+        self.sender.lock().ok()?.clone()
+    }
+
+    /// Refuses new connections from now on.
+    fn close(&self) {
+        if let Ok(mut sender) = self.sender.lock() {
+            sender.take();
+        }
+    }
+
+    /// Resolves once every connection task ended (after [`close`](Self::close)).
+    async fn wait(&self) {
+        // Err(closed) once the last sender is dropped: that is the signal.
+        let _ = self.done.recv().await;
     }
 }
 
@@ -61,6 +332,7 @@ struct Handler {
     connections: Arc<AtomicUsize>,
     max_connections: usize,
     seeds: AtomicU64,
+    tracker: Arc<ConnectionTracker>,
 }
 
 impl ConnectionHandler for Handler {
@@ -72,33 +344,70 @@ impl ConnectionHandler for Handler {
         let max = self.max_connections;
         let metrics = self.metrics.clone();
         let seed = self.seeds.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        let token = self.tracker.enter();
         Box::pin(async move {
+            let Some(token) = token else {
+                // Shutting down: the upgrade raced with the drain.
+                let mut ws = accepted.connection;
+                let _ = ws.close().await;
+                return;
+            };
             if connections.fetch_add(1, Ordering::AcqRel) >= max {
                 connections.fetch_sub(1, Ordering::AcqRel);
-                tracing::warn!(peer = %accepted.peer, "connection limit reached");
+                metrics.error(ErrorKind::ConnectionLimit);
+                tracing::warn!(peer = %accepted.peer, max, "connection limit reached");
                 let mut ws = accepted.connection;
                 let _ = ws.close().await;
                 return;
             }
-            let _gauge = metrics.connection_opened();
-            run_connection(accepted, engine, runtime, mux, seed).await;
+            let gauge = metrics.connection_opened();
+            run_connection(accepted, engine, runtime, mux, metrics, seed).await;
+            drop(gauge);
             connections.fetch_sub(1, Ordering::AcqRel);
+            drop(token);
         })
     }
 
     fn render_metrics(&self) -> String {
         self.metrics.render()
     }
+
+    fn on_rejected(&self, peer: SocketAddr, rejection: &Rejection) {
+        match rejection {
+            Rejection::Unauthorized(error) => {
+                self.metrics.error(ErrorKind::Auth);
+                tracing::info!(%peer, %error, "handshake refused: unauthorized");
+            }
+            other => {
+                self.metrics.error(ErrorKind::Handshake);
+                tracing::debug!(%peer, rejection = %other, "handshake refused");
+            }
+        }
+    }
 }
 
-/// A running server.
+/// A running server; stop it with [`RunningServer::shutdown`].
 pub struct RunningServer {
     local_addr: SocketAddr,
     engine: EngineHandle,
     readiness: Readiness,
+    runtime: Arc<dyn Runtime>,
     stop: Option<futures_channel::oneshot::Sender<()>>,
-    accept_done: Option<crate::runtime::JoinHandle<()>>,
+    accept_done: Option<JoinHandle<()>>,
     metrics: Arc<Metrics>,
+    tracker: Arc<ConnectionTracker>,
+    connections: Arc<AtomicUsize>,
+    grace: Duration,
+}
+
+impl fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("local_addr", &self.local_addr)
+            .field("runtime", &self.runtime.name())
+            .field("connections", &self.connection_count())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunningServer {
@@ -112,14 +421,28 @@ impl RunningServer {
         &self.engine
     }
 
-    /// The metrics registry.
+    /// The metrics registry (what `GET /metrics` renders).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    /// Stops accepting, closes every stream and connection, finishes in-flight commits and closes the
-    /// stores.
+    /// WebSocket connections currently served.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Stops the server gracefully:
+    ///
+    /// 1. `/readyz` turns 503 and the listener stops accepting;
+    /// 2. new streams on existing connections are refused (`server shutting down`); commits already
+    ///    started get up to [`ServerConfig::shutdown_grace`] to finish, and their producers get their
+    ///    statuses (an acknowledged produce is durable);
+    /// 3. every remaining stream is closed (`store closed`), every store is closed after its queued
+    ///    commits, and every connection is sent its `close` frame and closed;
+    /// 4. resolves once the connections are gone (or after another grace period for connections whose
+    ///    peer does not read).
     pub async fn shutdown(mut self) {
+        tracing::info!(local_addr = %self.local_addr, "streamkit server shutting down");
         self.readiness.set_draining();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -127,32 +450,58 @@ impl RunningServer {
         if let Some(accept) = self.accept_done.take() {
             let _ = accept.await;
         }
-        self.engine.shutdown().await;
+        self.tracker.close();
+        self.engine.drain_and_shutdown(self.grace).await;
+        let grace = self.grace.max(Duration::from_millis(100));
+        if self.runtime.timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!(
+                connections = self.connection_count(),
+                "connections still open after the grace period"
+            );
+        }
+        tracing::info!(local_addr = %self.local_addr, "streamkit server stopped");
     }
 }
 
-/// Starts a server on `runtime`.
-pub async fn start(runtime: Arc<dyn Runtime>, config: ServerConfig) -> io::Result<RunningServer> {
+/// Starts a server on `runtime`: binds the listener, starts the engine task and accepts connections
+/// in the background. Fails only if the address cannot be bound.
+pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> io::Result<RunningServer> {
     let metrics = Arc::new(Metrics::new());
     let seed =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64);
-    let engine = spawn_engine(
-        runtime.clone(),
-        EngineTaskConfig { engine: config.engine, stores: config.stores, metrics: metrics.clone(), seed },
-    );
+    let observer = {
+        let metrics = metrics.clone();
+        CommitObserver::new(move |report| metrics.transaction(report.batches, report.fsynced))
+    };
     let listener = runtime.bind(config.listen)?;
     let local_addr = listener.local_addr()?;
+    let mux = config.mux_config();
+    let engine_config = config.engine_config();
+    let stores = config.take_store_factory(observer);
+    let bus = config.bus.take().unwrap_or_else(|| Arc::new(MemoryBus::new()));
+    let engine = spawn_engine(
+        runtime.clone(),
+        EngineTaskConfig { engine: engine_config, stores, bus, metrics: metrics.clone(), seed },
+    );
     let readiness = Readiness::new();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let tracker = Arc::new(ConnectionTracker::new());
     let handler = Arc::new(Handler {
         engine: engine.clone(),
         runtime: runtime.clone(),
-        mux: config.mux,
+        mux,
         metrics: metrics.clone(),
-        connections: Arc::new(AtomicUsize::new(0)),
+        connections: connections.clone(),
         max_connections: config.max_connections,
         seeds: AtomicU64::new(seed ^ 0x5eed),
+        tracker: tracker.clone(),
     });
-    let front = HttpFront::new(runtime.clone(), config.verifier, handler, readiness.clone(), config.http);
+    let mut http = config.http;
+    http.websocket = http
+        .websocket
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes));
+    let front = HttpFront::new(runtime.clone(), config.verifier, handler, readiness.clone(), http);
     let (stop, stopped) = futures_channel::oneshot::channel::<()>();
     let accept_done = runtime.spawn(async move {
         front
@@ -162,13 +511,58 @@ pub async fn start(runtime: Arc<dyn Runtime>, config: ServerConfig) -> io::Resul
             .await;
     });
     readiness.set_ready();
-    tracing::info!(%local_addr, "streamkit server listening");
+    tracing::info!(
+        %local_addr,
+        runtime = runtime.name(),
+        store = %config.store,
+        durability = %config.durability,
+        "streamkit server listening"
+    );
     Ok(RunningServer {
         local_addr,
         engine,
         readiness,
+        runtime,
         stop: Some(stop),
         accept_done: Some(accept_done),
         metrics,
+        tracker,
+        connections,
+        grace: config.shutdown_grace,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_print() {
+        for kind in [StoreKind::Embedded, StoreKind::Memory] {
+            assert_eq!(kind.to_string().parse::<StoreKind>(), Ok(kind));
+        }
+        for durability in [Durability::Fsync, Durability::None] {
+            assert_eq!(durability.to_string().parse::<Durability>(), Ok(durability));
+        }
+        assert!("disk".parse::<StoreKind>().unwrap_err().contains("embedded"));
+        assert!("sync".parse::<Durability>().unwrap_err().contains("fsync"));
+        assert_eq!(CommitDurability::from(Durability::None), CommitDurability::None);
+    }
+
+    #[test]
+    fn limits_reach_the_mux_and_the_engine() {
+        let verifier = JwtVerifier::hs256(b"secret").unwrap();
+        let mut config = ServerConfig::memory(DEFAULT_LISTEN.parse().unwrap(), verifier);
+        config.max_streams_per_connection = 7;
+        config.max_frame_bytes = 1 << 20;
+        config.max_payload_bytes = 512 << 10;
+        config.heartbeat_interval = Duration::ZERO;
+        config.idle_eviction = None;
+        let mux = config.mux_config();
+        assert_eq!((mux.max_streams, mux.limits.max_frame, mux.limits.max_payload), (7, 1 << 20, 512 << 10));
+        assert_eq!(mux.heartbeat_interval, Millis::ZERO);
+        assert_eq!(mux.idle_timeout, Millis::from_secs(90));
+        assert_eq!(config.engine_config().manager.idle_eviction, None);
+        assert!(ServerConfig::embedded(config.listen, config.verifier.clone(), "d").idle_eviction.is_some());
+    }
 }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 pub use self::memory::SharedMemoryKv;
 pub use self::redb::{CommitDurability, RedbKv, RedbOptions};
-pub use self::worker::{STORE_CLOSED, StoreConfig, StoreHandle, StoreStats};
+pub use self::worker::{CommitObserver, CommitReport, STORE_CLOSED, StoreConfig, StoreHandle, StoreStats};
 
 /// File name of a store's database inside its directory.
 pub const DATABASE_FILE: &str = "streams.redb";
@@ -74,6 +74,13 @@ impl StoreFactory {
     /// Sizes of the worker of every store opened afterwards.
     pub fn with_config(mut self, config: StoreConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Reports every transaction of the stores opened afterwards to `observer` (replacing the one
+    /// configured before, if any); the server feeds its commit metrics this way.
+    pub fn with_observer(mut self, observer: CommitObserver) -> Self {
+        self.config.observer = Some(observer);
         self
     }
 

@@ -48,6 +48,52 @@ use super::redb::{CommitDurability, RedbKv};
 /// Text of the error of every operation on a closed store.
 pub const STORE_CLOSED: &str = "store closed";
 
+/// What one transaction of the writer did, reported to a [`CommitObserver`] after it finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Commit requests (callers) the transaction served.
+    pub requests: usize,
+    /// Write batches in the transaction (the group size).
+    pub batches: usize,
+    /// Batches written (the rest conflicted, or the call failed).
+    pub committed: usize,
+    /// Key and value bytes of the batches written.
+    pub bytes: usize,
+    /// Whether the transaction fsynced (a durable backend that wrote something).
+    pub fsynced: bool,
+    /// Whether the backend call failed.
+    pub failed: bool,
+    /// How long the backend call took (the transaction, fsync included).
+    pub elapsed: std::time::Duration,
+}
+
+/// Called by the writer thread after every transaction, e.g. to feed metrics. It runs on the writer
+/// thread between transactions, so it must be quick and must not block.
+#[derive(Clone)]
+pub struct CommitObserver(Arc<dyn Fn(&CommitReport) + Send + Sync>);
+
+impl CommitObserver {
+    /// An observer calling `f`.
+    pub fn new(f: impl Fn(&CommitReport) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for CommitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitObserver")
+    }
+}
+
+// Observers are compared by identity: two configurations are equal only if they report to the same one.
+impl PartialEq for CommitObserver {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for CommitObserver {}
+
 /// Sizes of a store worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
@@ -67,6 +113,8 @@ pub struct StoreConfig {
     pub durable_commits: bool,
     /// Prefix of the worker threads' names (Linux shows at most 15 bytes of a name).
     pub thread_name: String,
+    /// Told about every transaction (none by default).
+    pub observer: Option<CommitObserver>,
 }
 
 impl Default for StoreConfig {
@@ -79,6 +127,7 @@ impl Default for StoreConfig {
             max_group_bytes: 64 << 20,
             durable_commits: false,
             thread_name: "skstore".to_owned(),
+            observer: None,
         }
     }
 }
@@ -278,6 +327,7 @@ impl StoreHandle {
             max_batches: config.max_group_batches.max(1),
             max_bytes: config.max_group_bytes.max(1),
             durable: config.durable_commits,
+            observer: config.observer.clone(),
         };
         let counters = Arc::clone(&handle.inner.counters);
         let exited = exited_tx.clone();
@@ -400,11 +450,12 @@ fn abandoned() -> KvError {
     KvError(format!("{STORE_CLOSED}: the store worker stopped before answering"))
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct GroupLimits {
     max_batches: usize,
     max_bytes: usize,
     durable: bool,
+    observer: Option<CommitObserver>,
 }
 
 fn request_bytes(request: &CommitRequest) -> usize {
@@ -442,6 +493,7 @@ fn write_loop(
             batches.extend(request.batches);
         }
 
+        let started = std::time::Instant::now();
         let result = match &broken {
             Some(error) => Err(error.clone()),
             None => match catch_unwind(AssertUnwindSafe(|| backend.commit(&batches))) {
@@ -465,7 +517,10 @@ fn write_loop(
             }
         });
 
-        record(counters, &batches, &result, callers.len(), limits.durable);
+        let report = record(counters, &batches, &result, callers.len(), limits.durable);
+        if let Some(observer) = &limits.observer {
+            (observer.0)(&CommitReport { elapsed: started.elapsed(), ..report });
+        }
         match result {
             Ok(outcomes) => {
                 let mut outcomes = outcomes.into_iter();
@@ -489,13 +544,22 @@ fn record(
     result: &Result<Vec<CommitOutcome>, KvError>,
     requests: usize,
     durable: bool,
-) {
+) -> CommitReport {
     let add = |counter: &AtomicU64, n: usize| {
         counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     };
     add(&counters.commit_requests, requests);
     add(&counters.commit_calls, 1);
     counters.largest_group.fetch_max(u64::try_from(batches.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    let mut report = CommitReport {
+        requests,
+        batches: batches.len(),
+        committed: 0,
+        bytes: 0,
+        fsynced: false,
+        failed: false,
+        elapsed: std::time::Duration::ZERO,
+    };
     match result {
         Ok(outcomes) => {
             let mut committed = 0;
@@ -512,9 +576,16 @@ fn record(
             if durable && committed > 0 {
                 add(&counters.fsyncs, 1);
             }
+            report.committed = committed;
+            report.bytes = bytes;
+            report.fsynced = durable && committed > 0;
         }
-        Err(_) => add(&counters.failed_commit_calls, 1),
+        Err(_) => {
+            add(&counters.failed_commit_calls, 1);
+            report.failed = true;
+        }
     }
+    report
 }
 
 fn read_loop(requests: Receiver<ReadRequest>, backend: &dyn ReadSide, counters: &Counters) {
@@ -642,7 +713,12 @@ mod tests {
         let (entered_tx, entered) = mpsc::channel();
         let (gate, gate_rx) = mpsc::channel();
         let backend = Gated { kv: MemoryKv::new(), entered: entered_tx, gate: gate_rx };
-        let config = StoreConfig { max_group_batches: 4, ..StoreConfig::default() };
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let observer = {
+            let reports = Arc::clone(&reports);
+            CommitObserver::new(move |report| reports.lock().unwrap().push(*report))
+        };
+        let config = StoreConfig { max_group_batches: 4, observer: Some(observer), ..StoreConfig::default() };
         let store = StoreHandle::spawn(backend, config).unwrap();
         let first = {
             let store = store.clone();
@@ -667,6 +743,16 @@ mod tests {
         // 1 + 4 + 4 + 2
         assert_eq!((stats.commit_calls, stats.largest_group, stats.batches_committed), (4, 4, 11));
         store.close_blocking();
+        let reports = reports.lock().unwrap();
+        let groups: Vec<(usize, usize, bool, bool)> =
+            reports.iter().map(|r| (r.batches, r.committed, r.fsynced, r.failed)).collect();
+        assert_eq!(
+            groups,
+            [(1, 1, false, false), (4, 4, false, false), (4, 4, false, false), (2, 2, false, false)]
+        );
+        // One batch per request; the queued batches are one-byte keys with one-byte values.
+        assert!(reports.iter().all(|r| r.requests == r.batches));
+        assert!(reports[1..].iter().all(|r| r.bytes == r.committed * 2));
     }
 
     #[test]

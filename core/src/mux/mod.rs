@@ -124,6 +124,6 @@ pub use config::{
 pub use error::MuxError;
 pub use event::{MuxEvent, StreamEnd, StreamInput, TimeoutReason};
 pub use session::{
-    ACCESS_DENIED, FRAME_TOO_LARGE, HEARTBEAT_TIMEOUT, MUXER_CLOSED, MuxSession, OVERLOAD_REASON,
-    PAYLOAD_TOO_LARGE, StreamInfo, TOO_MANY_STREAMS,
+    ACCESS_DENIED, FRAME_TOO_LARGE, HEARTBEAT_TIMEOUT, MUXER_CLOSED, MuxCounters, MuxSession,
+    OVERLOAD_REASON, PAYLOAD_TOO_LARGE, StreamInfo, TOO_MANY_STREAMS,
 };

@@ -45,6 +45,18 @@ pub struct StreamInfo {
     pub send_closed: bool,
 }
 
+/// Running totals of what a session refused, for the driver's metrics (monotonic; read them after an
+/// input and subtract the previous reading).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MuxCounters {
+    /// Data frames refused with `access denied` (their store is outside the token's scopes).
+    pub denied_frames: u64,
+    /// New streams refused with `too many active streams`.
+    pub refused_streams: u64,
+    /// Streams aborted with `stream receive buffer overloaded`.
+    pub overloaded_streams: u64,
+}
+
 /// How a shutdown treats the transport.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Teardown {
@@ -82,6 +94,7 @@ pub struct MuxSession {
     sent: BTreeMap<Uuid, u32>,
     next_generation: u64,
     shut_down: bool,
+    counters: MuxCounters,
 }
 
 impl MuxSession {
@@ -104,6 +117,7 @@ impl MuxSession {
             sent: BTreeMap::new(),
             next_generation: 0,
             shut_down: false,
+            counters: MuxCounters::default(),
         };
         session.schedule_heartbeat(now);
         session
@@ -174,6 +188,11 @@ impl MuxSession {
     /// Time of the last inbound frame.
     pub fn last_activity(&self) -> Millis {
         self.last_activity
+    }
+
+    /// What the session refused so far (denied frames, refused and overloaded streams).
+    pub fn counters(&self) -> MuxCounters {
+        self.counters
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -519,6 +538,7 @@ impl MuxSession {
         if let Role::Server { scopes } = &self.role
             && !scopes.allows(&store_id)
         {
+            self.counters.denied_frames += 1;
             self.queue_error(store_id, channel, ACCESS_DENIED);
             return;
         }
@@ -551,6 +571,7 @@ impl MuxSession {
             return;
         }
         if self.config.max_streams > 0 && self.streams.len() >= self.config.max_streams {
+            self.counters.refused_streams += 1;
             self.tombstones.insert(channel, self.now);
             self.queue_error(store_id, channel, TOO_MANY_STREAMS);
             return;
@@ -610,11 +631,13 @@ impl MuxSession {
                 || s.queued_bytes() > self.config.stream_queue_bytes
         });
         if over {
+            self.counters.overloaded_streams += 1;
             self.abort_stream(channel, OVERLOAD_REASON);
         }
         while !self.shut_down && self.inbound_bytes > self.config.connection_queue_bytes {
             let victim = self.streams.iter().max_by_key(|(_, s)| s.queued_bytes()).map(|(c, _)| *c);
             let Some(victim) = victim else { break };
+            self.counters.overloaded_streams += 1;
             self.abort_stream(victim, OVERLOAD_REASON);
         }
     }

@@ -146,6 +146,25 @@ pub struct PresenceAnnouncement {
     pub sync: bool,
 }
 
+/// What travels on the bus between server instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusMessage {
+    /// A segment's new status, after a commit.
+    Segment(SegmentNotification),
+    /// An instance's workers.
+    Presence(PresenceAnnouncement),
+}
+
+impl BusMessage {
+    /// The event a node receives for this message on `route`.
+    pub fn into_event(self, route: String) -> BusEvent {
+        match self {
+            BusMessage::Segment(notification) => BusEvent::Notification { route, notification },
+            BusMessage::Presence(announcement) => BusEvent::Announcement { route, announcement },
+        }
+    }
+}
+
 /// The bus route of a store's worker presence: `tenant.streamkit.worker_presence[<store id>]` (the
 /// route Go reserves for it).
 pub fn worker_presence_route(store_id: &Uuid) -> String {

@@ -55,7 +55,7 @@ use alloc::vec::Vec;
 use uuid::Uuid;
 
 pub use io::{
-    BusCommand, BusEvent, NodeOutput, OpId, PresenceAnnouncement, segment_notification_route,
+    BusCommand, BusEvent, BusMessage, NodeOutput, OpId, PresenceAnnouncement, segment_notification_route,
     worker_presence_route,
 };
 use io_queue::{Io, Owner};

@@ -23,7 +23,7 @@ mod connection;
 mod engine;
 
 pub use connection::ServerConnection;
-pub use engine::{Engine, EngineConfig, EngineEffect};
+pub use engine::{Engine, EngineConfig, EngineEffect, STORE_UNAVAILABLE};
 
 use alloc::string::String;
 use uuid::Uuid;

@@ -31,6 +31,7 @@ fn message_bound_aborts_only_the_slow_stream() {
         );
         s.handle_frame(T0, &data(codec, STORE, slow, b"3"));
         assert_eq!(events(&mut s), vec![overloaded(slow)]);
+        assert_eq!(s.counters().overloaded_streams, 1);
         assert_eq!(s.stream_count(), 1);
         assert!(s.is_tombstoned(slow));
         assert_eq!(s.recv(slow), None, "its queue is gone");

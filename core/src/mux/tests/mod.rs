@@ -14,7 +14,7 @@ use alloc::string::ToString as _;
 use alloc::vec::Vec;
 use uuid::Uuid;
 
-use super::{MuxConfig, MuxEvent, MuxSession, Role, StreamEnd, StreamInput};
+use super::{MuxConfig, MuxCounters, MuxEvent, MuxSession, Role, StreamEnd, StreamInput};
 use crate::auth::StoreScopes;
 use crate::time::Millis;
 use crate::wire::{Codec, ControlType, Frame, Limits, StreamControl};

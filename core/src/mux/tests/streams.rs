@@ -151,6 +151,7 @@ fn access_is_checked_on_every_data_frame() {
         assert_eq!((sent[0].store_id, sent[0].channel_id), (OTHER_STORE, ch(1)));
         assert_eq!(items(&mut s, ch(1)), vec![payload(b"ok")], "the denied frame was dropped");
         assert_eq!(s.stream_count(), 1);
+        assert_eq!(s.counters(), MuxCounters { denied_frames: 2, ..MuxCounters::default() });
     }
 }
 
@@ -167,6 +168,7 @@ fn stream_cap_rejects_with_an_error_frame_and_a_tombstone() {
         assert_eq!((sent[0].control.clone(), sent[0].channel_id), (ControlType::Error, ch(2)));
         assert_eq!(control_of(codec, &sent[0]), Some(StreamControl::error(TOO_MANY_STREAMS)));
         assert!(s.is_tombstoned(ch(2)));
+        assert_eq!(s.counters(), MuxCounters { refused_streams: 1, ..MuxCounters::default() });
         // The refused stream's next frames are dropped silently, even once there is room.
         s.handle_frame(T0, &ctl(codec, ch(1), StreamControl::close()));
         s.release(ch(1));
