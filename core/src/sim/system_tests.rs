@@ -739,3 +739,34 @@ fn late_observer_on_another_instance_gets_the_full_inventory() {
         .unwrap_or_default();
     assert_eq!(ids, [Uuid::from_u128(1), Uuid::from_u128(2)]);
 }
+
+#[test]
+fn a_lower_stale_floor_drops_a_dead_instance_s_workers_sooner() {
+    let mut engine = crate::server::EngineConfig::default();
+    engine.manager.node.cluster_presence = true;
+    engine.manager.node.presence_announce_interval = Millis(200);
+    engine.manager.node.presence_stale_floor = Millis(1_000);
+    engine.manager.node.presence_sweep_interval = Millis(100);
+    let mut sim = SystemSim::new(SystemConfig { seed: 25, instances: 2, engine, ..SystemConfig::default() });
+    let observer_client = sim.connect_to(1, Codec::Json, StoreScopes::All);
+    let observer = sim.open(observer_client, STORE, Request::SubscribeWorkers(SubscribeWorkers::default()));
+    let worker_client = sim.connect_to(0, Codec::Json, StoreScopes::All);
+    let worker_id = Uuid::from_u128(0xbbbb);
+    let request = SubscribeWorkers { worker_id, heartbeat_interval_seconds: 1, ..Default::default() };
+    sim.open(worker_client, STORE, Request::SubscribeWorkers(request));
+    sim.settle();
+    let has_worker = |sim: &SystemSim| {
+        inventories(sim.op(observer_client, observer))
+            .last()
+            .is_some_and(|inv| inv.workers.iter().any(|w| w.worker_id == worker_id))
+    };
+    assert!(has_worker(&sim));
+    // Announcing every 200 ms keeps the worker listed well past the floor while the instance lives.
+    sim.run_for(Millis::from_secs(3));
+    assert!(has_worker(&sim), "a live instance's worker stays");
+    sim.halt_instance(0);
+    sim.run_for(Millis(700));
+    assert!(has_worker(&sim), "not evicted before max(floor, 3 x interval) = 1 s");
+    sim.run_for(Millis(600));
+    assert!(!has_worker(&sim), "evicted once the floor passed");
+}
