@@ -77,6 +77,11 @@ impl CommitObserver {
     pub fn new(f: impl Fn(&CommitReport) + Send + Sync + 'static) -> Self {
         Self(Arc::new(f))
     }
+
+    /// Hands `report` to the observer.
+    pub(crate) fn report(&self, report: &CommitReport) {
+        (self.0)(report);
+    }
 }
 
 impl std::fmt::Debug for CommitObserver {
