@@ -770,3 +770,54 @@ fn a_lower_stale_floor_drops_a_dead_instance_s_workers_sooner() {
     sim.run_for(Millis(600));
     assert!(!has_worker(&sim), "evicted once the floor passed");
 }
+
+/// Producers on three instances each peek the head and append the next five records; the losers of
+/// each round retry. A producer whose cached head was stale re-reads it before accepting its first
+/// record, and must then take the rest of its records too (it once stalled there forever).
+#[test]
+fn producers_with_stale_cached_heads_on_three_instances_finish() {
+    for clock in [false, true] {
+        let mut engine = crate::server::EngineConfig::default();
+        engine.manager.node.shared_space_clock = clock;
+        let mut sim =
+            SystemSim::new(SystemConfig { seed: 31, instances: 3, engine, ..SystemConfig::default() });
+        let clients: Vec<usize> = (0..3).map(|i| sim.connect_to(i, Codec::Json, StoreScopes::All)).collect();
+        let mut written = [0u64; 3];
+        for round in 0..40 {
+            let mut ops = Vec::new();
+            for (i, &c) in clients.iter().enumerate() {
+                if written[i] >= 4 {
+                    continue;
+                }
+                let peek = Request::Peek(crate::api::Peek { space: "race".into(), segment: "seg".into() });
+                let last = sim.call(c, STORE, peek).entries().last().map_or(0, |e| e.sequence);
+                let op = sim.open(
+                    c,
+                    STORE,
+                    Request::Produce(Produce { space: "race".into(), segment: "seg".into() }),
+                );
+                for seq in last + 1..=last + 5 {
+                    sim.send(c, op, Message::Record(Record::new(seq, "x")));
+                }
+                sim.close_send(c, op, None);
+                ops.push((i, c, op));
+            }
+            if ops.is_empty() {
+                break;
+            }
+            sim.run_for(Millis::from_secs(30));
+            for (i, c, op) in ops {
+                assert!(
+                    sim.op(c, op).is_done(),
+                    "clock {clock}, round {round}: client {i}'s produce stalled"
+                );
+                if sim.op(c, op).error().is_none() {
+                    written[i] += 1;
+                }
+            }
+        }
+        assert_eq!(written, [4, 4, 4], "clock {clock}");
+        let entries = consume_segment(&mut sim, clients[0], seg("race", "seg"));
+        assert_eq!(seqs(&entries), (1..=60).collect::<Vec<_>>(), "clock {clock}");
+    }
+}
