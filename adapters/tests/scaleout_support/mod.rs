@@ -57,8 +57,16 @@ pub fn unique_schema(test: &str) -> String {
     format!("sk_{test}_{}", uuid::Uuid::new_v4().simple()).chars().take(63).collect()
 }
 
-/// Runs SQL on `url` with a throwaway client (on a private tokio runtime, so any test can call it).
+/// Runs SQL on `url` with a throwaway client (on a private tokio runtime in a thread of its own, so
+/// any test can call it, async ones included).
 pub fn sql(url: &str, statements: &str) -> Result<(), String> {
+    let (url, statements) = (url.to_owned(), statements.to_owned());
+    std::thread::spawn(move || sql_here(&url, &statements))
+        .join()
+        .unwrap_or_else(|_| Err("sql thread panicked".to_owned()))
+}
+
+fn sql_here(url: &str, statements: &str) -> Result<(), String> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async {
@@ -196,5 +204,60 @@ impl Drop for PrivatePostgres {
         let mut command = self.command("pg_ctl");
         let _ = command.arg("-D").arg(self.dir.join("data")).args(["-m", "immediate", "stop"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private `nats-server` on its own port that a test may stop and start (the machine's shared
+/// server is never stopped).
+pub struct PrivateNats {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateNats {
+    /// Starts one; `None` (with the reason printed) when `nats-server` is not installed.
+    pub fn start(test: &str) -> Option<Self> {
+        let found = Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
+        if !found {
+            eprintln!("SKIPPED {test}: no nats-server binary on PATH");
+            return None;
+        }
+        let mut nats = Self { port: free_port(), child: None };
+        nats.restart();
+        Some(nats)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (connections are cut).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port; returns once it accepts connections.
+    pub fn restart(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
