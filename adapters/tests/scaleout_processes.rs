@@ -42,7 +42,10 @@ impl Instance {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let stdout = child.stdout.take();
+        // Owned from here on: dropped (killed and reaped) on every path, a failed start included.
+        let mut instance = Self { child, url: String::new() };
+        let stdout = stdout.expect("piped stdout");
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -55,7 +58,8 @@ impl Instance {
             let line = lines.recv_timeout(PATIENCE).expect("the server printed its address");
             if let Some(rest) = line.strip_prefix("streamkit listening on ") {
                 let addr = rest.split_whitespace().next().unwrap();
-                return Self { child, url: format!("ws://{addr}") };
+                instance.url = format!("ws://{addr}");
+                return instance;
             }
         }
     }
@@ -114,7 +118,11 @@ async fn an_instance_killed_mid_load_loses_no_acknowledged_record() {
     within(&runtime, "the worker seen on another instance", async {
         while !latest.contains(&worker_id) {
             match observer.next().await {
-                Some(ClientItem::Message(m)) => latest = worker_ids(&m).unwrap_or(latest.clone()),
+                Some(ClientItem::Message(m)) => {
+                    if let Some(ids) = worker_ids(&m) {
+                        latest = ids;
+                    }
+                }
                 other => panic!("observer ended: {other:?}"),
             }
         }
@@ -168,7 +176,11 @@ async fn an_instance_killed_mid_load_loses_no_acknowledged_record() {
     within(&runtime, "the dead instance's worker to disappear", async {
         while latest.contains(&worker_id) {
             match observer.next().await {
-                Some(ClientItem::Message(m)) => latest = worker_ids(&m).unwrap_or(latest.clone()),
+                Some(ClientItem::Message(m)) => {
+                    if let Some(ids) = worker_ids(&m) {
+                        latest = ids;
+                    }
+                }
                 other => panic!("observer ended: {other:?}"),
             }
         }

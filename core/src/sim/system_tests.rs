@@ -776,6 +776,7 @@ fn a_lower_stale_floor_drops_a_dead_instance_s_workers_sooner() {
 /// record, and must then take the rest of its records too (it once stalled there forever).
 #[test]
 fn producers_with_stale_cached_heads_on_three_instances_finish() {
+    use crate::api::Peek;
     for clock in [false, true] {
         let mut engine = crate::server::EngineConfig::default();
         engine.manager.node.shared_space_clock = clock;
@@ -789,7 +790,7 @@ fn producers_with_stale_cached_heads_on_three_instances_finish() {
                 if written[i] >= 4 {
                     continue;
                 }
-                let peek = Request::Peek(crate::api::Peek { space: "race".into(), segment: "seg".into() });
+                let peek = Request::Peek(Peek { space: "race".into(), segment: "seg".into() });
                 let last = sim.call(c, STORE, peek).entries().last().map_or(0, |e| e.sequence);
                 let op = sim.open(
                     c,
