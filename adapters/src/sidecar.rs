@@ -58,6 +58,7 @@ where
 
 /// Spawns `future` on the I/O runtime without waiting for it (background loops); an error if the
 /// runtime is unavailable.
+#[cfg(feature = "postgres")]
 pub(crate) fn spawn<F>(future: F) -> Result<tokio::task::JoinHandle<()>, String>
 where
     F: Future<Output = ()> + Send + 'static,
@@ -68,6 +69,7 @@ where
 /// Blocks the calling thread until `future` completes (for synchronous callers such as
 /// [`OrderedKv`](streamkit_core::storage::OrderedKv) implementations). Never call it from a thread of
 /// an async executor.
+#[cfg(any(feature = "postgres", test))]
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     use std::sync::Arc;
     use std::task::{Context, Poll, Wake, Waker};

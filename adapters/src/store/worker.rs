@@ -524,7 +524,7 @@ fn write_loop(
 
         let report = record(counters, &batches, &result, callers.len(), limits.durable);
         if let Some(observer) = &limits.observer {
-            (observer.0)(&CommitReport { elapsed: started.elapsed(), ..report });
+            observer.report(&CommitReport { elapsed: started.elapsed(), ..report });
         }
         match result {
             Ok(outcomes) => {
