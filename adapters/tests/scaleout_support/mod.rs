@@ -211,18 +211,22 @@ impl Drop for PrivatePostgres {
 /// server is never stopped).
 pub struct PrivateNats {
     pub port: u16,
+    program: &'static str,
     child: Option<std::process::Child>,
 }
 
 impl PrivateNats {
     /// Starts one; `None` (with the reason printed) when `nats-server` is not installed.
     pub fn start(test: &str) -> Option<Self> {
-        let found = Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
-        if !found {
-            eprintln!("SKIPPED {test}: no nats-server binary on PATH");
+        // Debian installs it in /usr/sbin, which is not on every PATH.
+        let program = ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()));
+        let Some(program) = program else {
+            eprintln!("SKIPPED {test}: no nats-server binary (PATH, /usr/sbin, /usr/bin)");
             return None;
-        }
-        let mut nats = Self { port: free_port(), child: None };
+        };
+        let mut nats = Self { port: free_port(), program, child: None };
         nats.restart();
         Some(nats)
     }
@@ -241,7 +245,7 @@ impl PrivateNats {
 
     /// Starts it (again) on the same port; returns once it accepts connections.
     pub fn restart(&mut self) {
-        let child = Command::new("nats-server")
+        let child = Command::new(self.program)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
