@@ -124,7 +124,9 @@ impl PgBus {
             *listener = Some(task.abort_handle());
         }
         let bus = Self { shared };
-        let wait = sidecar::run(tokio::time::timeout(config.connect_timeout + Duration::from_secs(1), up_rx));
+        // The timer must be created on the I/O runtime: the caller may run on smol or async-std.
+        let limit = config.connect_timeout + Duration::from_secs(1);
+        let wait = sidecar::run(async move { tokio::time::timeout(limit, up_rx).await });
         match wait.await? {
             Ok(Ok(Ok(()))) => Ok(bus),
             Ok(Ok(Err(e))) => Err(e),
@@ -331,5 +333,74 @@ impl MessageBus for PgBus {
         let payload = String::from_utf8(codec::encode(&message)).unwrap_or_default();
         let future = sidecar::run(publish(Arc::clone(&self.shared), channel, payload));
         Box::pin(async move { future.await? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use streamkit_core::api::WorkerInfo;
+    use streamkit_core::node::{BusEvent, PresenceAnnouncement};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::store::PgConfig;
+
+    /// A message larger than NOTIFY allows travels through the payload table; a small one inline.
+    #[test]
+    fn large_messages_are_spilled_and_read_back() {
+        let url = std::env::var("STREAMKIT_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let schema = format!("sk_spill_{}", Uuid::new_v4().simple());
+        let db = match PgDatabase::connect_blocking(PgConfig::new(url).with_schema(schema.clone())) {
+            Ok(db) => db,
+            Err(e) => {
+                eprintln!("SKIPPED large_messages_are_spilled_and_read_back: PostgreSQL unavailable: {e}");
+                return;
+            }
+        };
+        let bus = sidecar::block_on(PgBus::connect(&db)).unwrap();
+        let (tx, rx) = async_channel::bounded(8);
+        let store = Uuid::new_v4();
+        let route = "tenant.streamkit.worker_presence[test]";
+        sidecar::block_on(bus.subscribe(route, BusDelivery::new(1, store, tx))).unwrap();
+        let workers = (0..200u128)
+            .map(|i| WorkerInfo {
+                worker_id: Uuid::from_u128(i),
+                metadata: Default::default(),
+                last_seen_at: 1,
+            })
+            .collect();
+        let big =
+            PresenceAnnouncement { instance: Uuid::from_u128(9), store_id: store, workers, sync: false };
+        assert!(codec::encode(&BusMessage::Presence(big.clone())).len() > MAX_NOTIFY_PAYLOAD);
+        let small = PresenceAnnouncement { workers: Vec::new(), ..big.clone() };
+        for message in [big, small] {
+            sidecar::block_on(bus.publish(route, BusMessage::Presence(message.clone()))).unwrap();
+            let received = sidecar::block_on(async {
+                futures_util::future::select(
+                    Box::pin(rx.recv()),
+                    Box::pin(sidecar::run(async { tokio::time::sleep(Duration::from_secs(10)).await })),
+                )
+                .await
+            });
+            match received {
+                futures_util::future::Either::Left((
+                    Ok((to, BusEvent::Announcement { announcement, .. })),
+                    _,
+                )) => {
+                    assert_eq!((to, announcement), (store, message));
+                }
+                _ => panic!("no announcement delivered"),
+            }
+        }
+        drop(bus);
+        let pool = db.pool().clone();
+        let drop_schema = format!("DROP SCHEMA {} CASCADE", quote_ident(&schema));
+        sidecar::block_on(sidecar::run(async move {
+            if let Ok(client) = pool.get().await {
+                let _ = client.batch_execute(&drop_schema).await;
+            }
+        }))
+        .unwrap();
     }
 }
