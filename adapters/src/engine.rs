@@ -2,8 +2,9 @@
 //!
 //! One task owns the engine (every store's node). Connections, in-process clients and storage
 //! completions talk to it through one bounded inbox ([`EngineHandle`]); it answers each connection
-//! through that connection's outbox. Storage effects run on the store's [`StoreHandle`] (group commit,
-//! reader threads) and come back as completions; bus effects go to a [`MessageBus`] (the in-process
+//! through that connection's outbox. Storage effects run on the store's [`Store`] (a local store's
+//! worker threads with group commit, or the shared PostgreSQL committers and pool) and come back as
+//! completions; bus effects go to a [`MessageBus`] (the in-process
 //! [`MemoryBus`] by default) whose deliveries come back through a second bounded queue.
 //!
 //! Outboxes are unbounded channels, but what flows through them is bounded by the core's flow control:
@@ -41,7 +42,7 @@ use crate::bus::{BusDelivery, MemoryBus, MessageBus};
 use crate::clock::WallClock;
 use crate::metrics::{ErrorKind, GaugeGuard, Metrics, Operation, Outcome};
 use crate::runtime::{BoxFuture, Runtime, RuntimeExt};
-use crate::store::{StoreFactory, StoreHandle};
+use crate::store::{Store, StoreFactory};
 
 /// Messages the engine task's inbox holds at most; senders wait beyond that (back-pressure).
 pub const INBOX_CAPACITY: usize = 65_536;
@@ -57,7 +58,7 @@ enum EngineMsg {
     Register { conn: u64, outbox: Sender<EngineOutput> },
     Unregister { conn: u64 },
     Inputs(Vec<EngineInput>),
-    StoreOpened { store: Uuid, result: Result<StoreHandle, KvError> },
+    StoreOpened { store: Uuid, result: Result<Store, KvError> },
     StorageDone { store: Uuid, op: OpId, result: StorageResult, commit_latency: Option<Duration> },
     StoreClosed { store: Uuid },
     Shutdown { grace: Duration, done: futures_channel::oneshot::Sender<()> },
@@ -180,7 +181,7 @@ pub fn spawn_engine(runtime: Arc<dyn Runtime>, config: EngineTaskConfig) -> Engi
 
 /// An open store and its share of the `stores_open` gauge.
 struct OpenStore {
-    handle: StoreHandle,
+    handle: Store,
     _gauge: GaugeGuard,
 }
 
@@ -576,7 +577,7 @@ impl EngineTask {
 
     /// Closes a store in the background (queued commits finish first); during shutdown the task waits
     /// for every close.
-    fn close_store(&mut self, store: Uuid, handle: StoreHandle) {
+    fn close_store(&mut self, store: Uuid, handle: Store) {
         self.closing += 1;
         let (done, closed) = async_channel::bounded::<()>(1);
         self.closing_stores.insert(store, closed);

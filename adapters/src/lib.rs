@@ -22,5 +22,7 @@ pub mod http;
 pub mod metrics;
 pub mod runtime;
 pub mod server;
+#[cfg(feature = "sidecar")]
+mod sidecar;
 pub mod store;
 pub mod ws;

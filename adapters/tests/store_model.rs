@@ -1,6 +1,14 @@
 //! Model-based property test: random sequences of gets, scans and conditional commits give identical
 //! results on [`MemoryKv`] (the model), on [`RedbKv`] directly, and on a redb store behind a
-//! [`StoreHandle`] (the async, group-committing path), including across reopening the database.
+//! [`StoreHandle`] (the async, group-committing path), including across reopening the database; and
+//! the same on the PostgreSQL store (synchronous [`PgKv`] and async [`PgStore`]), when PostgreSQL is
+//! reachable.
+//!
+//! [`PgKv`]: streamkit::store::PgKv
+//! [`PgStore`]: streamkit::store::PgStore
+
+#[cfg(feature = "postgres")]
+mod scaleout_support;
 
 use futures_lite::future::block_on;
 use proptest::prelude::*;
@@ -141,5 +149,69 @@ proptest! {
         prop_assert_eq!(&direct.scan(&everything()).unwrap(), &expected);
         prop_assert_eq!(&block_on(store.scan(everything())).unwrap(), &expected);
         store.close_blocking();
+    }
+}
+
+/// One schema for every case (and run) of the PostgreSQL property test; each case uses fresh store
+/// ids, so cases and concurrent runs are isolated from each other exactly as stores are, and each case
+/// deletes its keys at the end.
+#[cfg(feature = "postgres")]
+fn shared_pg() -> Option<&'static streamkit::store::PgDatabase> {
+    static DB: std::sync::OnceLock<Option<streamkit::store::PgDatabase>> = std::sync::OnceLock::new();
+    DB.get_or_init(|| {
+        if !scaleout_support::pg_available("postgres_behaves_like_the_memory_model") {
+            return None;
+        }
+        let config = streamkit::store::PgConfig::new(scaleout_support::pg_url()).with_schema("sk_test_model");
+        Some(streamkit::store::PgDatabase::connect_blocking(config).expect("PostgreSQL connects"))
+    })
+    .as_ref()
+}
+
+/// Deletes every key of a store (test clean-up).
+#[cfg(feature = "postgres")]
+fn wipe(kv: &mut impl OrderedKv) {
+    let keys = kv.scan(&everything()).unwrap().into_iter().map(|(k, _)| k).collect();
+    kv.commit(&[WriteBatch { deletes: keys, ..WriteBatch::default() }]).unwrap();
+    assert!(kv.scan(&everything()).unwrap().is_empty());
+}
+
+#[cfg(feature = "postgres")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn postgres_behaves_like_the_memory_model(ops in prop::collection::vec(op(), 1..40)) {
+        let Some(db) = shared_pg() else { return Ok(()) };
+        let mut model = MemoryKv::new();
+        // Two stores: the synchronous PgKv and the async handle must not see each other's keys.
+        let mut direct = streamkit::store::PgKv::new(db, uuid::Uuid::new_v4());
+        let store_id = uuid::Uuid::new_v4();
+        let store = db.store(store_id);
+        for (step, op) in ops.iter().enumerate() {
+            if let Op::Reopen = op {
+                continue;
+            }
+            let expected = run_sync(&mut model, op);
+            prop_assert_eq!(&run_sync(&mut direct, op), &expected, "PgKv, step {}: {:?}", step, op);
+            let got = match op {
+                Op::Get(key) => block_on(store.execute(StorageOp::Get { key: key.clone() })),
+                Op::Scan(range) => block_on(store.execute(StorageOp::Scan(range.clone()))),
+                Op::Commit(batches) => match block_on(store.commit(batches.clone())) {
+                    Ok(outcomes) => StorageResult::Pairs(
+                        outcomes.iter().map(|o| (format!("{o:?}").into_bytes(), Vec::new())).collect(),
+                    ),
+                    Err(e) => StorageResult::Failed(e),
+                },
+                Op::Reopen => unreachable!(),
+            };
+            prop_assert_eq!(&got, &expected, "PgStore, step {}: {:?}", step, op);
+        }
+        let expected = model.scan(&everything()).unwrap();
+        prop_assert_eq!(&direct.scan(&everything()).unwrap(), &expected);
+        prop_assert_eq!(&block_on(store.scan(everything())).unwrap(), &expected);
+        block_on(store.close());
+        wipe(&mut direct);
+        wipe(&mut streamkit::store::PgKv::new(db, store_id));
     }
 }

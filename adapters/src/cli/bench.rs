@@ -23,9 +23,10 @@ use crate::store::{CommitDurability, RedbOptions, StoreFactory};
 
 #[derive(Args, Debug)]
 pub(super) struct BenchArgs {
-    /// Server address; without it a local server is started.
-    #[arg(long, env = "STREAMKIT_URL")]
-    url: Option<String>,
+    /// Server address; without it a local server is started. Repeat it (or separate addresses with
+    /// commas) to spread the connections over several instances sharing one store.
+    #[arg(long, env = "STREAMKIT_URL", value_delimiter = ',')]
+    url: Vec<String>,
     /// Token for `--url`.
     #[arg(long, env = "STREAMKIT_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -64,9 +65,9 @@ pub(super) struct BenchArgs {
 pub(super) async fn run(runtime: Arc<dyn Runtime>, args: BenchArgs) -> Result<(), CliError> {
     let mut local = None;
     let mut temp_dir = None;
-    let (url, token) = match &args.url {
-        Some(url) => (url.clone(), args.token.clone().ok_or("--url needs --token (or STREAMKIT_TOKEN)")?),
-        None => {
+    let (urls, token) = match args.url.as_slice() {
+        [_, ..] => (args.url.clone(), args.token.clone().ok_or("--url needs --token (or STREAMKIT_TOKEN)")?),
+        [] => {
             let dir = match &args.data {
                 Some(dir) => dir.clone(),
                 None => {
@@ -86,10 +87,10 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: BenchArgs) -> Result<()
             let url = format!("ws://{}", server.local_addr());
             eprintln!("local server on {url}, data in {}", dir.display());
             local = Some(server);
-            (url, token)
+            (vec![url], token)
         }
     };
-    let result = bench(&runtime, &args, &url, &token).await;
+    let result = bench(&runtime, &args, &urls, &token).await;
     if let Some(server) = local {
         server.shutdown().await;
     }
@@ -99,12 +100,19 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: BenchArgs) -> Result<()
     result
 }
 
-async fn bench(runtime: &Arc<dyn Runtime>, args: &BenchArgs, url: &str, token: &str) -> Result<(), CliError> {
+async fn bench(
+    runtime: &Arc<dyn Runtime>,
+    args: &BenchArgs,
+    urls: &[String],
+    token: &str,
+) -> Result<(), CliError> {
     let codec = if args.cbor { Codec::Cbor } else { Codec::Json };
     let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
+    // Connections go round-robin over the instances, at least one per instance.
+    for i in 0..args.connections.max(urls.len() as u64).max(1) {
+        let url = &urls[i as usize % urls.len()];
         let options = ClientOptions::default().with_codec(codec);
-        clients.push(Client::connect(runtime.clone(), url.to_owned(), static_token(token), options).await?);
+        clients.push(Client::connect(runtime.clone(), url.clone(), static_token(token), options).await?);
     }
     let store = args.store.unwrap_or_else(Uuid::new_v4);
     let segments = args.segments.max(1);
@@ -113,15 +121,16 @@ async fn bench(runtime: &Arc<dyn Runtime>, args: &BenchArgs, url: &str, token: &
     let batch = args.batch.max(1);
     let payload = vec![b'x'; args.size];
     println!(
-        "bench: {} records x {} B, batch {batch}, {segments} segments, {producers} producers, {} connections, {}",
+        "bench: {} records x {} B, batch {batch}, {segments} segments, {producers} producers, {} connections to {} instance(s), {}",
         per_segment * segments,
         args.size,
         clients.len(),
+        urls.len(),
         if args.cbor { "CBOR" } else { "JSON" }
     );
 
     // Produce: producer p writes segments p, p + producers, ... one batch at a time, round-robin.
-    let metrics_before = scrape_metrics(url).await;
+    let metrics_before = scrape_all(urls).await;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for p in 0..producers {
@@ -167,13 +176,15 @@ async fn bench(runtime: &Arc<dyn Runtime>, args: &BenchArgs, url: &str, token: &
     let produce_time = started.elapsed();
     let total = per_segment * segments;
     report("produce", total, args.size, produce_time, &mut latencies);
-    let metrics_after = scrape_metrics(url).await;
+    let metrics_after = scrape_all(urls).await;
     if let (Some(before), Some(after)) = (metrics_before, metrics_after) {
         let commits = after.commits - before.commits;
+        let latency = after.commit_seconds - before.commit_seconds;
         println!(
-            "  server: {commits:.0} storage commits ({:.0}/s), {:.1} records per commit",
+            "  server: {commits:.0} storage commits ({:.0}/s), {:.1} records per commit, mean commit latency {:.2} ms",
             commits / produce_time.as_secs_f64(),
-            total as f64 / commits.max(1.0)
+            total as f64 / commits.max(1.0),
+            latency * 1000.0 / commits.max(1.0)
         );
     }
 
@@ -251,6 +262,19 @@ fn report(phase: &str, records: u64, size: usize, elapsed: Duration, latencies: 
 /// Counters read from the server's `/metrics`.
 struct ServerCounters {
     commits: f64,
+    /// Sum of the commit latencies, in seconds.
+    commit_seconds: f64,
+}
+
+/// The counters of every instance, added up; `None` if any cannot be read.
+async fn scrape_all(urls: &[String]) -> Option<ServerCounters> {
+    let mut total = ServerCounters { commits: 0.0, commit_seconds: 0.0 };
+    for url in urls {
+        let counters = scrape_metrics(url).await?;
+        total.commits += counters.commits;
+        total.commit_seconds += counters.commit_seconds;
+    }
+    Some(total)
 }
 
 /// Reads the storage commit count from the server's Prometheus endpoint (plain `ws://` servers only).
@@ -270,12 +294,11 @@ async fn scrape_metrics(url: &str) -> Option<ServerCounters> {
         .await
         .ok()?
         .ok()?;
-    let commits = body
-        .lines()
-        .find(|line| line.starts_with("streamkit_commit_latency_seconds_count"))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()?;
-    Some(ServerCounters { commits })
+    let value = |name: &str| -> Option<f64> {
+        body.lines().find(|line| line.starts_with(name))?.rsplit(' ').next()?.parse().ok()
+    };
+    Some(ServerCounters {
+        commits: value("streamkit_commit_latency_seconds_count")?,
+        commit_seconds: value("streamkit_commit_latency_seconds_sum")?,
+    })
 }

@@ -6,19 +6,62 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use streamkit_core::Millis;
 
 use super::{CliError, KeyArgs, algorithm_name, random_hex};
 use crate::auth::{JwtVerifier, TokenClaims, TokenSigner};
+use crate::bus::NatsConfig;
 use crate::runtime::Runtime;
-use crate::server::{ServerConfig, start};
-use crate::store::{CommitDurability, RedbOptions, StoreFactory};
+use crate::server::{BusKind, ClusterMode, ServerConfig, start};
+use crate::store::{CommitDurability, PgConfig, RedbOptions, StoreFactory};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum StoreKind {
+/// Where the stores live (`--store`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StoreArg {
     /// Durable redb databases under `--data`, one per store.
     Embedded,
     /// In memory; lost when the server stops.
     Memory,
+    /// A PostgreSQL database shared by every instance pointed at it.
+    Postgres(String),
+}
+
+fn parse_store(s: &str) -> Result<StoreArg, String> {
+    match s {
+        "embedded" => Ok(StoreArg::Embedded),
+        "memory" => Ok(StoreArg::Memory),
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(StoreArg::Postgres(url.to_owned()))
+        }
+        other => Err(format!("expected embedded, memory or postgres://…, got {other:?}")),
+    }
+}
+
+/// The message bus (`--bus`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum BusArg {
+    Memory,
+    Postgres,
+    Nats(String),
+}
+
+fn parse_bus(s: &str) -> Result<BusArg, String> {
+    match s {
+        "memory" => Ok(BusArg::Memory),
+        "postgres" => Ok(BusArg::Postgres),
+        url if url.starts_with("nats://") => Ok(BusArg::Nats(url.to_owned())),
+        other => Err(format!("expected memory, postgres or nats://host:port, got {other:?}")),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ClusterArg {
+    /// On with the PostgreSQL store, off otherwise.
+    Auto,
+    /// Shared space clock, leases in storage and cluster presence, whatever the store.
+    On,
+    /// None of them (a single instance on PostgreSQL that wants to skip their cost).
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -39,12 +82,42 @@ pub(super) struct ServeArgs {
     data: PathBuf,
     #[command(flatten)]
     key: KeyArgs,
-    /// Storage backend.
-    #[arg(long, value_enum, default_value = "embedded")]
-    store: StoreKind,
+    /// Storage backend: `embedded` (redb under `--data`), `memory`, or a PostgreSQL connection string
+    /// (`postgres://user[:password]@host[:port]/database`) shared by several instances.
+    #[arg(long, env = "STREAMKIT_STORAGE", default_value = "embedded", value_parser = parse_store)]
+    store: StoreArg,
     /// Durability of embedded commits.
     #[arg(long, value_enum, default_value = "fsync")]
     durability: Durability,
+    /// PostgreSQL store: schema holding the tables (created and migrated at start).
+    #[arg(long, env = "STREAMKIT_PG_SCHEMA", default_value = "public")]
+    pg_schema: String,
+    /// PostgreSQL store: connections in the pool shared by every store.
+    #[arg(long, default_value_t = 16)]
+    pg_pool: usize,
+    /// Message bus between instances: `memory` (this instance only), `postgres` (LISTEN/NOTIFY on the
+    /// store's database) or `nats://host:port`.
+    #[arg(long, env = "STREAMKIT_BUS", default_value = "memory", value_parser = parse_bus)]
+    bus: BusArg,
+    /// NATS bus: prefix of every subject (to keep deployments sharing a NATS server apart).
+    #[arg(long, default_value = "")]
+    nats_prefix: String,
+    /// Shared space clock, leases in storage and cluster-wide worker presence.
+    #[arg(long, value_enum, default_value = "auto")]
+    cluster: ClusterArg,
+    /// Cluster presence: milliseconds between an instance's announcements of its workers.
+    #[arg(long, default_value_t = 10_000)]
+    presence_interval_ms: u64,
+    /// Cluster presence: floor of the time after which a silent instance's workers are dropped
+    /// (`max(floor, 3 × interval)`), in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    presence_stale_floor_ms: u64,
+    /// Cluster presence: milliseconds between checks for expired workers and silent instances.
+    #[arg(long, default_value_t = 5_000)]
+    presence_sweep_ms: u64,
+    /// Close stores idle for this many seconds (0 keeps them open).
+    #[arg(long, default_value_t = 600)]
+    idle_evict_secs: u64,
 }
 
 pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<(), CliError> {
@@ -62,21 +135,49 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
         }
     };
     let algorithm = algorithm_name(verifier.algorithm());
-    let stores = match args.store {
-        StoreKind::Memory => StoreFactory::memory(),
-        StoreKind::Embedded => {
+    let mut config = match &args.store {
+        StoreArg::Memory => ServerConfig::new(args.listen, verifier, StoreFactory::memory()),
+        StoreArg::Embedded => {
             std::fs::create_dir_all(&args.data)
                 .map_err(|e| format!("cannot create data directory {}: {e}", args.data.display()))?;
             let durability = match args.durability {
                 Durability::Fsync => CommitDurability::Immediate,
                 Durability::None => CommitDurability::None,
             };
-            StoreFactory::embedded(&args.data, RedbOptions { durability, ..RedbOptions::default() })
+            let stores =
+                StoreFactory::embedded(&args.data, RedbOptions { durability, ..RedbOptions::default() });
+            ServerConfig::new(args.listen, verifier, stores)
+        }
+        StoreArg::Postgres(url) => {
+            let mut database = PgConfig::new(url.clone()).with_schema(args.pg_schema.clone());
+            database.pool_size = args.pg_pool.max(1);
+            ServerConfig::postgres(args.listen, verifier, database)
         }
     };
-    let server = start(runtime, ServerConfig::new(args.listen, verifier, stores))
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    config.bus_kind = match &args.bus {
+        BusArg::Memory => BusKind::Memory,
+        BusArg::Postgres => BusKind::Postgres,
+        BusArg::Nats(url) => BusKind::Nats(NatsConfig {
+            subject_prefix: args.nats_prefix.clone(),
+            ..NatsConfig::new(url.clone())
+        }),
+    };
+    config.cluster = match args.cluster {
+        ClusterArg::Auto => ClusterMode::Auto,
+        ClusterArg::On => ClusterMode::On,
+        ClusterArg::Off => ClusterMode::Off,
+    };
+    config.node.presence_announce_interval = Millis(args.presence_interval_ms.max(1));
+    config.node.presence_stale_floor = Millis(args.presence_stale_floor_ms);
+    config.node.presence_sweep_interval = Millis(args.presence_sweep_ms.max(1));
+    config.idle_eviction = match args.idle_evict_secs {
+        0 => None,
+        secs => Some(streamkit_core::manager::IdleEviction {
+            ttl: Millis::from_secs(secs),
+            ..streamkit_core::manager::IdleEviction::default()
+        }),
+    };
+    let server = start(runtime, config).await.map_err(|e| format!("cannot start the server: {e}"))?;
     // Scripts read this line for the address (with `--listen 127.0.0.1:0`).
     println!(
         "streamkit listening on {} (ws://{}/streamz, {algorithm})",

@@ -65,17 +65,23 @@ pub enum StoreKind {
     Embedded,
     /// In process memory: lost when the server stops. For tests and embedding.
     Memory,
+    /// Every store in one PostgreSQL database ([`ServerConfig::postgres`]), shared by every server
+    /// instance pointed at it (feature `postgres`).
+    Postgres,
 }
 
 impl FromStr for StoreKind {
     type Err = String;
 
-    /// Parses `embedded` or `memory` (the CLI's `--store`).
+    /// Parses `embedded`, `memory` or `postgres`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "embedded" => Ok(StoreKind::Embedded),
             "memory" => Ok(StoreKind::Memory),
-            other => Err(format!("unknown store {other:?}: expected \"embedded\" or \"memory\"")),
+            "postgres" => Ok(StoreKind::Postgres),
+            other => {
+                Err(format!("unknown store {other:?}: expected \"embedded\", \"memory\" or \"postgres\""))
+            }
         }
     }
 }
@@ -85,7 +91,65 @@ impl fmt::Display for StoreKind {
         f.write_str(match self {
             StoreKind::Embedded => "embedded",
             StoreKind::Memory => "memory",
+            StoreKind::Postgres => "postgres",
         })
+    }
+}
+
+/// Which message bus carries segment notifications and worker presence between instances, when
+/// [`ServerConfig::bus`] does not give a ready-made one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BusKind {
+    /// In process: reaches this server's subscribers only (the default).
+    #[default]
+    Memory,
+    /// PostgreSQL `LISTEN`/`NOTIFY` on the store's database (needs [`StoreKind::Postgres`]).
+    #[cfg(feature = "postgres")]
+    Postgres,
+    /// Core NATS.
+    #[cfg(feature = "nats")]
+    Nats(crate::bus::NatsConfig),
+}
+
+impl fmt::Display for BusKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BusKind::Memory => f.write_str("memory"),
+            #[cfg(feature = "postgres")]
+            BusKind::Postgres => f.write_str("postgres"),
+            #[cfg(feature = "nats")]
+            BusKind::Nats(config) => f.write_str(&config.url),
+        }
+    }
+}
+
+/// Whether the features that keep several instances sharing one storage consistent are on: the
+/// space clock in storage ([`NodeConfig::shared_space_clock`]), leases in storage
+/// ([`NodeConfig::leases_in_storage`]) and cluster-wide worker presence
+/// ([`NodeConfig::cluster_presence`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterMode {
+    /// On when the stores are shared (PostgreSQL), off otherwise (the default).
+    #[default]
+    Auto,
+    /// All three on, whatever the store.
+    On,
+    /// Left as [`ServerConfig::node`] sets them (all off by default): for a single instance on
+    /// PostgreSQL that wants to skip their cost, or to pick them one by one.
+    Off,
+}
+
+impl FromStr for ClusterMode {
+    type Err = String;
+
+    /// Parses `auto`, `on` or `off`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(ClusterMode::Auto),
+            "on" => Ok(ClusterMode::On),
+            "off" => Ok(ClusterMode::Off),
+            other => Err(format!("unknown cluster mode {other:?}: expected \"auto\", \"on\" or \"off\"")),
+        }
     }
 }
 
@@ -153,8 +217,16 @@ pub struct ServerConfig {
     /// Sizes of each store's worker (commit and read queues, reader threads, group-commit caps;
     /// default [`StoreConfig::default`]).
     pub store_worker: StoreConfig,
-    /// The message bus for segment notifications (default `None`: an in-process [`MemoryBus`]).
+    /// The PostgreSQL database of [`StoreKind::Postgres`] (default `None`; required for that kind).
+    #[cfg(feature = "postgres")]
+    pub postgres: Option<crate::store::PgConfig>,
+    /// The message bus for segment notifications and worker presence (default `None`: the bus
+    /// [`ServerConfig::bus_kind`] names).
     pub bus: Option<Arc<dyn MessageBus>>,
+    /// The bus to connect at start when `bus` is `None` (default [`BusKind::Memory`]).
+    pub bus_kind: BusKind,
+    /// Cluster features for shared storage (default [`ClusterMode::Auto`]: on with PostgreSQL).
+    pub cluster: ClusterMode,
     /// WebSocket connections served at once (default [`DEFAULT_MAX_CONNECTIONS`]); a connection over
     /// the limit is closed right after its upgrade.
     pub max_connections: usize,
@@ -199,6 +271,8 @@ impl fmt::Debug for ServerConfig {
             .field("data_dir", &self.data_dir)
             .field("durability", &self.durability)
             .field("store_factory", &self.store_factory)
+            .field("bus_kind", &self.bus_kind)
+            .field("cluster", &self.cluster)
             .field("max_connections", &self.max_connections)
             .field("max_streams_per_connection", &self.max_streams_per_connection)
             .field("max_frame_bytes", &self.max_frame_bytes)
@@ -222,7 +296,11 @@ impl ServerConfig {
             durability: Durability::Fsync,
             store_factory: None,
             store_worker: StoreConfig::default(),
+            #[cfg(feature = "postgres")]
+            postgres: None,
             bus: None,
+            bus_kind: BusKind::Memory,
+            cluster: ClusterMode::Auto,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             max_frame_bytes: DEFAULT_MAX_FRAME,
@@ -252,6 +330,13 @@ impl ServerConfig {
         Self { store: StoreKind::Memory, ..Self::defaults(listen, verifier) }
     }
 
+    /// Defaults, with the stores in PostgreSQL (the cluster features on, the bus still
+    /// [`BusKind::Memory`] until set).
+    #[cfg(feature = "postgres")]
+    pub fn postgres(listen: SocketAddr, verifier: JwtVerifier, database: crate::store::PgConfig) -> Self {
+        Self { store: StoreKind::Postgres, postgres: Some(database), ..Self::defaults(listen, verifier) }
+    }
+
     /// The mux configuration of every connection.
     pub fn mux_config(&self) -> MuxConfig {
         let millis = |d: Duration| Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -276,9 +361,25 @@ impl ServerConfig {
         }
     }
 
-    fn take_store_factory(&mut self, observer: CommitObserver) -> StoreFactory {
+    /// Turns the cluster features on in [`ServerConfig::node`] as [`ServerConfig::cluster`] says, for
+    /// stores that are (`shared`) or are not shared.
+    pub fn apply_cluster_mode(&mut self, shared: bool) -> bool {
+        let on = match self.cluster {
+            ClusterMode::Auto => shared,
+            ClusterMode::On => true,
+            ClusterMode::Off => false,
+        };
+        if on {
+            self.node.shared_space_clock = true;
+            self.node.leases_in_storage = true;
+            self.node.cluster_presence = true;
+        }
+        on
+    }
+
+    async fn take_store_factory(&mut self, observer: CommitObserver) -> io::Result<StoreFactory> {
         let worker = StoreConfig { observer: Some(observer.clone()), ..self.store_worker.clone() };
-        match self.store_factory.take() {
+        Ok(match self.store_factory.take() {
             Some(factory) => factory.with_observer(observer),
             None => match self.store {
                 StoreKind::Embedded => {
@@ -287,8 +388,45 @@ impl ServerConfig {
                     StoreFactory::embedded(self.data_dir.clone(), options).with_config(worker)
                 }
                 StoreKind::Memory => StoreFactory::memory().with_config(worker),
+                #[cfg(feature = "postgres")]
+                StoreKind::Postgres => {
+                    let database = self.postgres.clone().ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidInput, "the postgres store needs a database")
+                    })?;
+                    let db = crate::store::PgDatabase::connect(database).await.map_err(io::Error::other)?;
+                    StoreFactory::postgres(db).with_observer(observer)
+                }
+                #[cfg(not(feature = "postgres"))]
+                StoreKind::Postgres => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "the postgres store needs the `postgres` feature",
+                    ));
+                }
             },
+        })
+    }
+
+    async fn take_bus(&mut self, stores: &StoreFactory) -> io::Result<Arc<dyn MessageBus>> {
+        if let Some(bus) = self.bus.take() {
+            return Ok(bus);
         }
+        #[cfg(not(feature = "postgres"))]
+        let _ = stores;
+        Ok(match &self.bus_kind {
+            BusKind::Memory => Arc::new(MemoryBus::new()),
+            #[cfg(feature = "postgres")]
+            BusKind::Postgres => {
+                let db = stores.postgres_database().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "the postgres bus needs the postgres store")
+                })?;
+                Arc::new(crate::bus::PgBus::connect(db).await.map_err(io::Error::other)?)
+            }
+            #[cfg(feature = "nats")]
+            BusKind::Nats(config) => {
+                Arc::new(crate::bus::NatsBus::connect(config.clone()).await.map_err(io::Error::other)?)
+            }
+        })
     }
 }
 
@@ -463,8 +601,9 @@ impl RunningServer {
     }
 }
 
-/// Starts a server on `runtime`: binds the listener, starts the engine task and accepts connections
-/// in the background. Fails only if the address cannot be bound.
+/// Starts a server on `runtime`: connects the database and the bus when configured, binds the
+/// listener, starts the engine task and accepts connections in the background. Fails if the address
+/// cannot be bound or the database or bus cannot be reached.
 pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> io::Result<RunningServer> {
     let metrics = Arc::new(Metrics::new());
     let seed =
@@ -476,9 +615,17 @@ pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> io::R
     let listener = runtime.bind(config.listen)?;
     let local_addr = listener.local_addr()?;
     let mux = config.mux_config();
+    let stores = config.take_store_factory(observer).await?;
+    let cluster = config.apply_cluster_mode(stores.is_shared());
+    let custom_bus = config.bus.is_some();
+    let bus = config.take_bus(&stores).await?;
+    if cluster && !custom_bus && config.bus_kind == BusKind::Memory {
+        tracing::warn!(
+            "cluster features on with the in-process bus: subscriptions and worker presence will not \
+             reach clients of other instances (use a NATS or postgres bus)"
+        );
+    }
     let engine_config = config.engine_config();
-    let stores = config.take_store_factory(observer);
-    let bus = config.bus.take().unwrap_or_else(|| Arc::new(MemoryBus::new()));
     let engine = spawn_engine(
         runtime.clone(),
         EngineTaskConfig { engine: engine_config, stores, bus, metrics: metrics.clone(), seed },
@@ -516,6 +663,8 @@ pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> io::R
         runtime = runtime.name(),
         store = %config.store,
         durability = %config.durability,
+        bus = %config.bus_kind,
+        cluster,
         "streamkit server listening"
     );
     Ok(RunningServer {
@@ -538,13 +687,15 @@ mod tests {
 
     #[test]
     fn options_parse_and_print() {
-        for kind in [StoreKind::Embedded, StoreKind::Memory] {
+        for kind in [StoreKind::Embedded, StoreKind::Memory, StoreKind::Postgres] {
             assert_eq!(kind.to_string().parse::<StoreKind>(), Ok(kind));
         }
         for durability in [Durability::Fsync, Durability::None] {
             assert_eq!(durability.to_string().parse::<Durability>(), Ok(durability));
         }
         assert!("disk".parse::<StoreKind>().unwrap_err().contains("embedded"));
+        assert_eq!("on".parse::<ClusterMode>(), Ok(ClusterMode::On));
+        assert!("maybe".parse::<ClusterMode>().unwrap_err().contains("auto"));
         assert!("sync".parse::<Durability>().unwrap_err().contains("fsync"));
         assert_eq!(CommitDurability::from(Durability::None), CommitDurability::None);
     }
@@ -564,5 +715,28 @@ mod tests {
         assert_eq!(mux.idle_timeout, Millis::from_secs(90));
         assert_eq!(config.engine_config().manager.idle_eviction, None);
         assert!(ServerConfig::embedded(config.listen, config.verifier.clone(), "d").idle_eviction.is_some());
+    }
+
+    #[test]
+    fn cluster_mode_turns_the_shared_storage_features_on() {
+        let verifier = JwtVerifier::hs256(b"secret").unwrap();
+        let mut config = ServerConfig::memory(DEFAULT_LISTEN.parse().unwrap(), verifier);
+        assert!(!config.apply_cluster_mode(false), "auto: off for local stores");
+        assert!(
+            !config.node.shared_space_clock
+                && !config.node.leases_in_storage
+                && !config.node.cluster_presence
+        );
+        assert!(config.apply_cluster_mode(true), "auto: on for shared stores");
+        assert!(
+            config.node.shared_space_clock && config.node.leases_in_storage && config.node.cluster_presence
+        );
+        config.node = NodeConfig::default();
+        config.cluster = ClusterMode::Off;
+        assert!(!config.apply_cluster_mode(true));
+        assert!(!config.node.shared_space_clock);
+        config.cluster = ClusterMode::On;
+        assert!(config.apply_cluster_mode(false));
+        assert!(config.node.leases_in_storage);
     }
 }

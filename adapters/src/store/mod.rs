@@ -4,12 +4,17 @@
 //! * [`SharedMemoryKv`]: the core's in-memory store, shareable between threads;
 //! * [`StoreHandle`]: runs any [`OrderedKv`] on its own threads with group commit, for async callers
 //!   on any runtime;
-//! * [`StoreFactory`]: opens the store of a store UUID, embedded or in memory.
+//! * `PgDatabase` / `PgStore` (feature `postgres`): every store in one PostgreSQL table, shared by
+//!   several server instances, with group commit across stores;
+//! * [`Store`]: what the engine executes storage effects on, whichever backend holds the store;
+//! * [`StoreFactory`]: opens the store of a store UUID, embedded, in memory or in PostgreSQL.
 //!
 //! [`OrderedKv`]: streamkit_core::storage::OrderedKv
 #![warn(missing_docs)]
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod redb;
 pub mod worker;
 
@@ -17,15 +22,98 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use streamkit_core::storage::KvError;
+use streamkit_core::storage::{
+    CommitOutcome, KvError, KvPair, ScanRange, StorageOp, StorageResult, WriteBatch,
+};
 use uuid::Uuid;
 
 pub use self::memory::SharedMemoryKv;
+#[cfg(feature = "postgres")]
+pub use self::postgres::{PgConfig, PgDatabase, PgKv, PgStats, PgStore};
 pub use self::redb::{CommitDurability, RedbKv, RedbOptions};
 pub use self::worker::{CommitObserver, CommitReport, STORE_CLOSED, StoreConfig, StoreHandle, StoreStats};
 
 /// File name of a store's database inside its directory.
 pub const DATABASE_FILE: &str = "streams.redb";
+
+/// An open store, on whichever backend holds it: what the engine runs storage effects on.
+///
+/// An enum rather than a trait object: the backends are few and known, and the engine's hot path
+/// (one effect per call) stays free of boxing. Clones share the store.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// A store with its own worker threads (embedded redb or memory).
+    Local(StoreHandle),
+    /// A store in a shared PostgreSQL database.
+    #[cfg(feature = "postgres")]
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// Executes one storage effect of the engine.
+    pub async fn execute(&self, op: StorageOp) -> StorageResult {
+        match self {
+            Store::Local(handle) => handle.execute(op).await,
+            #[cfg(feature = "postgres")]
+            Store::Postgres(store) => store.execute(op).await,
+        }
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError> {
+        match self {
+            Store::Local(handle) => handle.get(key).await,
+            #[cfg(feature = "postgres")]
+            Store::Postgres(store) => store.get(key).await,
+        }
+    }
+
+    /// Reads up to `range.limit` pairs of `range`.
+    pub async fn scan(&self, range: ScanRange) -> Result<Vec<KvPair>, KvError> {
+        match self {
+            Store::Local(handle) => handle.scan(range).await,
+            #[cfg(feature = "postgres")]
+            Store::Postgres(store) => store.scan(range).await,
+        }
+    }
+
+    /// Commits `batches` atomically (group commit; one outcome per batch).
+    pub async fn commit(&self, batches: Vec<WriteBatch>) -> Result<Vec<CommitOutcome>, KvError> {
+        match self {
+            Store::Local(handle) => handle.commit(batches).await,
+            #[cfg(feature = "postgres")]
+            Store::Postgres(store) => store.commit(batches).await,
+        }
+    }
+
+    /// Commits one batch.
+    pub async fn commit_one(&self, batch: WriteBatch) -> Result<CommitOutcome, KvError> {
+        match self {
+            Store::Local(handle) => handle.commit_one(batch).await,
+            #[cfg(feature = "postgres")]
+            Store::Postgres(store) => store.commit_one(batch).await,
+        }
+    }
+
+    /// Stops accepting operations and resolves once those queued finished and the store released
+    /// what it holds (a redb file can be reopened right after).
+    pub async fn close(&self) {
+        match self {
+            Store::Local(handle) => handle.close().await,
+            #[cfg(feature = "postgres")]
+            Store::Postgres(store) => store.close().await,
+        }
+    }
+
+    /// The worker handle of a local store (`None` for PostgreSQL stores).
+    pub fn as_local(&self) -> Option<&StoreHandle> {
+        match self {
+            Store::Local(handle) => Some(handle),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => None,
+        }
+    }
+}
 
 /// Opens stores by UUID.
 ///
@@ -52,6 +140,11 @@ enum Backend {
     Memory {
         stores: Mutex<HashMap<Uuid, SharedMemoryKv>>,
     },
+    /// Every store in one PostgreSQL database.
+    #[cfg(feature = "postgres")]
+    Postgres {
+        db: PgDatabase,
+    },
 }
 
 impl StoreFactory {
@@ -71,6 +164,31 @@ impl StoreFactory {
         }
     }
 
+    /// Stores in a connected PostgreSQL database (see [`PgDatabase::connect`]).
+    #[cfg(feature = "postgres")]
+    pub fn postgres(db: PgDatabase) -> Self {
+        Self { backend: Backend::Postgres { db }, config: StoreConfig::default() }
+    }
+
+    /// Whether the stores live in storage that other server instances may share (PostgreSQL), so
+    /// the cluster features (shared space clock, leases in storage, cluster presence) are needed.
+    pub fn is_shared(&self) -> bool {
+        match &self.backend {
+            Backend::Embedded { .. } | Backend::Memory { .. } => false,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres { .. } => true,
+        }
+    }
+
+    /// The PostgreSQL database of a PostgreSQL factory.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_database(&self) -> Option<&PgDatabase> {
+        match &self.backend {
+            Backend::Postgres { db } => Some(db),
+            _ => None,
+        }
+    }
+
     /// Sizes of the worker of every store opened afterwards.
     pub fn with_config(mut self, config: StoreConfig) -> Self {
         self.config = config;
@@ -80,6 +198,11 @@ impl StoreFactory {
     /// Reports every transaction of the stores opened afterwards to `observer` (replacing the one
     /// configured before, if any); the server feeds its commit metrics this way.
     pub fn with_observer(mut self, observer: CommitObserver) -> Self {
+        #[cfg(feature = "postgres")]
+        if let Backend::Postgres { db } = &self.backend {
+            // One database serves every store: its committers report for all of them.
+            db.set_observer(Some(observer.clone()));
+        }
         self.config.observer = Some(observer);
         self
     }
@@ -89,23 +212,28 @@ impl StoreFactory {
         match &self.backend {
             Backend::Embedded { data_dir, .. } => Some(store_dir(data_dir, store_id).join(DATABASE_FILE)),
             Backend::Memory { .. } => None,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres { .. } => None,
         }
     }
 
-    /// Opens (creating when new) the store of `store_id` and starts its worker.
-    pub fn open(&self, store_id: &Uuid) -> Result<StoreHandle, KvError> {
+    /// Opens (creating when new) the store of `store_id` and starts its worker (local stores); a
+    /// PostgreSQL store only needs a handle.
+    pub fn open(&self, store_id: &Uuid) -> Result<Store, KvError> {
         match &self.backend {
             Backend::Embedded { data_dir, options } => {
                 let dir = store_dir(data_dir, store_id);
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| KvError(format!("cannot create store directory {}: {e}", dir.display())))?;
                 let kv = RedbKv::open(dir.join(DATABASE_FILE), options)?;
-                StoreHandle::spawn_redb(kv, self.config.clone())
+                StoreHandle::spawn_redb(kv, self.config.clone()).map(Store::Local)
             }
             Backend::Memory { .. } => {
                 let kv = self.memory_store(store_id)?;
-                StoreHandle::spawn_split(kv.clone(), kv, self.config.clone())
+                StoreHandle::spawn_split(kv.clone(), kv, self.config.clone()).map(Store::Local)
             }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres { db } => Ok(Store::Postgres(db.store(*store_id))),
         }
     }
 
@@ -118,7 +246,7 @@ impl StoreFactory {
                     stores.lock().map_err(|_| KvError("memory store registry poisoned".to_owned()))?;
                 Ok(stores.entry(*store_id).or_default().clone())
             }
-            Backend::Embedded { .. } => Err(KvError("not a memory store factory".to_owned())),
+            _ => Err(KvError("not a memory store factory".to_owned())),
         }
     }
 }
@@ -149,6 +277,7 @@ mod tests {
 
         let store = factory.open(&STORE).unwrap();
         assert_eq!(block_on(store.commit_one(put(b"k", b"v"))), Ok(CommitOutcome::Committed));
+        let store = store.as_local().unwrap().clone();
         assert_eq!(store.stats().fsyncs, 1, "Immediate durability counts one fsync per commit call");
         // The file is locked while the store is open.
         assert!(factory.open(&STORE).is_err());
@@ -157,7 +286,8 @@ mod tests {
 
         let store = factory.open(&STORE).unwrap();
         assert_eq!(block_on(store.get(b"k".to_vec())), Ok(Some(b"v".to_vec())));
-        store.close_blocking();
+        block_on(store.close());
+        assert!(!factory.is_shared());
     }
 
     #[test]
@@ -167,8 +297,9 @@ mod tests {
         let factory = StoreFactory::embedded(dir.path(), options);
         let store = factory.open(&STORE).unwrap();
         assert_eq!(block_on(store.commit_one(put(b"k", b"v"))), Ok(CommitOutcome::Committed));
-        assert_eq!((store.stats().fsyncs, store.stats().batches_committed), (0, 1));
-        store.close_blocking();
+        let stats = store.as_local().unwrap().stats();
+        assert_eq!((stats.fsyncs, stats.batches_committed), (0, 1));
+        block_on(store.close());
     }
 
     #[test]

@@ -77,6 +77,11 @@ impl CommitObserver {
     pub fn new(f: impl Fn(&CommitReport) + Send + Sync + 'static) -> Self {
         Self(Arc::new(f))
     }
+
+    /// Hands `report` to the observer.
+    pub(crate) fn report(&self, report: &CommitReport) {
+        (self.0)(report);
+    }
 }
 
 impl std::fmt::Debug for CommitObserver {
@@ -519,7 +524,7 @@ fn write_loop(
 
         let report = record(counters, &batches, &result, callers.len(), limits.durable);
         if let Some(observer) = &limits.observer {
-            (observer.0)(&CommitReport { elapsed: started.elapsed(), ..report });
+            observer.report(&CommitReport { elapsed: started.elapsed(), ..report });
         }
         match result {
             Ok(outcomes) => {

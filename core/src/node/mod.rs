@@ -114,6 +114,11 @@ pub struct NodeConfig {
     pub cluster_presence: bool,
     /// How often an instance with workers re-announces them.
     pub presence_announce_interval: Millis,
+    /// Floor of how long another instance's announcement stays valid: its workers are dropped once it
+    /// has not announced for `max(presence_stale_floor, 3 × presence_announce_interval)`. 30 s by
+    /// default (the floor of the worker TTL, spec §6.6); lower it only where instances announce often
+    /// and a dead instance's workers must vanish quickly (tests, small clusters on a fast bus).
+    pub presence_stale_floor: Millis,
     /// Entries read from storage per scan.
     pub read_batch: usize,
     /// Initial send credit of a stream, in messages.
@@ -145,6 +150,7 @@ impl Default for NodeConfig {
             leases_in_storage: false,
             cluster_presence: false,
             presence_announce_interval: Millis::from_secs(10),
+            presence_stale_floor: presence::MIN_WORKER_TTL,
             read_batch: 256,
             stream_credit: 256,
             bus_configured: true,

@@ -152,9 +152,11 @@ fn inventory(sv: &Services) -> WorkerInventory {
     WorkerInventory { workers: merged.into_values().collect(), timestamp: sv.now.as_timestamp() }
 }
 
-/// How long another instance's announcement stays valid: `max(30 s, 3 × announce interval)`.
+/// How long another instance's announcement stays valid: `max(floor, 3 × announce interval)`, the floor
+/// being [`NodeConfig::presence_stale_floor`](super::NodeConfig::presence_stale_floor) (30 s by default).
 fn remote_ttl(sv: &Services) -> Millis {
-    MIN_WORKER_TTL.max(Millis(sv.config.presence_announce_interval.0.saturating_mul(WORKER_TTL_MULTIPLIER)))
+    let multiple = Millis(sv.config.presence_announce_interval.0.saturating_mul(WORKER_TTL_MULTIPLIER));
+    sv.config.presence_stale_floor.max(multiple)
 }
 
 /// Joins the other instances' presence when the first presence stream of the node opens.

@@ -458,7 +458,14 @@ impl ProduceOp {
                 self.set_head(head);
                 self.head_fresh = true;
                 if let Some(record) = self.revalidating.take() {
-                    return self.accept(sv, stream, record);
+                    // Input stopped while the head was re-read: once the held record is taken, the
+                    // stream must be told it accepts input again, or its queued records (and its end)
+                    // are never delivered.
+                    let step = self.accept(sv, stream, record);
+                    if step == Step::Continue && self.accepts_input() {
+                        sv.io.ready(stream);
+                    }
+                    return step;
                 }
                 sv.io.ready(stream);
             }

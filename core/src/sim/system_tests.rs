@@ -739,3 +739,86 @@ fn late_observer_on_another_instance_gets_the_full_inventory() {
         .unwrap_or_default();
     assert_eq!(ids, [Uuid::from_u128(1), Uuid::from_u128(2)]);
 }
+
+#[test]
+fn a_lower_stale_floor_drops_a_dead_instance_s_workers_sooner() {
+    let mut engine = crate::server::EngineConfig::default();
+    engine.manager.node.cluster_presence = true;
+    engine.manager.node.presence_announce_interval = Millis(200);
+    engine.manager.node.presence_stale_floor = Millis(1_000);
+    engine.manager.node.presence_sweep_interval = Millis(100);
+    let mut sim = SystemSim::new(SystemConfig { seed: 25, instances: 2, engine, ..SystemConfig::default() });
+    let observer_client = sim.connect_to(1, Codec::Json, StoreScopes::All);
+    let observer = sim.open(observer_client, STORE, Request::SubscribeWorkers(SubscribeWorkers::default()));
+    let worker_client = sim.connect_to(0, Codec::Json, StoreScopes::All);
+    let worker_id = Uuid::from_u128(0xbbbb);
+    let request = SubscribeWorkers { worker_id, heartbeat_interval_seconds: 1, ..Default::default() };
+    sim.open(worker_client, STORE, Request::SubscribeWorkers(request));
+    sim.settle();
+    let has_worker = |sim: &SystemSim| {
+        inventories(sim.op(observer_client, observer))
+            .last()
+            .is_some_and(|inv| inv.workers.iter().any(|w| w.worker_id == worker_id))
+    };
+    assert!(has_worker(&sim));
+    // Announcing every 200 ms keeps the worker listed well past the floor while the instance lives.
+    sim.run_for(Millis::from_secs(3));
+    assert!(has_worker(&sim), "a live instance's worker stays");
+    sim.halt_instance(0);
+    sim.run_for(Millis(700));
+    assert!(has_worker(&sim), "not evicted before max(floor, 3 x interval) = 1 s");
+    sim.run_for(Millis(600));
+    assert!(!has_worker(&sim), "evicted once the floor passed");
+}
+
+/// Producers on three instances each peek the head and append the next five records; the losers of
+/// each round retry. A producer whose cached head was stale re-reads it before accepting its first
+/// record, and must then take the rest of its records too (it once stalled there forever).
+#[test]
+fn producers_with_stale_cached_heads_on_three_instances_finish() {
+    use crate::api::Peek;
+    for clock in [false, true] {
+        let mut engine = crate::server::EngineConfig::default();
+        engine.manager.node.shared_space_clock = clock;
+        let mut sim =
+            SystemSim::new(SystemConfig { seed: 31, instances: 3, engine, ..SystemConfig::default() });
+        let clients: Vec<usize> = (0..3).map(|i| sim.connect_to(i, Codec::Json, StoreScopes::All)).collect();
+        let mut written = [0u64; 3];
+        for round in 0..40 {
+            let mut ops = Vec::new();
+            for (i, &c) in clients.iter().enumerate() {
+                if written[i] >= 4 {
+                    continue;
+                }
+                let peek = Request::Peek(Peek { space: "race".into(), segment: "seg".into() });
+                let last = sim.call(c, STORE, peek).entries().last().map_or(0, |e| e.sequence);
+                let op = sim.open(
+                    c,
+                    STORE,
+                    Request::Produce(Produce { space: "race".into(), segment: "seg".into() }),
+                );
+                for seq in last + 1..=last + 5 {
+                    sim.send(c, op, Message::Record(Record::new(seq, "x")));
+                }
+                sim.close_send(c, op, None);
+                ops.push((i, c, op));
+            }
+            if ops.is_empty() {
+                break;
+            }
+            sim.run_for(Millis::from_secs(30));
+            for (i, c, op) in ops {
+                assert!(
+                    sim.op(c, op).is_done(),
+                    "clock {clock}, round {round}: client {i}'s produce stalled"
+                );
+                if sim.op(c, op).error().is_none() {
+                    written[i] += 1;
+                }
+            }
+        }
+        assert_eq!(written, [4, 4, 4], "clock {clock}");
+        let entries = consume_segment(&mut sim, clients[0], seg("race", "seg"));
+        assert_eq!(seqs(&entries), (1..=60).collect::<Vec<_>>(), "clock {clock}");
+    }
+}

@@ -1,6 +1,7 @@
 //! The message bus the engine publishes segment notifications on (spec §6.2), behind a small async
-//! trait so that buses spanning several server instances (NATS, PostgreSQL `LISTEN/NOTIFY`) can be
-//! plugged in later; [`MemoryBus`], for a single server, is the default.
+//! trait: [`MemoryBus`], for a single server, is the default; `NatsBus` (feature `nats`) and `PgBus`
+//! (PostgreSQL `LISTEN/NOTIFY`, feature `postgres`) span several server instances, with messages
+//! encoded as JSON envelopes ([`codec`]).
 //!
 //! The engine task drives a [`MessageBus`] like this:
 //!
@@ -17,6 +18,12 @@
 //! not ready at once, so an in-process bus costs no task and no extra queue hop, while a networked bus
 //! never blocks the engine.
 
+pub mod codec;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -25,6 +32,11 @@ use streamkit_core::node::{BusEvent, BusMessage};
 use uuid::Uuid;
 
 use crate::runtime::BoxFuture;
+
+#[cfg(feature = "nats")]
+pub use self::nats::{NatsBus, NatsConfig};
+#[cfg(feature = "postgres")]
+pub use self::postgres::PgBus;
 
 /// A bus error, as text (it ends up in the notification circuit breaker's error message).
 pub type BusError = String;
