@@ -2,7 +2,7 @@
 //! async-std) and each transport (JSON over WebSocket, CBOR over WebSocket, in-process).
 #![cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
 
-mod client_support;
+use crate::client_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

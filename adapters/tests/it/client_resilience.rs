@@ -2,7 +2,7 @@
 //! restart, refused tokens, and inbound flow control with slow consumers.
 #![cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
 
-mod client_support;
+use crate::client_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

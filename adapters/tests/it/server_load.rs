@@ -2,7 +2,7 @@
 //! the data is there, and prints rates). Run it by hand, in release:
 //!
 //! ```text
-//! cargo test --release -p streamkit --test server_load -- --ignored --nocapture
+//! cargo test --release -p streamkit --test it server_load -- --ignored --nocapture
 //! ```
 //!
 //! Per codec, against an embedded store with fsync durability:
@@ -14,7 +14,7 @@
 //! and, for each produce phase, store transactions and fsyncs per second against records per second
 //! (group commit: many produces per fsync).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,7 +109,7 @@ async fn consume_phase(clients: &[TestClient], store: Uuid, space: &str, per_seg
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "load run: cargo test --release -p streamkit --test server_load -- --ignored --nocapture"]
+#[ignore = "load run: cargo test --release -p streamkit --test it server_load -- --ignored --nocapture"]
 async fn load_over_loopback() {
     let runtime: Arc<dyn Runtime> = Arc::new(TokioRuntime::try_current().unwrap());
     let dir = tempfile::tempdir().unwrap();

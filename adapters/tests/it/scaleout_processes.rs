@@ -5,8 +5,8 @@
 //! when PostgreSQL or NATS is absent.
 #![cfg(all(feature = "cli", feature = "postgres", feature = "nats"))]
 
-mod scaleout_support;
-mod support;
+use crate::scaleout_support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! Authorization after the handshake: the token's store scopes are enforced on every frame (a store
 //! outside them is never opened), and a connection does not outlive its token.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -7,8 +7,8 @@
 //! `scaleout_processes.rs`.)
 #![cfg(all(feature = "postgres", feature = "nats"))]
 
-mod scaleout_support;
-mod support;
+use crate::scaleout_support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! on one connection, a peer that stops reading while others carry on, and stores that cannot be
 //! opened (the `store unavailable` answer and the manager's circuit breaker).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use streamkit::clock::WallClock;

@@ -7,7 +7,7 @@
 //! they are in flight, and a fresh server on the same directory must hold every acknowledged record,
 //! with each segment still exactly 1..N.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -110,7 +110,13 @@ async fn acknowledged_produces_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = KillOnDrop(
         Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "child_server_process", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "server_durability::child_server_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DATA, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

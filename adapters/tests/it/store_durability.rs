@@ -73,7 +73,7 @@ fn child_writer() {
 
 fn spawn_child(db: &Path, mode: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["child_writer", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args(["store_durability::child_writer", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env(DB_VAR, db)
         .env(MODE_VAR, mode)
         .stdout(Stdio::piped())

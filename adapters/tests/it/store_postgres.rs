@@ -3,7 +3,7 @@
 //! database restart. Skipped with a printed reason when PostgreSQL is not reachable.
 #![cfg(feature = "postgres")]
 
-mod scaleout_support;
+use crate::scaleout_support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

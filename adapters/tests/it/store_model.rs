@@ -8,7 +8,7 @@
 //! [`PgStore`]: streamkit::store::PgStore
 
 #[cfg(feature = "postgres")]
-mod scaleout_support;
+use crate::scaleout_support;
 
 use futures_lite::future::block_on;
 use proptest::prelude::*;

@@ -169,7 +169,7 @@ fn report(label: &str, batches: u64, elapsed: Duration, before: StoreStats, afte
 }
 
 /// Durable commit throughput on this machine: one batch per commit versus group commit. Run by hand:
-/// `cargo test --release -p streamkit --test store_group_commit -- --ignored --nocapture`.
+/// `cargo test --release -p streamkit --test it store_group_commit -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement, run by hand"]
 fn measure_durable_commit_rate() {

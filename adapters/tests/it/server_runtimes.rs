@@ -1,7 +1,7 @@
 //! The same `server::start` on every runtime (tokio, smol and the deprecated async-std): the
 //! handshake's 401 cases, produce and consume in both codecs, the probes, and a graceful shutdown.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

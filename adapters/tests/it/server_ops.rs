@@ -3,7 +3,7 @@
 //! (one segment and `*`), leases and worker presence; concurrent producers on one segment; and the
 //! metrics that those operations move.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
