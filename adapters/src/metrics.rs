@@ -136,7 +136,7 @@ pub enum ErrorKind {
     Auth,
     /// Any other refused or dropped handshake (bad request, not ready, timeout, too many pending).
     Handshake,
-    /// A connection closed right after the upgrade because `max_connections` were open.
+    /// An upgrade refused (503) because `max_connections` were open.
     ConnectionLimit,
     /// A data frame naming a store outside the token's scopes (`access denied` error frame).
     AccessDenied,

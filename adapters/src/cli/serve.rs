@@ -118,6 +118,13 @@ pub(super) struct ServeArgs {
     /// Close stores idle for this many seconds (0 keeps them open).
     #[arg(long, default_value_t = 600)]
     idle_evict_secs: u64,
+    /// WebSocket connections served at once; upgrades over it get `503` with `Retry-After`.
+    #[arg(long, env = "STREAMKIT_MAX_CONNECTIONS", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Logical streams one connection may have open (0 = unlimited, Go's default); more are refused
+    /// with `too many active streams`.
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_STREAMS_PER_CONNECTION)]
+    max_streams_per_connection: usize,
 }
 
 pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<(), CliError> {
@@ -170,6 +177,8 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
     config.node.presence_announce_interval = Millis(args.presence_interval_ms.max(1));
     config.node.presence_stale_floor = Millis(args.presence_stale_floor_ms);
     config.node.presence_sweep_interval = Millis(args.presence_sweep_ms.max(1));
+    config.max_connections = args.max_connections;
+    config.max_streams_per_connection = args.max_streams_per_connection;
     config.idle_eviction = match args.idle_evict_secs {
         0 => None,
         secs => Some(streamkit_core::manager::IdleEviction {

@@ -21,6 +21,10 @@
 //! frames; any other client speaks [`Codec::Json`] in text frames (what Go clients do). `Origin` is
 //! not checked: browsers are not streamkit clients and the bearer token is not ambient authority.
 //!
+//! Connection limit: the handler's [`ConnectionHandler::admit`] is asked for a place before the 101 is
+//! written, so a client over the server's limit gets `503 Service Unavailable` (with `Retry-After`) and
+//! can tell "busy" from "broken", instead of an upgrade closed at once.
+//!
 //! Abuse bounds: the head size and time limits above, and at most
 //! [`HttpConfig::max_pending_handshakes`] connections still in the pre-upgrade phase (more are closed
 //! at once), so a slowloris client holds at most a few KiB and one task per slot, never unbounded.
@@ -137,6 +141,30 @@ pub struct AcceptedWebSocket {
     pub codec: Codec,
     /// The peer's address.
     pub peer: SocketAddr,
+    /// The connection's place under the handler's connection limit ([`ConnectionHandler::admit`]):
+    /// keep it for as long as the connection is served.
+    pub permit: ConnectionPermit,
+}
+
+/// A place under a connection limit, released when dropped (see [`ConnectionHandler::admit`]).
+pub struct ConnectionPermit(Option<Box<dyn Send + Sync>>);
+
+impl ConnectionPermit {
+    /// A permit that holds `guard` (whose `Drop` frees the place) until the permit is dropped.
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(guard)))
+    }
+
+    /// A permit of a handler without a limit.
+    pub fn unlimited() -> Self {
+        Self(None)
+    }
+}
+
+impl fmt::Debug for ConnectionPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "ConnectionPermit" } else { "ConnectionPermit(unlimited)" })
+    }
 }
 
 /// Why a connection was answered with an error or dropped before the upgrade (for logs and metrics).
@@ -166,6 +194,9 @@ pub enum Rejection {
     /// Dropped: too many connections were already in the pre-upgrade phase.
     #[error("too many pending handshakes")]
     TooManyPending,
+    /// 503: the handler's connection limit is reached ([`ConnectionHandler::admit`]).
+    #[error("connection limit reached")]
+    ConnectionLimit,
 }
 
 /// What the server plugs into the front.
@@ -173,6 +204,15 @@ pub trait ConnectionHandler: Send + Sync + 'static {
     /// Runs an accepted connection. The returned future runs on the connection's own task, after the
     /// handshake slot is released; it may run the connection to its end or spawn tasks and return.
     fn on_websocket(&self, accepted: AcceptedWebSocket) -> BoxFuture<'static, ()>;
+
+    /// Reserves a place for one more WebSocket connection, after the token and the upgrade request
+    /// were accepted and before the 101 is written; `None` refuses the upgrade with 503 (reported to
+    /// [`on_rejected`](Self::on_rejected) as [`Rejection::ConnectionLimit`]). The permit reaches
+    /// [`on_websocket`](Self::on_websocket) in [`AcceptedWebSocket::permit`]. The default admits every
+    /// connection.
+    fn admit(&self) -> Option<ConnectionPermit> {
+        Some(ConnectionPermit::unlimited())
+    }
 
     /// The OpenMetrics text for `/metrics`, e.g. [`Metrics::render`](crate::metrics::Metrics::render).
     fn render_metrics(&self) -> String;
@@ -289,7 +329,7 @@ impl HttpFront {
             }
         };
         drop(slot);
-        let Upgrade { principal, codec, leftover } = upgrade;
+        let Upgrade { principal, codec, leftover, permit } = upgrade;
         let websocket = WebSocketStream::from_partially_read(
             stream,
             leftover,
@@ -298,7 +338,7 @@ impl HttpFront {
         )
         .await;
         let connection = WsConnection::new(websocket, codec);
-        inner.handler.on_websocket(AcceptedWebSocket { connection, principal, codec, peer }).await;
+        inner.handler.on_websocket(AcceptedWebSocket { connection, principal, codec, peer, permit }).await;
     }
 
     /// Reads the request and answers it; `Some` when the connection is to be upgraded (the 101 is
@@ -401,7 +441,9 @@ impl HttpFront {
         if codec == Codec::Cbor {
             response = response.header("Sec-WebSocket-Protocol", CBOR_SUBPROTOCOL);
         }
-        Ok((Upgrade { principal, codec, leftover: Vec::new() }, response))
+        // Last, so that only a request that would otherwise be upgraded takes a place.
+        let permit = self.inner.handler.admit().ok_or(Rejection::ConnectionLimit)?;
+        Ok((Upgrade { principal, codec, leftover: Vec::new(), permit }, response))
     }
 }
 
@@ -437,6 +479,7 @@ struct Upgrade {
     principal: Principal,
     codec: Codec,
     leftover: Vec<u8>,
+    permit: ConnectionPermit,
 }
 
 /// Counts a connection in the pre-upgrade phase while alive.
@@ -490,6 +533,9 @@ impl Response {
             }
             Rejection::Timeout | Rejection::TooManyPending => {
                 Self::text(503, "Service Unavailable", "Service Unavailable\n")
+            }
+            Rejection::ConnectionLimit => {
+                Self::text(503, "Service Unavailable", "Service Unavailable\n").header("Retry-After", "1")
             }
         }
     }

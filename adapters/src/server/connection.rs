@@ -63,7 +63,8 @@ pub async fn run_connection(
 ) {
     let Ok((conn_id, outbox)) = engine.register().await else { return };
     let clock = WallClock::default();
-    let AcceptedWebSocket { connection, principal, codec, peer } = accepted;
+    // `_permit` holds this connection's place under the connection limit until the connection ends.
+    let AcceptedWebSocket { connection, principal, codec, peer, permit: _permit } = accepted;
     let expires_at = principal.expires_at;
     let session = MuxSession::new(Role::Server { scopes: principal.scopes }, codec, mux, clock.now(), seed);
     let mut conn = ServerConnection::new(conn_id, session);

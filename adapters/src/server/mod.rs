@@ -43,7 +43,9 @@ use streamkit_core::wire::{DEFAULT_MAX_FRAME, DEFAULT_MAX_PAYLOAD, Limits};
 use crate::auth::JwtVerifier;
 use crate::bus::{MemoryBus, MessageBus};
 use crate::engine::{EngineHandle, EngineTaskConfig, spawn_engine};
-use crate::http::{AcceptedWebSocket, ConnectionHandler, HttpConfig, HttpFront, Readiness, Rejection};
+use crate::http::{
+    AcceptedWebSocket, ConnectionHandler, ConnectionPermit, HttpConfig, HttpFront, Readiness, Rejection,
+};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::runtime::{BoxFuture, JoinHandle, Runtime, RuntimeExt};
 use crate::store::{CommitDurability, CommitObserver, RedbOptions, StoreConfig, StoreFactory};
@@ -227,8 +229,8 @@ pub struct ServerConfig {
     pub bus_kind: BusKind,
     /// Cluster features for shared storage (default [`ClusterMode::Auto`]: on with PostgreSQL).
     pub cluster: ClusterMode,
-    /// WebSocket connections served at once (default [`DEFAULT_MAX_CONNECTIONS`]); a connection over
-    /// the limit is closed right after its upgrade.
+    /// WebSocket connections served at once (default [`DEFAULT_MAX_CONNECTIONS`]); an upgrade request
+    /// over the limit is answered `503 Service Unavailable` with `Retry-After: 1`, before any upgrade.
     pub max_connections: usize,
     /// Logical streams one connection may have open at once (the mux's `max_streams`; default
     /// [`DEFAULT_MAX_STREAMS_PER_CONNECTION`]; 0 = unlimited, Go's default). A stream over the limit is
@@ -478,8 +480,6 @@ impl ConnectionHandler for Handler {
         let engine = self.engine.clone();
         let runtime = self.runtime.clone();
         let mux = self.mux.clone();
-        let connections = self.connections.clone();
-        let max = self.max_connections;
         let metrics = self.metrics.clone();
         let seed = self.seeds.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         let token = self.tracker.enter();
@@ -490,20 +490,20 @@ impl ConnectionHandler for Handler {
                 let _ = ws.close().await;
                 return;
             };
-            if connections.fetch_add(1, Ordering::AcqRel) >= max {
-                connections.fetch_sub(1, Ordering::AcqRel);
-                metrics.error(ErrorKind::ConnectionLimit);
-                tracing::warn!(peer = %accepted.peer, max, "connection limit reached");
-                let mut ws = accepted.connection;
-                let _ = ws.close().await;
-                return;
-            }
             let gauge = metrics.connection_opened();
             run_connection(accepted, engine, runtime, mux, metrics, seed).await;
             drop(gauge);
-            connections.fetch_sub(1, Ordering::AcqRel);
             drop(token);
         })
+    }
+
+    fn admit(&self) -> Option<ConnectionPermit> {
+        let max = self.max_connections;
+        if self.connections.fetch_add(1, Ordering::AcqRel) >= max {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionPermit::new(ConnectionSlot(self.connections.clone())))
     }
 
     fn render_metrics(&self) -> String {
@@ -516,11 +516,24 @@ impl ConnectionHandler for Handler {
                 self.metrics.error(ErrorKind::Auth);
                 tracing::info!(%peer, %error, "handshake refused: unauthorized");
             }
+            Rejection::ConnectionLimit => {
+                self.metrics.error(ErrorKind::ConnectionLimit);
+                tracing::warn!(%peer, max = self.max_connections, "connection limit reached: upgrade refused");
+            }
             other => {
                 self.metrics.error(ErrorKind::Handshake);
                 tracing::debug!(%peer, rejection = %other, "handshake refused");
             }
         }
+    }
+}
+
+/// One place under [`ServerConfig::max_connections`], freed when the connection's permit is dropped.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -9,7 +9,7 @@ use streamkit::clock::WallClock;
 use streamkit::runtime::{Runtime, TokioRuntime};
 use streamkit::server::ServerConfig;
 use streamkit::store::{RedbOptions, StoreFactory};
-use streamkit::ws::{DialOptions, dial};
+use streamkit::ws::{DialError, DialOptions, dial};
 use streamkit_core::Millis;
 use streamkit_core::api::{ConsumeSegment, GetSpaces, Record, Request, SubscribeToSegmentStatus};
 use streamkit_core::client::ClientConnection;
@@ -24,7 +24,7 @@ fn tokio_runtime() -> Arc<dyn Runtime> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_limit_are_closed() {
+async fn upgrades_over_the_connection_limit_are_refused_with_503() {
     let runtime = tokio_runtime();
     let mut config = memory_config();
     config.max_connections = 1;
@@ -32,8 +32,11 @@ async fn connections_over_the_limit_are_closed() {
     let store = Uuid::new_v4();
     let first = TestClient::connect(&runtime, &url(&server), &admin_token(), Codec::Json).await.unwrap();
     first.produce(store, "sp", "sg", records(1, 1)).await.ok();
-    let second = TestClient::connect(&runtime, &url(&server), &admin_token(), Codec::Json).await.unwrap();
-    second.closed().await;
+    // Refused before the upgrade, with a status a client can tell from a broken server (and retry).
+    let refused = TestClient::connect(&runtime, &url(&server), &admin_token(), Codec::Json).await;
+    let error = refused.err().expect("the second connection must be refused");
+    assert!(matches!(error, DialError::Status(503)), "{error:?}");
+    assert!(!error.is_permanent());
     assert_eq!(server.connection_count(), 1);
     let text = server.metrics().render();
     assert_eq!(metric(&text, "streamkit_errors_total{kind=\"connection_limit\"}"), Some(1.0));

@@ -125,7 +125,7 @@ struct EchoHandler {
 impl ConnectionHandler for EchoHandler {
     /// Echoes every message; `batch:N` answers N frames `0..N` in one batch.
     fn on_websocket(&self, accepted: AcceptedWebSocket) -> BoxFuture<'static, ()> {
-        let AcceptedWebSocket { connection, principal, codec, peer } = accepted;
+        let AcceptedWebSocket { connection, principal, codec, peer, .. } = accepted;
         assert_eq!(connection.codec(), codec);
         let events = self.events.clone();
         let _ = events.unbounded_send(Event::Accepted { principal, codec, peer });
