@@ -1,0 +1,186 @@
+//! Spec §9.3 "live resilience", over WebSocket: the server restarts (same port, same data directory)
+//! while operations are open.
+//!
+//! * a consume-segment, consume-space or multi-space consume that loses its connection ends with an
+//!   error (it is not resumed), and a new one from the saved cursor (`min_sequence = last + 1`,
+//!   `offset = last.space_offset()`, per-space offsets) yields exactly the remaining entries;
+//! * publish works again after the restart (the client redials on its next operation);
+//! * segment and space subscriptions do not survive the restart; new ones get the current snapshot.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures_util::StreamExt;
+use streamkit::client::{Client, ClientOptions, EntryStream, ErrorKind, SubscribeOptions};
+use streamkit::core::api::{Consume, ConsumeSpace, Entry, Metadata};
+use streamkit::core::lexkey::LexKey;
+use streamkit_tests::{Env, collect};
+
+use super::common::*;
+
+across_sockets!(restart_during_operations);
+
+/// Entries per segment of the resilience data set, and their payload size: large enough (2 x 8 MiB) that
+/// a read cannot sit complete in socket buffers when the server goes away.
+const PER_SEGMENT: u64 = 2000;
+const PAYLOAD: usize = 4096;
+
+fn payload(tag: &'static str) -> impl Fn(u64) -> Vec<u8> + Send + 'static {
+    move |seq| {
+        let mut bytes = format!("{tag}-{seq}-").into_bytes();
+        bytes.resize(PAYLOAD, b'.');
+        bytes
+    }
+}
+
+/// Reads `count` entries, restarts the server, then reads on: the read must end with a connection
+/// error before its end. Returns every entry it yielded.
+async fn read_across_restart(env: &Env, mut stream: EntryStream, count: usize, total: usize) -> Vec<Entry> {
+    let mut read = Vec::new();
+    for _ in 0..count {
+        read.push(env.step("entry before the restart", stream.next()).await.unwrap().unwrap());
+    }
+    env.restart().await;
+    let (rest, error) = collect(env.runtime(), stream).await;
+    read.extend(rest);
+    let error =
+        error.unwrap_or_else(|| panic!("a read that loses its connection fails (read {})", read.len()));
+    eprintln!("read ended after {} of {total} entries with: {error}", read.len());
+    assert!(
+        matches!(error.kind(), ErrorKind::Connection | ErrorKind::RemoteClosed),
+        "{error} ({:?})",
+        error.kind()
+    );
+    assert!(read.len() < total, "the read cannot have finished");
+    read
+}
+
+async fn restart_during_operations(env: Env) {
+    let client = env.client().clone();
+    let store = env.store();
+    // Produce seg-a and seg-b in alternating batches, so that their timestamps interleave in the space.
+    for batch in 0..(PER_SEGMENT / 500) {
+        let range = batch * 500 + 1..=(batch + 1) * 500;
+        produce_with(&env, &client, "res", "seg-a", range.clone(), payload("a")).await;
+        produce_with(&env, &client, "res", "seg-b", range, payload("b")).await;
+    }
+    produce_with(&env, &client, "res2", "seg-c", 1..=100, payload("c")).await;
+    let full_space = consume_space(&env, &client, "res", LexKey::default()).await;
+    assert_eq!(full_space.len() as u64, 2 * PER_SEGMENT);
+
+    // A small answer buffer keeps most of each read in flight when the server goes away.
+    let reader = env.new_client_with(ClientOptions { stream_buffer: 4, ..ClientOptions::default() }).await;
+
+    // Subscriptions opened before the restart get their snapshots...
+    let mut segment_sub = env
+        .step("subscribe", reader.subscribe_segment(store, "res", "seg-a", SubscribeOptions::default()))
+        .await
+        .unwrap();
+    let mut space_sub = env
+        .step("subscribe", reader.subscribe_space(store, "res", SubscribeOptions::default()))
+        .await
+        .unwrap();
+    assert_eq!(env.step("snapshot", segment_sub.next()).await.unwrap().unwrap().last_sequence, PER_SEGMENT);
+    for segment in ["seg-a", "seg-b"] {
+        let status = env.step("snapshot", space_sub.next()).await.unwrap().unwrap();
+        assert_eq!((status.segment.as_str(), status.last_sequence), (segment, PER_SEGMENT));
+    }
+    assert_eq!(env.metric("streamkit_subscriptions_active"), 2.0);
+
+    // 1. ConsumeSegment: resume with min_sequence = last + 1.
+    let stream = reader.consume_segment(store, segment_request("res", "seg-a"));
+    let read = read_across_restart(&env, stream, 10, PER_SEGMENT as usize).await;
+    assert_eq!(sequences(&read), (1..=read.len() as u64).collect::<Vec<_>>(), "in order, nothing skipped");
+    let last = read.last().unwrap().sequence;
+    let mut request = segment_request("res", "seg-a");
+    request.min_sequence = last + 1;
+    let rest = consume_segment(&env, &reader, request).await;
+    assert_eq!(
+        sequences(&rest),
+        (last + 1..=PER_SEGMENT).collect::<Vec<_>>(),
+        "exactly the remaining entries"
+    );
+    assert!(rest.iter().all(|e| e.payload == Some(payload("a")(e.sequence))));
+
+    // The subscriptions did not survive that restart: they end with an error, the new server has none.
+    for (name, subscription) in [("segment", segment_sub), ("space", space_sub)] {
+        let (statuses, error) = collect(env.runtime(), subscription).await;
+        let error =
+            error.unwrap_or_else(|| panic!("the {name} subscription ends with an error after {statuses:?}"));
+        assert!(matches!(error.kind(), ErrorKind::Connection | ErrorKind::RemoteClosed), "{name}: {error}");
+    }
+    assert_eq!(env.metric("streamkit_subscriptions_active"), 0.0);
+
+    // 2. ConsumeSpace: resume strictly after the space offset of the last entry read.
+    let request = ConsumeSpace { space: "res".into(), ..ConsumeSpace::default() };
+    let read = read_across_restart(&env, reader.consume_space(store, request), 10, full_space.len()).await;
+    assert_eq!(positions(&read), positions(&full_space[..read.len()]), "the same order as a full read");
+    let offset = read.last().unwrap().space_offset();
+    let rest = consume_space(&env, &reader, "res", offset).await;
+    assert_eq!(positions(&rest), positions(&full_space[read.len()..]), "exactly the remaining entries");
+
+    // 3. Consume (two spaces merged): resume each space after the last entry read from it.
+    let offsets: BTreeMap<String, LexKey> =
+        [("res".to_owned(), LexKey::default()), ("res2".to_owned(), LexKey::default())].into();
+    let total = full_space.len() + 100;
+    let stream = reader.consume(store, Consume { offsets: offsets.clone(), ..Consume::default() });
+    let read = read_across_restart(&env, stream, 10, total).await;
+    assert_merged_order(&read);
+    let mut resume = offsets;
+    for entry in &read {
+        resume.insert(entry.space.clone(), entry.space_offset());
+    }
+    let resume: Vec<(&str, LexKey)> =
+        resume.iter().map(|(space, offset)| (space.as_str(), offset.clone())).collect();
+    let rest = consume(&env, &reader, &resume).await;
+    let key = |e: &Entry| (e.space.clone(), e.segment.clone(), e.sequence);
+    let read_keys: BTreeSet<_> = read.iter().map(key).collect();
+    let rest_keys: BTreeSet<_> = rest.iter().map(key).collect();
+    assert_eq!(read_keys.len() + rest_keys.len(), total, "no entry twice");
+    assert!(read_keys.is_disjoint(&rest_keys));
+    let all: BTreeSet<_> = read_keys.union(&rest_keys).cloned().collect();
+    let expected: BTreeSet<_> = full_space
+        .iter()
+        .map(key)
+        .chain((1..=100).map(|s| ("res2".to_owned(), "seg-c".to_owned(), s)))
+        .collect();
+    assert_eq!(all, expected, "exactly the remaining entries");
+
+    // Publish works again after the restart (this client's connection was also lost).
+    let status = env
+        .step(
+            "publish after restart",
+            client.publish(store, "res", "seg-a", b"after".to_vec(), Metadata::new()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.last_sequence, PER_SEGMENT + 1);
+    assert_eq!(env.step("peek", client.peek(store, "res", "seg-a")).await.unwrap().sequence, PER_SEGMENT + 1);
+
+    // New subscriptions get the current snapshot.
+    check_fresh_subscriptions(&env, &reader).await;
+}
+
+async fn check_fresh_subscriptions(env: &Env, client: &Client) {
+    let store = env.store();
+    let mut segment_sub = env
+        .step("subscribe", client.subscribe_segment(store, "res", "seg-a", SubscribeOptions::default()))
+        .await
+        .unwrap();
+    let status = env.step("snapshot", segment_sub.next()).await.unwrap().unwrap();
+    assert_eq!((status.first_sequence, status.last_sequence), (1, PER_SEGMENT + 1));
+    let mut space_sub = env
+        .step("subscribe", client.subscribe_space(store, "res", SubscribeOptions::default()))
+        .await
+        .unwrap();
+    let a = env.step("snapshot", space_sub.next()).await.unwrap().unwrap();
+    let b = env.step("snapshot", space_sub.next()).await.unwrap().unwrap();
+    assert_eq!((a.segment.as_str(), a.last_sequence), ("seg-a", PER_SEGMENT + 1));
+    assert_eq!((b.segment.as_str(), b.last_sequence), ("seg-b", PER_SEGMENT));
+    assert_eq!(env.metric("streamkit_subscriptions_active"), 2.0);
+    // And then live updates.
+    produce_with(env, client, "res", "seg-b", PER_SEGMENT + 1..=PER_SEGMENT + 1, payload("b")).await;
+    assert_eq!(
+        env.step("live update", space_sub.next()).await.unwrap().unwrap().last_sequence,
+        PER_SEGMENT + 1
+    );
+}
