@@ -128,7 +128,7 @@ pub fn consumer_records() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(if small() { 50 } else { 253 })
+        .unwrap_or_else(|| if small() { 50 } else { 253 })
 }
 
 /// Records per segment of the high-volume scenario: in-process 4000, WebSocket 3000; 250 when small.
@@ -479,6 +479,7 @@ where
     F: FnOnce(Env) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let started = std::time::Instant::now();
     block_on(config.runtime, |runtime| async move {
         let env = Env::start(runtime.clone(), config).await;
         if runtime.timeout(SCENARIO, scenario(env.clone())).await.is_err() {
@@ -486,4 +487,6 @@ where
         }
         env.shutdown().await;
     });
+    let name = std::thread::current().name().unwrap_or("scenario").to_owned();
+    eprintln!("[parity] {name}: {:.2} s", started.elapsed().as_secs_f64());
 }

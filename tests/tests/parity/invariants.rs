@@ -31,7 +31,7 @@ across_all!(@one async_std_json, ASYNC_STD_JSON, racing_producers_leave_one_to_n
 async fn mixed_clients(env: &Env, n: usize) -> Vec<Client> {
     let mut clients = Vec::new();
     for i in 0..n {
-        let transport = if i % 2 == 0 { Transport::Json } else { Transport::Cbor };
+        let transport = if i.is_multiple_of(2) { Transport::Json } else { Transport::Cbor };
         clients.push(env.new_client_via(transport, ClientOptions::default()).await);
     }
     clients
@@ -227,8 +227,8 @@ fn acknowledged_produces_survive_kill_9() {
         let store = uuid::Uuid::new_v4();
         let stop = Arc::new(AtomicBool::new(false));
         let mut producers = Vec::new();
-        for index in 0..4 {
-            let transport = if index % 2 == 0 { Transport::Json } else { Transport::Cbor };
+        for index in 0..4usize {
+            let transport = if index.is_multiple_of(2) { Transport::Json } else { Transport::Cbor };
             let options = ClientOptions::default().with_codec(transport.codec());
             let client = Client::connect(runtime.clone(), url.clone(), static_token(admin_token()), options)
                 .await
@@ -283,7 +283,7 @@ async fn produce_until_failure(
     stop: Arc<AtomicBool>,
 ) -> u64 {
     let segment = format!("seg-{index}");
-    let batch = if index % 2 == 0 { 25 } else { 1 };
+    let batch = if index.is_multiple_of(2) { 25 } else { 1 };
     let mut acknowledged = 0;
     while !stop.load(Ordering::Acquire) {
         let range = acknowledged + 1..=acknowledged + batch;
