@@ -19,7 +19,8 @@ pub mod raw;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -446,6 +447,31 @@ pub async fn collect_ok<T>(runtime: &Arc<dyn Runtime>, stream: ItemStream<T>) ->
 }
 
 // -------------------------------------------------------------------------------------------------
+// panics
+
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts every panic of the process from now on (the default hook still prints it). Server and
+/// client tasks run under `catch_unwind`, so a panicking task would otherwise go unnoticed by a
+/// scenario that still passes.
+pub fn count_panics() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            default(info);
+        }));
+    });
+}
+
+/// Panics counted so far (see [`count_panics`]). Tests run in parallel, so a test that fails (panics)
+/// also shows up in the count of the tests running next to it: only compare counts in passing runs.
+pub fn panics() -> usize {
+    PANICS.load(Ordering::SeqCst)
+}
+
+// -------------------------------------------------------------------------------------------------
 // running a scenario
 
 /// Runs `future` to completion on a fresh runtime of `kind`, handing it the runtime.
@@ -479,6 +505,8 @@ where
     F: FnOnce(Env) -> Fut,
     Fut: Future<Output = ()>,
 {
+    count_panics();
+    let panics_before = panics();
     let started = std::time::Instant::now();
     block_on(config.runtime, |runtime| async move {
         let env = Env::start(runtime.clone(), config).await;
@@ -489,4 +517,5 @@ where
     });
     let name = std::thread::current().name().unwrap_or("scenario").to_owned();
     eprintln!("[parity] {name}: {:.2} s", started.elapsed().as_secs_f64());
+    assert_eq!(panics(), panics_before, "a task panicked while {name} ran (see the output above)");
 }
