@@ -505,11 +505,23 @@ where
     F: FnOnce(Env) -> Fut,
     Fut: Future<Output = ()>,
 {
+    run_with(config, |_| {}, scenario);
+}
+
+/// [`run`] with a server configuration adjusted by `adjust` (at start and on every restart).
+pub fn run_with<F, Fut>(
+    config: Config,
+    adjust: impl Fn(&mut ServerConfig) + Send + Sync + 'static,
+    scenario: F,
+) where
+    F: FnOnce(Env) -> Fut,
+    Fut: Future<Output = ()>,
+{
     count_panics();
     let panics_before = panics();
     let started = std::time::Instant::now();
     block_on(config.runtime, |runtime| async move {
-        let env = Env::start(runtime.clone(), config).await;
+        let env = Env::start_with(runtime.clone(), config, adjust).await;
         if runtime.timeout(SCENARIO, scenario(env.clone())).await.is_err() {
             panic!("scenario timed out after {SCENARIO:?} in {config:?}");
         }

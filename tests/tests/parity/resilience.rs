@@ -5,14 +5,20 @@
 //!   error (it is not resumed), and a new one from the saved cursor (`min_sequence = last + 1`,
 //!   `offset = last.space_offset()`, per-space offsets) yields exactly the remaining entries;
 //! * publish works again after the restart (the client redials on its next operation);
-//! * segment and space subscriptions do not survive the restart; new ones get the current snapshot.
+//! * segment and space subscriptions do not survive the restart; new ones get the current snapshot;
+//! * after a restart with a new JWT key, a client whose token source signs with the new key carries on
+//!   (resume, publish), and an old token is refused with 401.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use streamkit::client::{Client, ClientOptions, EntryStream, ErrorKind, SubscribeOptions};
+use streamkit::auth::{JwtVerifier, TokenClaims, TokenSigner};
+use streamkit::client::{Client, ClientOptions, EntryStream, ErrorKind, SubscribeOptions, static_token};
 use streamkit::core::api::{Consume, ConsumeSpace, Entry, Metadata};
 use streamkit::core::lexkey::LexKey;
+use streamkit::server::ServerConfig;
 use streamkit_tests::{Env, collect};
 
 use super::common::*;
@@ -187,4 +193,71 @@ async fn check_fresh_subscriptions(env: &Env, client: &Client) {
         env.step("live update", space_sub.next()).await.unwrap().unwrap().last_sequence,
         PER_SEGMENT + 1
     );
+}
+
+// -------------------------------------------------------------------------------------------------
+// auth-key rotation
+
+#[test]
+fn key_rotation_tokio_json() {
+    key_rotation(streamkit_tests::Config::TOKIO_JSON);
+}
+
+#[test]
+fn key_rotation_smol_cbor() {
+    key_rotation(streamkit_tests::Config::SMOL_CBOR);
+}
+
+/// The server restarts with a new JWT key: an open consume ends with an error; a client whose token
+/// source signs with the current key redials and publishes again; a client holding an old token is
+/// refused (401) and not retried.
+fn key_rotation(config: streamkit_tests::Config) {
+    // The first key is the suite's, so the scenario's own client connects as usual.
+    let secret = Arc::new(Mutex::new(streamkit_tests::SECRET.to_vec()));
+    let server_secret = secret.clone();
+    let adjust = move |server: &mut ServerConfig| {
+        server.verifier = JwtVerifier::hs256(&server_secret.lock().unwrap()).unwrap();
+    };
+    streamkit_tests::run_with(config, adjust, |env| async move {
+        let signing = secret.clone();
+        let tokens = move || {
+            let key = signing.lock().unwrap().clone();
+            let claims = TokenClaims::new(["streamkit::*"], Duration::from_secs(60));
+            std::future::ready(TokenSigner::hs256(&key).unwrap().sign(&claims))
+        };
+        let options = ClientOptions { stream_buffer: 4, ..ClientOptions::default() }
+            .with_codec(config.transport.codec());
+        let client = Client::connect(env.runtime().clone(), env.url(), tokens, options).await.unwrap();
+        let old_token = streamkit_tests::admin_token();
+        let store = env.store();
+        produce_with(&env, &client, "rot", "seg", 1..=1500, payload("r")).await;
+
+        let stream = client.consume_segment(store, segment_request("rot", "seg"));
+        *secret.lock().unwrap() = b"second key".to_vec();
+        let read = read_across_restart(&env, stream, 10, 1500).await;
+        let mut request = segment_request("rot", "seg");
+        request.min_sequence = read.last().unwrap().sequence + 1;
+        let rest = consume_segment(&env, &client, request).await;
+        assert_eq!(read.len() + rest.len(), 1500, "resumed with a fresh token");
+
+        let status = env
+            .step(
+                "publish after rotation",
+                client.publish(store, "rot", "seg", b"x".to_vec(), Metadata::new()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.last_sequence, 1501);
+
+        let options = ClientOptions::default().with_codec(config.transport.codec());
+        let refused = env
+            .step(
+                "a dial with the old token",
+                Client::connect(env.runtime().clone(), env.url(), static_token(old_token), options),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Unauthorized, "{refused}");
+        client.close().await;
+    });
 }
