@@ -320,7 +320,7 @@ impl Env {
         server.as_ref().expect("server running").metrics().render()
     }
 
-    /// The value of the metric line starting with `name` (name and labels), if present.
+    /// The value of the metric line starting with `name` (name and labels); fails the test if absent.
     pub fn metric(&self, name: &str) -> f64 {
         metric(&self.metrics(), name).unwrap_or_else(|| panic!("no metric {name}"))
     }
