@@ -451,22 +451,30 @@ pub async fn collect_ok<T>(runtime: &Arc<dyn Runtime>, stream: ItemStream<T>) ->
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
-/// Counts every panic of the process from now on (the default hook still prints it). Server and
-/// client tasks run under `catch_unwind`, so a panicking task would otherwise go unnoticed by a
-/// scenario that still passes.
+/// Counts, from now on, every panic on a thread that is not a test's own thread: the runtimes' worker
+/// threads, where server and client tasks run under `catch_unwind`, so that a panicking task would
+/// otherwise go unnoticed by a scenario that still passes. (The default hook still prints it.)
+///
+/// A test's own failed assertions are not counted: libtest runs each test on a thread named after it
+/// (`parity::group::config::scenario`) or on `main`, and counting those would let one failure fail
+/// every test that overlaps it in time, and those the next ones.
 pub fn count_panics() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("");
+            if !name.contains("::") && name != "main" {
+                PANICS.fetch_add(1, Ordering::SeqCst);
+            }
             default(info);
         }));
     });
 }
 
-/// Panics counted so far (see [`count_panics`]). Tests run in parallel, so a test that fails (panics)
-/// also shows up in the count of the tests running next to it: only compare counts in passing runs.
+/// Panics of runtime threads counted so far (see [`count_panics`]). Tests run in parallel, so a task
+/// of one test that panics also shows up in the count of the test running next to it.
 pub fn panics() -> usize {
     PANICS.load(Ordering::SeqCst)
 }

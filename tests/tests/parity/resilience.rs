@@ -64,6 +64,24 @@ async fn read_across_restart(env: &Env, mut stream: EntryStream, count: usize, t
     read
 }
 
+/// Resumes a read from its cursor the way a caller does after losing its connection: the read must
+/// end cleanly; an attempt that fails with a transient error before yielding anything (the client
+/// learns that its old connection is gone a moment after the stream that told it) is tried again.
+async fn resume(env: &Env, read: impl Fn() -> EntryStream) -> Vec<Entry> {
+    for attempt in 1.. {
+        let (entries, error) = collect(env.runtime(), read()).await;
+        match error {
+            None => return entries,
+            Some(error) if entries.is_empty() && error.is_retryable() && attempt < 10 => {
+                eprintln!("resume attempt {attempt} failed with {error}; retrying");
+                env.sleep(Duration::from_millis(50)).await;
+            }
+            Some(error) => panic!("the resumed read failed after {} entries: {error}", entries.len()),
+        }
+    }
+    unreachable!()
+}
+
 async fn restart_during_operations(env: Env) {
     let client = env.client().clone();
     let store = env.store();
@@ -103,7 +121,7 @@ async fn restart_during_operations(env: Env) {
     let last = read.last().unwrap().sequence;
     let mut request = segment_request("res", "seg-a");
     request.min_sequence = last + 1;
-    let rest = consume_segment(&env, &reader, request).await;
+    let rest = resume(&env, || reader.consume_segment(store, request.clone())).await;
     assert_eq!(
         sequences(&rest),
         (last + 1..=PER_SEGMENT).collect::<Vec<_>>(),
@@ -125,7 +143,8 @@ async fn restart_during_operations(env: Env) {
     let read = read_across_restart(&env, reader.consume_space(store, request), 10, full_space.len()).await;
     assert_eq!(positions(&read), positions(&full_space[..read.len()]), "the same order as a full read");
     let offset = read.last().unwrap().space_offset();
-    let rest = consume_space(&env, &reader, "res", offset).await;
+    let request = ConsumeSpace { space: "res".into(), offset, ..ConsumeSpace::default() };
+    let rest = resume(&env, || reader.consume_space(store, request.clone())).await;
     assert_eq!(positions(&rest), positions(&full_space[read.len()..]), "exactly the remaining entries");
 
     // 3. Consume (two spaces merged): resume each space after the last entry read from it.
@@ -135,13 +154,12 @@ async fn restart_during_operations(env: Env) {
     let stream = reader.consume(store, Consume { offsets: offsets.clone(), ..Consume::default() });
     let read = read_across_restart(&env, stream, 10, total).await;
     assert_merged_order(&read);
-    let mut resume = offsets;
+    let mut offsets = offsets;
     for entry in &read {
-        resume.insert(entry.space.clone(), entry.space_offset());
+        offsets.insert(entry.space.clone(), entry.space_offset());
     }
-    let resume: Vec<(&str, LexKey)> =
-        resume.iter().map(|(space, offset)| (space.as_str(), offset.clone())).collect();
-    let rest = consume(&env, &reader, &resume).await;
+    let request = Consume { offsets, ..Consume::default() };
+    let rest = resume(&env, || reader.consume(store, request.clone())).await;
     let key = |e: &Entry| (e.space.clone(), e.segment.clone(), e.sequence);
     let read_keys: BTreeSet<_> = read.iter().map(key).collect();
     let rest_keys: BTreeSet<_> = rest.iter().map(key).collect();
@@ -237,7 +255,7 @@ fn key_rotation(config: streamkit_tests::Config) {
         let read = read_across_restart(&env, stream, 10, 1500).await;
         let mut request = segment_request("rot", "seg");
         request.min_sequence = read.last().unwrap().sequence + 1;
-        let rest = consume_segment(&env, &client, request).await;
+        let rest = resume(&env, || client.consume_segment(store, request.clone())).await;
         assert_eq!(read.len() + rest.len(), 1500, "resumed with a fresh token");
 
         let status = env
