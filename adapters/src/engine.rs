@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender, TrySendError};
 use futures_util::future::{Either, select};
 use streamkit_core::api::Envelope;
-use streamkit_core::node::{BusCommand, BusEvent, BusMessage, OpId};
+use streamkit_core::node::{BusCommand, BusEvent, BusMessage, OpId, PEER_CANCELLED};
 use streamkit_core::server::{
     Engine, EngineConfig, EngineEffect, EngineInput, EngineOutput, STORE_UNAVAILABLE,
 };
@@ -526,6 +526,10 @@ impl EngineTask {
                 if let Some(meta) = self.streams.remove(stream) {
                     match error {
                         None => self.metrics.operation(meta.op, Outcome::Ok),
+                        // A read the peer cancelled: stopped on purpose, not a failure worth a log line.
+                        Some(error) if error == PEER_CANCELLED => {
+                            self.metrics.operation(meta.op, Outcome::Cancelled)
+                        }
                         Some(error) => {
                             let outcome = if matches!(self.phase, Phase::Running) {
                                 Outcome::Error

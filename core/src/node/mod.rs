@@ -71,6 +71,11 @@ use watermark::Watermarks;
 /// Maximum entries one consume may return when a limit is given (spec §6.5).
 pub const MAX_CONSUME_ENTRIES: u64 = 10_000_000;
 
+/// The error a read closes its stream with when the peer gave up on it (ended its side with an error,
+/// as a cancelled consume does): Go's `context canceled`, what a Go server's handler context reports
+/// once the stream is cancelled.
+pub const PEER_CANCELLED: &str = "context canceled";
+
 /// Longest server heartbeat interval a subscription or worker may ask for, in seconds.
 pub const MAX_HEARTBEAT_SECONDS: i64 = 300;
 

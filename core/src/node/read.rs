@@ -18,7 +18,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::io_queue::Owner;
-use super::{MAX_CONSUME_ENTRIES, Services, Step, StreamOp};
+use super::{MAX_CONSUME_ENTRIES, PEER_CANCELLED, Services, Step, StreamOp};
 use crate::api::{Consume, ConsumeSegment, ConsumeSpace, Entry, GetSegments, Peek};
 use crate::storage::encoding::decode_entry;
 use crate::storage::{ScanRange, StorageOp, StorageResult, keys};
@@ -72,6 +72,20 @@ fn credit_batch(sv: &Services, stream: &StreamId, remaining: u64) -> usize {
     sv.config.read_batch.max(1).min(credit as usize).min(remaining.min(usize::MAX as u64) as usize)
 }
 
+/// The peer ended its side of a read. A clean `mux::close` is only a half-close (the peer still reads
+/// the answers); an end with an error means it gave up (a cancelled consume sends `mux::close` with
+/// `context canceled`) and has forgotten the channel: the read stops at once and the stream is released,
+/// instead of reading and sending the rest of the range to nobody while holding a stream slot.
+fn peer_end(sv: &mut Services, stream: StreamId, end: StreamEnd) -> Step {
+    match end {
+        StreamEnd::Finished => Step::Continue,
+        StreamEnd::Failed(_) => {
+            sv.io.close(stream, Some(String::from(PEER_CANCELLED)));
+            Step::Done
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Peek
 
@@ -95,8 +109,8 @@ impl PeekOp {
 }
 
 impl StreamOp for PeekOp {
-    fn on_end(&mut self, _sv: &mut Services, _stream: StreamId, _end: StreamEnd) -> Step {
-        Step::Continue
+    fn on_end(&mut self, sv: &mut Services, stream: StreamId, end: StreamEnd) -> Step {
+        peer_end(sv, stream, end)
     }
 
     fn on_storage(&mut self, sv: &mut Services, stream: StreamId, _tag: u32, result: StorageResult) -> Step {
@@ -198,8 +212,8 @@ impl ConsumeSegmentOp {
 }
 
 impl StreamOp for ConsumeSegmentOp {
-    fn on_end(&mut self, _sv: &mut Services, _stream: StreamId, _end: StreamEnd) -> Step {
-        Step::Continue
+    fn on_end(&mut self, sv: &mut Services, stream: StreamId, end: StreamEnd) -> Step {
+        peer_end(sv, stream, end)
     }
 
     fn on_storage(&mut self, sv: &mut Services, stream: StreamId, _tag: u32, result: StorageResult) -> Step {
@@ -438,8 +452,8 @@ impl ConsumeSpacesOp {
 }
 
 impl StreamOp for ConsumeSpacesOp {
-    fn on_end(&mut self, _sv: &mut Services, _stream: StreamId, _end: StreamEnd) -> Step {
-        Step::Continue
+    fn on_end(&mut self, sv: &mut Services, stream: StreamId, end: StreamEnd) -> Step {
+        peer_end(sv, stream, end)
     }
 
     fn on_storage(&mut self, sv: &mut Services, stream: StreamId, tag: u32, result: StorageResult) -> Step {
@@ -509,8 +523,8 @@ impl ListOp {
 }
 
 impl StreamOp for ListOp {
-    fn on_end(&mut self, _sv: &mut Services, _stream: StreamId, _end: StreamEnd) -> Step {
-        Step::Continue
+    fn on_end(&mut self, sv: &mut Services, stream: StreamId, end: StreamEnd) -> Step {
+        peer_end(sv, stream, end)
     }
 
     fn on_storage(&mut self, sv: &mut Services, stream: StreamId, _tag: u32, result: StorageResult) -> Step {

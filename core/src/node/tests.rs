@@ -474,6 +474,44 @@ fn streaming_reads_respect_credit() {
     assert_eq!(h.log(s).close_error(), None);
 }
 
+/// A peer that cancels a read (`mux::close` with an error, what a dropped client consume sends) stops
+/// it: nothing more is read or sent and the stream is released at once, for every kind of read. A clean
+/// half-close only ends what the peer sends: the read goes on to the end.
+#[test]
+fn reads_stop_when_the_peer_cancels() {
+    let mut h = NodeHarness::new(NodeConfig { stream_credit: 4, read_batch: 3, ..NodeConfig::default() });
+    produce(&mut h, "sp", "sg", 1..=50);
+    h.manual_credit = true;
+    let requests = [
+        Request::ConsumeSegment(seg_req("sp", "sg")),
+        Request::ConsumeSpace(ConsumeSpace { space: "sp".into(), ..ConsumeSpace::default() }),
+        Request::Consume(Consume {
+            offsets: [("sp".to_owned(), LexKey::default())].into_iter().collect(),
+            ..Consume::default()
+        }),
+    ];
+    for request in requests {
+        let s = h.open(request.clone());
+        let sent = h.log(s).entries().len();
+        assert!(sent > 0 && sent <= 4, "{request:?}: {sent}");
+        h.end(s, StreamEnd::Failed("remote closed stream: context canceled".into()));
+        assert_eq!(h.log(s).close_error(), Some(super::PEER_CANCELLED), "{request:?}");
+        assert_eq!(h.node.stream_count(), 0, "{request:?}: the stream is released");
+        h.credit(s, 100);
+        assert_eq!(h.log(s).entries().len(), sent, "{request:?}: nothing sent after the cancel");
+        assert_eq!(h.node.sv.io.pending_effects(), 0, "{request:?}: no read left in flight");
+
+        // A clean half-close is not a cancel.
+        let s = h.open(request.clone());
+        h.end(s, StreamEnd::Finished);
+        h.manual_credit = false;
+        h.credit(s, 100);
+        assert_eq!(h.log(s).entries().len(), 50, "{request:?}");
+        assert_eq!(h.log(s).close_error(), None);
+        h.manual_credit = true;
+    }
+}
+
 #[test]
 fn non_requests_are_refused_with_the_go_text() {
     let mut h = harness();
