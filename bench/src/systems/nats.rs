@@ -87,6 +87,7 @@ impl Nats {
             name: STREAM.into(),
             subjects: vec!["ev.>".into()],
             storage: StorageType::File,
+            max_consumers: -1,
             ..Default::default()
         })
         .await?;
@@ -140,17 +141,25 @@ impl NatsConn {
                 ..Default::default()
             })
             .await?;
+        let name = consumer.cached_info().name.clone();
         let mut messages = consumer.messages().await?;
         let mut order = crate::workloads::OrderCheck::default();
         let mut read = 0;
-        while read < expected {
-            let Some(message) = messages.next().await else { break };
-            let message = message?;
-            let info = message.info()?;
-            order.check(message.subject.as_str(), info.stream_sequence)?;
-            read += 1;
+        let result = async {
+            while read < expected {
+                let Some(message) = messages.next().await else { break };
+                let message = message?;
+                let info = message.info()?;
+                order.check(message.subject.as_str(), info.stream_sequence)?;
+                read += 1;
+            }
+            Ok::<_, crate::Error>(read)
         }
-        Ok(read)
+        .await;
+        drop(messages);
+        // Ephemeral consumers linger until their inactivity threshold; W1 creates one per stream.
+        let _ = stream.delete_consumer(&name).await;
+        result
     }
 }
 
