@@ -62,9 +62,18 @@ struct Args {
     /// W1 records (default 1,000,000; 2,000 with --quick).
     #[arg(long)]
     w1_events: Option<u64>,
+    /// W2 appends (default 10,000).
+    #[arg(long)]
+    w2_appends: Option<u64>,
+    /// W3 appends per stream (default 1,000).
+    #[arg(long)]
+    w3_appends: Option<u64>,
     /// W4 records in the big segment (default 1,000,000).
     #[arg(long)]
     w4_events: Option<u64>,
+    /// W5 samples (default 10,000).
+    #[arg(long)]
+    w5_samples: Option<u64>,
     /// Abort a single run after this many seconds.
     #[arg(long, default_value_t = 600)]
     run_timeout: u64,
@@ -108,8 +117,15 @@ async fn run(args: Args) -> Result<()> {
     if let Some(n) = args.w1_events {
         sizes.w1_events = n;
     }
-    if let Some(n) = args.w4_events {
-        sizes.w4_events = n;
+    for (value, size) in [
+        (args.w2_appends, &mut sizes.w2_appends),
+        (args.w3_appends, &mut sizes.w3_appends),
+        (args.w4_events, &mut sizes.w4_events),
+        (args.w5_samples, &mut sizes.w5_samples),
+    ] {
+        if let Some(n) = value {
+            *size = n;
+        }
     }
     let repeats = args.repeats.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     let workloads: Vec<Workload> = if args.only.is_empty() {
