@@ -244,8 +244,14 @@ impl<'a> Reader<'a> {
     }
 
     fn str(&mut self) -> Option<&'a str> {
+        core::str::from_utf8(self.text()?).ok()
+    }
+
+    /// The raw bytes of a definite-length text string, not checked for UTF-8: for comparing with known
+    /// ASCII keys, which a non-UTF-8 text can never equal.
+    fn text(&mut self) -> Option<&'a [u8]> {
         let len = self.len(MAJOR_TEXT)?;
-        core::str::from_utf8(self.take(len)?).ok()
+        self.take(len)
     }
 
     fn uuid(&mut self) -> Option<Uuid> {
@@ -292,8 +298,9 @@ impl<'a> Reader<'a> {
         }
         let mut seen = 0u32;
         for _ in 0..len {
-            let key = self.str()?;
-            let i = keys.iter().position(|k| *k == key)?;
+            // Unknown keys (including any that are not UTF-8) leave the fast path.
+            let key = self.text()?;
+            let i = keys.iter().position(|k| k.as_bytes() == key)?;
             if seen & (1 << i) != 0 {
                 return None;
             }
@@ -348,8 +355,9 @@ pub fn is_plain_data(bytes: &[u8]) -> bool {
     let mut r = Reader { bytes };
     let Some(len) = r.expect(MAJOR_MAP) else { return false };
     for _ in 0..len {
-        let Some(key) = r.str() else { return false };
-        if key == "type" {
+        // Keys are compared as bytes: a key that is not UTF-8 is not `type`, and ciborium refuses it anyway.
+        let Some(key) = r.text() else { return false };
+        if key == b"type" {
             let mut probe = Reader { bytes: r.bytes };
             if let Some((MAJOR_TEXT, n)) = probe.head()
                 && usize::try_from(n).ok().and_then(|n| probe.take(n)).is_none_or(|t| t.starts_with(b"mux::"))
