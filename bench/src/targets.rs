@@ -59,8 +59,10 @@ pub struct Target {
     pub durability: DurabilityClass,
     /// Why it is not run, if it is not.
     pub skip: Option<String>,
-    /// Write sizes are divided by this (1: full size) because each write is an fsync of its own.
+    /// W2, W3 and W5 sizes are divided by this (1: full size) because each write is an fsync of its own.
     pub write_reduction: u64,
+    /// W1 sizes are divided by this (1: full size), for the same reason.
+    pub w1_reduction: u64,
 }
 
 impl Target {
@@ -134,7 +136,8 @@ pub fn find_redis(explicit: Option<&Path>) -> std::result::Result<PathBuf, Strin
 }
 
 /// Every target, with skip reasons for the ones that cannot run here.
-pub fn all_targets(peers: &PeerBinaries, slow_write_reduction: u64) -> Vec<Target> {
+/// `slow`: how much the writes of NATS `sync_interval: always` are cut (W2/W3/W5, W1).
+pub fn all_targets(peers: &PeerBinaries, slow: (u64, u64)) -> Vec<Target> {
     let mut targets = Vec::new();
     for (transport, durability, class) in [
         (Transport::WsJson, Durability::Fsync, DurabilityClass::Fsync),
@@ -150,6 +153,7 @@ pub fn all_targets(peers: &PeerBinaries, slow_write_reduction: u64) -> Vec<Targe
             durability: class,
             skip: None,
             write_reduction: 1,
+            w1_reduction: 1,
         });
     }
     let nats_skip = peers.nats.as_ref().err().cloned();
@@ -159,6 +163,7 @@ pub fn all_targets(peers: &PeerBinaries, slow_write_reduction: u64) -> Vec<Targe
         durability: DurabilityClass::None,
         skip: nats_skip.clone(),
         write_reduction: 1,
+        w1_reduction: 1,
     });
     let always_skip = nats_skip.or_else(|| match &peers.nats {
         Ok(binary) if !binary.supports_sync_always() => Some(format!(
@@ -173,7 +178,8 @@ pub fn all_targets(peers: &PeerBinaries, slow_write_reduction: u64) -> Vec<Targe
         kind: Kind::Nats { sync_always: true },
         durability: DurabilityClass::Fsync,
         skip: always_skip,
-        write_reduction: slow_write_reduction,
+        write_reduction: slow.0,
+        w1_reduction: slow.1,
     });
     let redis_skip = peers.redis.as_ref().err().cloned();
     targets.push(Target {
@@ -182,6 +188,7 @@ pub fn all_targets(peers: &PeerBinaries, slow_write_reduction: u64) -> Vec<Targe
         durability: DurabilityClass::None,
         skip: redis_skip.clone(),
         write_reduction: 1,
+        w1_reduction: 1,
     });
     targets.push(Target {
         name: "redis aof-always".into(),
@@ -189,6 +196,7 @@ pub fn all_targets(peers: &PeerBinaries, slow_write_reduction: u64) -> Vec<Targe
         durability: DurabilityClass::Fsync,
         skip: redis_skip,
         write_reduction: 1,
+        w1_reduction: 1,
     });
     targets
 }
@@ -207,8 +215,11 @@ pub async fn run_once(
     sizes: &Sizes,
     space_read_in_w1: bool,
 ) -> Result<Vec<Measurement>> {
-    let sizes =
-        if target.write_reduction > 1 { sizes.reduced_writes(target.write_reduction) } else { *sizes };
+    let sizes = if target.write_reduction > 1 || target.w1_reduction > 1 {
+        sizes.reduced_writes(target.write_reduction, target.w1_reduction)
+    } else {
+        *sizes
+    };
     match &target.kind {
         Kind::Streamkit(transport, durability) => {
             let system = Streamkit::start(*transport, *durability).await?;

@@ -167,12 +167,13 @@ impl Sizes {
         }
     }
 
-    /// These sizes divided by `factor` for writes (a target that fsyncs every message and would
-    /// take far too long at full size); reads keep their size. Every count stays at least 1.
-    pub fn reduced_writes(self, factor: u64) -> Self {
-        let cut = |n: u64| (n / factor).max(1);
+    /// These sizes with W2, W3 and W5 divided by `factor` and W1 by `w1_factor` (a target that fsyncs
+    /// every message and would take far too long at full size); reads keep their size. Every count
+    /// stays at least 1 (W1: one record per stream).
+    pub fn reduced_writes(self, factor: u64, w1_factor: u64) -> Self {
+        let cut = |n: u64| (n / factor.max(1)).max(1);
         Self {
-            w1_events: cut(self.w1_events).max(self.w1_streams),
+            w1_events: (self.w1_events / w1_factor.max(1)).max(self.w1_streams),
             w2_appends: cut(self.w2_appends),
             w3_appends: cut(self.w3_appends),
             w5_samples: cut(self.w5_samples),

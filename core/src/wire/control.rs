@@ -220,7 +220,7 @@ mod tests {
         super::super::cbor::from_slice::<RawOwned>(payload).ok()?.into_control()
     }
 
-    fn cbor<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    fn cbor<T: Serialize>(value: &T) -> Vec<u8> {
         let mut out = Vec::new();
         ciborium::into_writer(value, &mut out).unwrap();
         out
