@@ -269,7 +269,11 @@ async fn run(args: Args) -> Result<()> {
     }
     let failures: usize = results.errors.values().map(Vec::len).sum();
     if failures > 0 {
-        eprintln!("peer-bench: {failures} run(s) failed (see the tables)");
+        // Reported in the tables and here; the exit status makes a CI smoke run fail on it.
+        return Err(format!("{failures} run(s) failed (see the tables)").into());
+    }
+    if interrupted {
+        return Err("interrupted".into());
     }
     Ok(())
 }
