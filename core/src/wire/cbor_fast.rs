@@ -29,6 +29,9 @@ const MAJOR_BYTES: u8 = 2;
 const MAJOR_TEXT: u8 = 3;
 const MAJOR_ARRAY: u8 = 4;
 const MAJOR_MAP: u8 = 5;
+const MAJOR_TAG: u8 = 6;
+/// How deep [`is_plain_data`] follows nested arrays and maps before leaving the decision to ciborium.
+const MAX_SKIP_DEPTH: u32 = 16;
 const NULL: u8 = 0xf6;
 
 // ------------------------------------------------------------------------------------------------
@@ -241,8 +244,14 @@ impl<'a> Reader<'a> {
     }
 
     fn str(&mut self) -> Option<&'a str> {
+        core::str::from_utf8(self.text()?).ok()
+    }
+
+    /// The raw bytes of a definite-length text string, not checked for UTF-8: for comparing with known
+    /// ASCII keys, which a non-UTF-8 text can never equal.
+    fn text(&mut self) -> Option<&'a [u8]> {
         let len = self.len(MAJOR_TEXT)?;
-        core::str::from_utf8(self.take(len)?).ok()
+        self.take(len)
     }
 
     fn uuid(&mut self) -> Option<Uuid> {
@@ -289,8 +298,9 @@ impl<'a> Reader<'a> {
         }
         let mut seen = 0u32;
         for _ in 0..len {
-            let key = self.str()?;
-            let i = keys.iter().position(|k| *k == key)?;
+            // Unknown keys (including any that are not UTF-8) leave the fast path.
+            let key = self.text()?;
+            let i = keys.iter().position(|k| k.as_bytes() == key)?;
             if seen & (1 << i) != 0 {
                 return None;
             }
@@ -300,9 +310,66 @@ impl<'a> Reader<'a> {
         Some(())
     }
 
+    /// Skips one definite-length item (nested at most [`MAX_SKIP_DEPTH`] deep); `None` for tags,
+    /// indefinite lengths, reserved values, too deep nesting or truncated input.
+    fn skip(&mut self, depth: u32) -> Option<()> {
+        if depth > MAX_SKIP_DEPTH {
+            return None;
+        }
+        let (major, value) = self.head()?;
+        match major {
+            MAJOR_BYTES | MAJOR_TEXT => {
+                self.take(usize::try_from(value).ok()?)?;
+            }
+            // Every item takes at least one byte, so a huge declared length fails on the input's end.
+            MAJOR_ARRAY => {
+                for _ in 0..value {
+                    self.skip(depth + 1)?;
+                }
+            }
+            MAJOR_MAP => {
+                for _ in 0..value {
+                    self.skip(depth + 1)?;
+                    self.skip(depth + 1)?;
+                }
+            }
+            MAJOR_TAG => return None,
+            // Integers, simple values and floats: the head is the whole item.
+            _ => {}
+        }
+        Some(())
+    }
+
     fn end(&self) -> Option<()> {
         self.bytes.is_empty().then_some(())
     }
+}
+
+/// Whether `bytes` is certainly **not** a stream-control object, decided without decoding: a
+/// well-formed, definite-length CBOR map with text keys, in which no `type` key maps to a text starting
+/// with `mux::`. Such a value can never parse as stream control (its `type` is missing, not text, or not
+/// a control type), so the caller may skip the full (ciborium) parse. `false` means "maybe": anything
+/// else (a control candidate, indefinite lengths, tags, non-text keys, trailing bytes, malformed or
+/// too deeply nested input) goes to the full parse, which decides exactly as before.
+pub fn is_plain_data(bytes: &[u8]) -> bool {
+    let mut r = Reader { bytes };
+    let Some(len) = r.expect(MAJOR_MAP) else { return false };
+    for _ in 0..len {
+        // Keys are compared as bytes: a key that is not UTF-8 is not `type`, and ciborium refuses it anyway.
+        let Some(key) = r.text() else { return false };
+        if key == b"type" {
+            let mut probe = Reader { bytes: r.bytes };
+            if let Some((MAJOR_TEXT, n)) = probe.head()
+                && usize::try_from(n).ok().and_then(|n| probe.take(n)).is_none_or(|t| t.starts_with(b"mux::"))
+            {
+                return false;
+            }
+        }
+        if r.skip(0).is_none() {
+            return false;
+        }
+    }
+    r.end().is_some()
 }
 
 /// A frame decoded without copying its payload, so limits can be checked before allocating it.

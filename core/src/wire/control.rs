@@ -89,7 +89,8 @@ impl StreamControl {
 
     /// Parses `payload` as a stream-control object; `None` means it is ordinary data.
     ///
-    /// Cheap for data: JSON payloads that do not contain `mux::` are rejected without parsing.
+    /// Cheap for data: JSON payloads that do not contain `mux::`, and CBOR maps that
+    /// [`is_plain_data`](super::cbor_fast::is_plain_data) rules out, are rejected without parsing.
     pub fn parse(codec: Codec, payload: &[u8]) -> Option<Self> {
         let raw: Raw<'_> = match codec {
             Codec::Json => {
@@ -102,6 +103,11 @@ impl StreamControl {
             Codec::Cbor => {
                 // Maps only (major type 5); anything else is data.
                 if payload.first().map(|b| b >> 5) != Some(5) {
+                    return None;
+                }
+                // Records and entries are maps too: rule them out without a full ciborium decode
+                // (which also zeroes a 4 KiB scratch buffer per call).
+                if super::cbor_fast::is_plain_data(payload) {
                     return None;
                 }
                 let owned: RawOwned = super::cbor::from_slice(payload).ok()?;
@@ -205,5 +211,61 @@ mod tests {
             StreamControl::parse(Codec::Json, br#" {"err":"e","type":"mux::close","x":1}"#),
             Some(StreamControl::close_with("e"))
         );
+    }
+
+    /// The full CBOR parse, without the [`is_plain_data`] shortcut.
+    ///
+    /// [`is_plain_data`]: super::super::cbor_fast::is_plain_data
+    fn cbor_full_parse(payload: &[u8]) -> Option<StreamControl> {
+        super::super::cbor::from_slice::<RawOwned>(payload).ok()?.into_control()
+    }
+
+    fn cbor<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(value, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn cbor_shortcut_rules_out_records_and_entries_only() {
+        use crate::api::{Entry, Record};
+        use crate::wire::cbor_fast::is_plain_data;
+        let record = Codec::Cbor.encode_message(&crate::wire::Message::Record(Record::new(7, "mux::close")));
+        let entry = Codec::Cbor.encode_message(&crate::wire::Message::Entry(Entry::default()));
+        assert!(is_plain_data(&record) && is_plain_data(&entry));
+        for control in [StreamControl::close(), StreamControl::close_with("e"), StreamControl::error("x")] {
+            let bytes = control.encode(Codec::Cbor);
+            assert!(!is_plain_data(&bytes));
+            assert_eq!(StreamControl::parse(Codec::Cbor, &bytes), Some(control));
+        }
+        // A `type` that is not a control type, or not text, is data either way.
+        let map = |pairs: &[(&str, ciborium::Value)]| {
+            ciborium::Value::Map(
+                pairs.iter().map(|(k, v)| (ciborium::Value::Text((*k).into()), v.clone())).collect(),
+            )
+        };
+        assert!(is_plain_data(&cbor(&map(&[("type", ciborium::Value::Text("close".into()))]))));
+        assert!(is_plain_data(&cbor(&map(&[("type", ciborium::Value::Integer(1.into()))]))));
+        // Indefinite-length text (the control type split in chunks): left to the full parse.
+        let chunked = [
+            0xa1, 0x64, b't', b'y', b'p', b'e', 0x7f, 0x63, b'm', b'u', b'x', 0x67, b':', b':', b'c', b'l',
+            b'o', b's', b'e', 0xff,
+        ];
+        assert!(!is_plain_data(&chunked));
+        assert_eq!(StreamControl::parse(Codec::Cbor, &chunked), cbor_full_parse(&chunked));
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, the shortcut never changes the answer of the full parse.
+        #[test]
+        fn cbor_shortcut_agrees_with_the_full_parse(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+                                                   head in 0xa0u8..=0xbf, with_type in proptest::bool::ANY) {
+            let mut bytes = vec![head];
+            if with_type {
+                bytes.extend_from_slice(&[0x64, b't', b'y', b'p', b'e']);
+            }
+            bytes.extend_from_slice(&tail);
+            proptest::prop_assert_eq!(StreamControl::parse(Codec::Cbor, &bytes), cbor_full_parse(&bytes));
+        }
     }
 }
