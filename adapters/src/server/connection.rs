@@ -35,6 +35,12 @@ const READ_AHEAD: usize = 64;
 /// large enough to batch, small enough that writes are never starved by a busy peer.
 const MAX_BATCH: usize = 256;
 
+/// How long a connection the server closes keeps reading (and discarding) after its close frame,
+/// waiting for the peer's close. Dropping a socket with unread input makes the kernel answer with a
+/// reset, which can destroy the close frame (and the last statuses) before the peer has read them: a
+/// client that was still producing would see a broken connection instead of a clean close.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 enum Event {
     Frame(Result<Option<Bytes>, WsError>),
     Output(Option<EngineOutput>),
@@ -84,6 +90,8 @@ pub async fn run_connection(
     tracing::debug!(conn = conn_id, %peer, ?codec, "connection opened");
     let mut counters = MuxCounters::default();
     let mut ending = Ending::Mux;
+    // Whether the reader saw the end of the input (the peer's close, EOF or a read error).
+    let mut input_ended = false;
     let mut timer = runtime.sleep(Duration::from_secs(3600));
     loop {
         let now = clock.now();
@@ -109,8 +117,12 @@ pub async fn run_connection(
                 }
                 metrics.received(frames as u64, size as u64);
             }
-            Event::Frame(Ok(None)) => conn.handle_transport_closed(now, MUXER_CLOSED),
+            Event::Frame(Ok(None)) => {
+                input_ended = true;
+                conn.handle_transport_closed(now, MUXER_CLOSED);
+            }
             Event::Frame(Err(e)) => {
+                input_ended = true;
                 ending = Ending::Transport;
                 conn.handle_transport_closed(now, &e.to_string());
             }
@@ -147,6 +159,10 @@ pub async fn run_connection(
         }
         if conn.shutdown_reason().is_some() && !conn.has_transmit() {
             let _ = writer.close().await;
+            if !input_ended {
+                let drain = async { while let Ok(Ok(Some(_))) = frames_rx.recv().await {} };
+                let _ = runtime.timeout(CLOSE_LINGER, drain).await;
+            }
             break;
         }
     }
