@@ -1,5 +1,5 @@
 //! The NATS bus: core NATS (no JetStream), one subject per route ([`nats_subject`]), messages as JSON
-//! envelopes ([`codec`](super::codec)).
+//! envelopes ([`super::codec`] module).
 //!
 //! * **Subscribe**: one NATS subscription per node and route, confirmed with a server round trip
 //!   (`flush`) before it counts as active, so a notification published afterwards by any instance

@@ -4,7 +4,7 @@
 //! * **Channels**: one per route, named `streamkit_<hash>` ([`pg_channel`]): routes are longer than
 //!   PostgreSQL's 63-byte identifiers, and the schema is part of the hash so deployments sharing a
 //!   database (one schema each) stay apart.
-//! * **Payloads**: the JSON envelope ([`codec`](super::codec)). `NOTIFY` payloads must stay under
+//! * **Payloads**: the JSON envelope ([`super::codec`]). `NOTIFY` payloads must stay under
 //!   8000 bytes; a larger message (a presence announcement with many workers) is stored in the
 //!   `streamkit_bus_payloads` table and the notification carries `@<id>`, which listeners read back.
 //!   Rows older than ten minutes are deleted by later large publishes.

@@ -77,7 +77,12 @@ struct Slot {
 /// A stream's first message, waiting for its store to open.
 type PendingOpen = (StreamId, Result<Envelope, String>);
 
-/// The engine; see the [module](self) docs.
+/// The engine: every store's [`Node`], fed with typed stream inputs from any number of connections.
+///
+/// It routes inputs to the node of the stream's store (asking the adapter to open the store first),
+/// keeps each stream's not-yet-accepted messages in a bounded inbox (see [`INPUT_WINDOW`]), and turns
+/// node outputs into [`EngineEffect`]s: messages for connections, storage operations and bus commands
+/// tagged with their store.
 pub struct Engine {
     now: Millis,
     manager: NodeManager<PendingOpen>,
