@@ -20,53 +20,32 @@ use streamkit_core::stream::{StreamEnd, StreamId};
 use streamkit_core::wire::Message;
 use uuid::Uuid;
 
+use super::ClientOptions;
 use super::error::{CANCELED, Error};
 use super::stream::{Command, DriverStream, OpStream, Signal, new_stream};
-use super::{ClientOptions, Transport};
 use crate::engine::EngineHandle;
-use crate::runtime::{BoxFuture, Runtime, RuntimeExt};
+use crate::runtime::{Runtime, RuntimeExt};
 
-/// Handle to the in-process driver task.
-pub(crate) struct InProcTransport {
-    commands: Sender<Command>,
-}
-
-impl InProcTransport {
-    /// Registers with the engine and starts the driver.
-    pub(crate) async fn spawn(
-        runtime: Arc<dyn Runtime>,
-        engine: EngineHandle,
-        options: ClientOptions,
-    ) -> Result<Self, Error> {
-        let (conn, outbox) = engine.register().await.map_err(|_| Error::muxer_closed())?;
-        let (commands, commands_rx) = async_channel::bounded(1024);
-        let (signals, signals_rx) = async_channel::unbounded();
-        let driver = Driver {
-            engine,
-            conn,
-            options,
-            commands: commands.downgrade(),
-            signals,
-            streams: HashMap::new(),
-            closed: false,
-        };
-        runtime.spawn(driver.run(commands_rx, signals_rx, outbox)).detach();
-        Ok(Self { commands })
-    }
-}
-
-impl Transport for InProcTransport {
-    fn connect(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(super::send_connect(&self.commands))
-    }
-
-    fn open(&self, store: Uuid, request: Request) -> BoxFuture<'_, Result<OpStream, Error>> {
-        Box::pin(super::send_open(&self.commands, store, request))
-    }
-
-    fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(super::send_close(&self.commands))
-    }
+/// Registers with the engine and starts the in-process driver; returns its command queue.
+pub(crate) async fn spawn_driver(
+    runtime: Arc<dyn Runtime>,
+    engine: EngineHandle,
+    options: ClientOptions,
+) -> Result<Sender<Command>, Error> {
+    let (conn, outbox) = engine.register().await.map_err(|_| Error::muxer_closed())?;
+    let (commands, commands_rx) = async_channel::bounded(1024);
+    let (signals, signals_rx) = async_channel::unbounded();
+    let driver = Driver {
+        engine,
+        conn,
+        options,
+        commands: commands.downgrade(),
+        signals,
+        streams: HashMap::new(),
+        closed: false,
+    };
+    runtime.spawn(driver.run(commands_rx, signals_rx, outbox)).detach();
+    Ok(commands)
 }
 
 /// An answer waiting for room in the operation's channel (at most the engine's send credit of them).

@@ -77,9 +77,7 @@ use streamkit_core::mux::MuxConfig;
 use streamkit_core::wire::{Codec, Message};
 use uuid::Uuid;
 
-use self::inproc::InProcTransport;
 use self::items::Mapped;
-use self::socket::SocketTransport;
 use self::stream::{Command, OpStream};
 use crate::clock::WallClock;
 use crate::engine::EngineHandle;
@@ -188,35 +186,33 @@ impl ClientOptions {
     }
 }
 
-/// How a client reaches the server: written once per transport, used by every operation.
-pub(crate) trait Transport: Send + Sync {
-    /// Connects now if not connected (the socket transport dials; in-process is always connected).
-    fn connect(&self) -> BoxFuture<'_, Result<()>>;
+/// How a client reaches the server: the command queue of its driver task, the socket driver
+/// ([`socket`]) or the in-process one ([`inproc`]); both answer the same [`Command`]s.
+pub(crate) struct DriverHandle {
+    commands: Sender<Command>,
+}
+
+impl DriverHandle {
+    /// Connects now if not connected (the socket driver dials; in-process is always connected).
+    async fn connect(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Connect { reply }).await.map_err(|_| Error::closed())?;
+        answer.await.map_err(|_| Error::closed())?
+    }
+
     /// Opens a stream on `store` whose first message is `request`.
-    fn open(&self, store: Uuid, request: Request) -> BoxFuture<'_, Result<OpStream>>;
-    /// Closes the client: every stream fails with `client closed`.
-    fn close(&self) -> BoxFuture<'_, ()>;
-}
+    async fn open(&self, store: Uuid, request: Request) -> Result<OpStream> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Open { store, request, reply }).await.map_err(|_| Error::closed())?;
+        answer.await.map_err(|_| Error::closed())?
+    }
 
-/// Asks a driver to connect.
-pub(crate) async fn send_connect(commands: &Sender<Command>) -> Result<()> {
-    let (reply, answer) = oneshot::channel();
-    commands.send(Command::Connect { reply }).await.map_err(|_| Error::closed())?;
-    answer.await.map_err(|_| Error::closed())?
-}
-
-/// Asks a driver to open a stream.
-pub(crate) async fn send_open(commands: &Sender<Command>, store: Uuid, request: Request) -> Result<OpStream> {
-    let (reply, answer) = oneshot::channel();
-    commands.send(Command::Open { store, request, reply }).await.map_err(|_| Error::closed())?;
-    answer.await.map_err(|_| Error::closed())?
-}
-
-/// Asks a driver to close and waits until it did.
-pub(crate) async fn send_close(commands: &Sender<Command>) {
-    let (done, finished) = oneshot::channel();
-    if commands.send(Command::Close { done }).await.is_ok() {
-        let _ = finished.await;
+    /// Closes the client and waits until the driver did: every stream fails with `client closed`.
+    async fn close(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.commands.send(Command::Close { done }).await.is_ok() {
+            let _ = finished.await;
+        }
     }
 }
 
@@ -229,7 +225,7 @@ const PUBLISH_PEEK_DELAY: Duration = Duration::from_millis(5);
 type PublishKey = (Uuid, String, String);
 
 struct Inner {
-    transport: Box<dyn Transport>,
+    driver: DriverHandle,
     runtime: Arc<dyn Runtime>,
     retry: RetryPolicy,
     publish_locks: Mutex<HashMap<PublishKey, Arc<futures_util::lock::Mutex<()>>>>,
@@ -309,7 +305,7 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Self> {
         let client = Self::connect_lazy(runtime, url, tokens, options);
-        client.retrying(|| client.inner.transport.connect()).await?;
+        client.retrying(|| client.inner.driver.connect()).await?;
         Ok(client)
     }
 
@@ -321,8 +317,8 @@ impl Client {
         options: ClientOptions,
     ) -> Self {
         let retry = options.retry.normalized();
-        let transport = SocketTransport::spawn(runtime.clone(), url.into(), Arc::new(tokens), options);
-        Self::with_transport(runtime, Box::new(transport), retry)
+        let commands = socket::spawn_driver(runtime.clone(), url.into(), Arc::new(tokens), options);
+        Self::with_driver(runtime, DriverHandle { commands }, retry)
     }
 
     /// A client of the server whose engine is `engine` (see [`RunningServer::engine`]), in the same
@@ -340,14 +336,14 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Self> {
         let retry = options.retry.normalized();
-        let transport = InProcTransport::spawn(runtime.clone(), engine.clone(), options).await?;
-        Ok(Self::with_transport(runtime, Box::new(transport), retry))
+        let commands = inproc::spawn_driver(runtime.clone(), engine.clone(), options).await?;
+        Ok(Self::with_driver(runtime, DriverHandle { commands }, retry))
     }
 
-    fn with_transport(runtime: Arc<dyn Runtime>, transport: Box<dyn Transport>, retry: RetryPolicy) -> Self {
+    fn with_driver(runtime: Arc<dyn Runtime>, driver: DriverHandle, retry: RetryPolicy) -> Self {
         Self {
             inner: Arc::new(Inner {
-                transport,
+                driver,
                 runtime,
                 retry,
                 publish_locks: Mutex::new(HashMap::new()),
@@ -364,13 +360,14 @@ impl Client {
     /// Closes the client: open operations fail with `client closed`, the connection is closed, and
     /// later operations fail. Idempotent.
     pub async fn close(&self) {
-        self.inner.transport.close().await;
+        self.inner.driver.close().await;
     }
 
     /// Runs `attempt` with the retry policy: transient errors are retried after a jittered backoff.
-    async fn retrying<'a, T, F>(&'a self, mut attempt: F) -> Result<T>
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T>
     where
-        F: FnMut() -> BoxFuture<'a, Result<T>>,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
     {
         let policy = self.inner.retry;
         let mut failures = 0;
@@ -389,7 +386,7 @@ impl Client {
 
     /// Opens an operation's stream, retrying transient failures.
     async fn open(&self, store: Uuid, request: Request) -> Result<OpStream> {
-        self.retrying(|| self.inner.transport.open(store, request.clone())).await
+        self.retrying(|| self.inner.driver.open(store, request.clone())).await
     }
 
     /// An operation that opens on the first poll.

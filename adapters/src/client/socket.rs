@@ -42,9 +42,9 @@ use uuid::Uuid;
 use super::error::{CANCELED, CLIENT_CLOSED, Error, ErrorKind};
 use super::retry::random_seed;
 use super::stream::{Command, DriverStream, OpStream, Signal, end_result, new_stream};
-use super::{ClientOptions, TokenSource, Transport};
+use super::{ClientOptions, TokenSource};
 use crate::clock::WallClock;
-use crate::runtime::{BoxFuture, JoinHandle, Runtime, RuntimeExt};
+use crate::runtime::{JoinHandle, Runtime, RuntimeExt};
 use crate::ws::{DialOptions, WsError, dial};
 
 /// Frames the reader task reads ahead of the driver.
@@ -62,52 +62,32 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Bounds the number of frames handled per wake-up, so signals and commands are not starved.
 const FRAMES_PER_WAKE: usize = 64;
 
-/// Handle to the socket driver task.
-pub(crate) struct SocketTransport {
-    commands: Sender<Command>,
-}
-
-impl SocketTransport {
-    /// Starts the driver; nothing is dialed until [`Transport::connect`] or the first operation.
-    pub(crate) fn spawn(
-        runtime: Arc<dyn Runtime>,
-        url: String,
-        tokens: Arc<dyn TokenSource>,
-        options: ClientOptions,
-    ) -> Self {
-        let (commands, commands_rx) = async_channel::bounded(1024);
-        let (signals, signals_rx) = async_channel::unbounded();
-        let driver = Driver {
-            runtime: runtime.clone(),
-            url,
-            tokens,
-            options,
-            clock: WallClock::default(),
-            commands: commands.downgrade(),
-            signals,
-            streams: HashMap::new(),
-            stalled: HashSet::new(),
-            live: None,
-            last_failure: None,
-            closed: false,
-        };
-        runtime.spawn(driver.run(commands_rx, signals_rx)).detach();
-        Self { commands }
-    }
-}
-
-impl Transport for SocketTransport {
-    fn connect(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(super::send_connect(&self.commands))
-    }
-
-    fn open(&self, store: Uuid, request: Request) -> BoxFuture<'_, Result<OpStream, Error>> {
-        Box::pin(super::send_open(&self.commands, store, request))
-    }
-
-    fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(super::send_close(&self.commands))
-    }
+/// Starts the socket driver; returns its command queue. Nothing is dialed until a `Connect` command or
+/// the first operation.
+pub(crate) fn spawn_driver(
+    runtime: Arc<dyn Runtime>,
+    url: String,
+    tokens: Arc<dyn TokenSource>,
+    options: ClientOptions,
+) -> Sender<Command> {
+    let (commands, commands_rx) = async_channel::bounded(1024);
+    let (signals, signals_rx) = async_channel::unbounded();
+    let driver = Driver {
+        runtime: runtime.clone(),
+        url,
+        tokens,
+        options,
+        clock: WallClock::default(),
+        commands: commands.downgrade(),
+        signals,
+        streams: HashMap::new(),
+        stalled: HashSet::new(),
+        live: None,
+        last_failure: None,
+        closed: false,
+    };
+    runtime.spawn(driver.run(commands_rx, signals_rx)).detach();
+    commands
 }
 
 /// What the reader task hands over: a frame, the end of the connection (`None`), or a read error.

@@ -222,21 +222,4 @@ async fn in_process(runtime: Arc<dyn Runtime>) {
     every_operation(runtime, Via::InProcess).await;
 }
 
-macro_rules! per_runtime {
-    ($($case:ident),* $(,)?) => {
-        #[cfg(feature = "tokio")]
-        mod on_tokio {
-            $( #[test] fn $case() { super::run_tokio(super::$case) } )*
-        }
-        #[cfg(feature = "smol")]
-        mod on_smol {
-            $( #[test] fn $case() { super::run_smol(super::$case) } )*
-        }
-        #[cfg(feature = "async-std")]
-        mod on_async_std {
-            $( #[test] fn $case() { super::run_async_std(super::$case) } )*
-        }
-    };
-}
-
 per_runtime!(over_json, over_cbor, in_process);

@@ -293,66 +293,18 @@ async fn subscription_heartbeats_are_filtered_and_keep_it_alive(runtime: Arc<dyn
     server.shutdown().await;
 }
 
-#[cfg(feature = "tokio")]
-mod on_tokio {
-    #[test]
-    fn access_denied_outside_the_token_scope() {
-        super::run_tokio(super::access_denied_outside_the_token_scope)
-    }
-    #[test]
-    fn concurrent_publishes_get_increasing_sequences() {
-        super::run_tokio(super::concurrent_publishes_get_increasing_sequences)
-    }
-    #[test]
-    fn reconnects_after_the_server_restarts() {
-        super::run_tokio(super::reconnects_after_the_server_restarts)
-    }
-    #[test]
-    fn refused_token_is_not_retried() {
-        super::run_tokio(super::refused_token_is_not_retried)
-    }
-    #[test]
-    fn unreachable_server_gives_up_after_the_retry_policy() {
-        super::run_tokio(super::unreachable_server_gives_up_after_the_retry_policy)
-    }
-    #[test]
-    fn slow_consumer_pauses_the_socket() {
-        super::run_tokio(super::slow_consumer_pauses_the_socket)
-    }
-    #[test]
-    fn stalled_consumer_is_aborted_after_the_stall_timeout() {
-        super::run_tokio(super::stalled_consumer_is_aborted_after_the_stall_timeout)
-    }
-    #[test]
-    fn concurrent_consumes_are_complete() {
-        super::run_tokio(super::concurrent_consumes_are_complete)
-    }
-    #[test]
-    fn subscription_heartbeats_are_filtered_and_keep_it_alive() {
-        super::run_tokio(super::subscription_heartbeats_are_filtered_and_keep_it_alive)
-    }
-}
-
-#[cfg(feature = "smol")]
-mod on_smol {
-    #[test]
-    fn reconnects_after_the_server_restarts() {
-        super::run_smol(super::reconnects_after_the_server_restarts)
-    }
-    #[test]
-    fn concurrent_publishes_get_increasing_sequences() {
-        super::run_smol(super::concurrent_publishes_get_increasing_sequences)
-    }
-    #[test]
-    fn concurrent_consumes_are_complete() {
-        super::run_smol(super::concurrent_consumes_are_complete)
-    }
-}
-
-#[cfg(feature = "async-std")]
-mod on_async_std {
-    #[test]
-    fn reconnects_after_the_server_restarts() {
-        super::run_async_std(super::reconnects_after_the_server_restarts)
-    }
-}
+per_runtime!(
+    tokio: [
+        access_denied_outside_the_token_scope,
+        concurrent_publishes_get_increasing_sequences,
+        reconnects_after_the_server_restarts,
+        refused_token_is_not_retried,
+        unreachable_server_gives_up_after_the_retry_policy,
+        slow_consumer_pauses_the_socket,
+        stalled_consumer_is_aborted_after_the_stall_timeout,
+        concurrent_consumes_are_complete,
+        subscription_heartbeats_are_filtered_and_keep_it_alive,
+    ],
+    smol: [reconnects_after_the_server_restarts, concurrent_publishes_get_increasing_sequences, concurrent_consumes_are_complete],
+    async_std: [reconnects_after_the_server_restarts],
+);

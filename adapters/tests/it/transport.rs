@@ -3,7 +3,6 @@
 //! Each case is an `async fn(Arc<dyn Runtime>)`; `per_runtime!` turns it into one `#[test]` per runtime.
 #![cfg(any(feature = "tokio", feature = "smol", feature = "async-std"))]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,59 +31,6 @@ const ES_PUBLIC: &[u8] = include_bytes!("data/es256-public.pem");
 const STORE: &str = "6f1c2a9e-3b4d-4e5f-8a7b-1c2d3e4f5a6b";
 /// Bounds every network wait of a test so a hang fails instead of stalling the suite.
 const STEP: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------------------------------------
-// Runners
-
-#[cfg(feature = "tokio")]
-fn run_tokio<F, Fut>(case: F)
-where
-    F: FnOnce(Arc<dyn Runtime>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let handle = runtime.handle().clone();
-    runtime.block_on(case(Arc::new(streamkit::runtime::TokioRuntime::new(handle))));
-}
-
-#[cfg(feature = "smol")]
-fn run_smol<F, Fut>(case: F)
-where
-    F: FnOnce(Arc<dyn Runtime>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    smol::block_on(case(Arc::new(streamkit::runtime::SmolRuntime::new())));
-}
-
-#[cfg(feature = "async-std")]
-#[allow(deprecated)]
-fn run_async_std<F, Fut>(case: F)
-where
-    F: FnOnce(Arc<dyn Runtime>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    async_std::task::block_on(case(Arc::new(streamkit::runtime::AsyncStdRuntime::new())));
-}
-
-macro_rules! per_runtime {
-    ($($case:ident),* $(,)?) => {
-        #[cfg(feature = "tokio")]
-        mod on_tokio {
-            use super::*;
-            $( #[test] fn $case() { run_tokio(super::$case) } )*
-        }
-        #[cfg(feature = "smol")]
-        mod on_smol {
-            use super::*;
-            $( #[test] fn $case() { run_smol(super::$case) } )*
-        }
-        #[cfg(feature = "async-std")]
-        mod on_async_std {
-            use super::*;
-            $( #[test] fn $case() { run_async_std(super::$case) } )*
-        }
-    };
-}
 
 per_runtime!(
     runtime_tasks_timers_and_blocking,

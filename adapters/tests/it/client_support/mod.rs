@@ -87,33 +87,3 @@ pub async fn collect_ok<T>(runtime: &Arc<dyn Runtime>, stream: ItemStream<T>) ->
     assert!(error.is_none(), "stream failed: {error:?}");
     items
 }
-
-#[cfg(feature = "tokio")]
-pub fn run_tokio<F, Fut>(case: F)
-where
-    F: FnOnce(Arc<dyn Runtime>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let handle = runtime.handle().clone();
-    runtime.block_on(case(Arc::new(streamkit::runtime::TokioRuntime::new(handle))));
-}
-
-#[cfg(feature = "smol")]
-pub fn run_smol<F, Fut>(case: F)
-where
-    F: FnOnce(Arc<dyn Runtime>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    smol::block_on(case(Arc::new(streamkit::runtime::SmolRuntime::new())));
-}
-
-#[cfg(feature = "async-std")]
-#[allow(deprecated)]
-pub fn run_async_std<F, Fut>(case: F)
-where
-    F: FnOnce(Arc<dyn Runtime>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    async_std::task::block_on(case(Arc::new(streamkit::runtime::AsyncStdRuntime::new())));
-}
