@@ -884,15 +884,6 @@ proptest! {
 // Decoders never panic; what decodes re-encodes stably
 // ------------------------------------------------------------------------------------------------
 
-const KINDS: [MessageKind; 6] = [
-    MessageKind::Envelope,
-    MessageKind::Record,
-    MessageKind::Entry,
-    MessageKind::Status,
-    MessageKind::LeaseResult,
-    MessageKind::Name,
-];
-
 /// Runs every decoder of the wire layer over `bytes`; whatever decodes must re-encode and decode again
 /// to an equal value.
 fn decode_everything(bytes: &[u8]) -> Result<(), TestCaseError> {
@@ -913,7 +904,7 @@ fn decode_everything(bytes: &[u8]) -> Result<(), TestCaseError> {
 }
 
 fn decode_inner(codec: Codec, bytes: &[u8]) -> Result<(), TestCaseError> {
-    for kind in KINDS {
+    for kind in MessageKind::ALL {
         if let Ok(msg) = codec.decode_message(kind, bytes) {
             prop_assert_eq!(msg.kind(), kind);
             let again = codec.decode_message(kind, &codec.encode_message(&msg));

@@ -24,16 +24,6 @@ use crate::api::{Entry, Envelope, Record};
 /// Names of the fuzz targets, as declared in `fuzz/Cargo.toml`.
 pub const TARGETS: [&str; 4] = ["json_frame", "cbor_frame", "envelope", "stream_control"];
 
-/// Every kind of inner message a receiver may expect.
-const KINDS: [MessageKind; 6] = [
-    MessageKind::Envelope,
-    MessageKind::Record,
-    MessageKind::Entry,
-    MessageKind::Status,
-    MessageKind::LeaseResult,
-    MessageKind::Name,
-];
-
 /// Limits for re-decoding what the encoder wrote: a re-encoding may be longer than its input (Go
 /// escaping turns `<` into `\u003c`), so the input's limits do not apply to it.
 const UNLIMITED: Limits = Limits { max_frame: usize::MAX, max_payload: usize::MAX };
@@ -143,7 +133,7 @@ fn inner(codec: Codec, data: &[u8]) {
             );
         }
     }
-    for kind in KINDS {
+    for kind in MessageKind::ALL {
         let Ok(first) = codec.decode_message(kind, data) else { continue };
         assert_eq!(first.kind(), kind);
         let encoded = codec.encode_message(&first);

@@ -306,3 +306,15 @@ pub enum MessageKind {
     /// [`Message::Name`].
     Name,
 }
+
+impl MessageKind {
+    /// Every kind, for code that must try each decoder (fuzzing, property tests).
+    pub const ALL: [MessageKind; 6] = [
+        MessageKind::Envelope,
+        MessageKind::Record,
+        MessageKind::Entry,
+        MessageKind::Status,
+        MessageKind::LeaseResult,
+        MessageKind::Name,
+    ];
+}
