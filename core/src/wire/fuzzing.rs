@@ -21,7 +21,8 @@ use alloc::vec::Vec;
 use super::{Codec, Limits, MessageKind, StreamControl, cbor, cbor_fast};
 use crate::api::{Entry, Envelope, Record};
 
-/// Names of the fuzz targets, as declared in `fuzz/Cargo.toml`.
+/// Names of the wire-level fuzz targets in `fuzz/Cargo.toml` (the `mux_session` target has its own entry
+/// point in `mux::fuzzing`).
 pub const TARGETS: [&str; 4] = ["json_frame", "cbor_frame", "envelope", "stream_control"];
 
 /// Limits for re-decoding what the encoder wrote: a re-encoding may be longer than its input (Go
