@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod lexkey;
+pub mod limits;
 pub mod manager;
 pub mod mux;
 pub mod node;

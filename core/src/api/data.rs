@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::lexkey::{LexKey, Part};
-use crate::wire::serde_helpers::{is_zero_i64, null_as_default, opt_bytes};
+use crate::wire::serde_helpers::{bounded_map, is_zero_i64, null_as_default, opt_bytes};
 
 /// Free-form string metadata of a record; serialized with keys in bytewise order, like Go maps.
 pub type Metadata = BTreeMap<String, String>;
@@ -26,7 +26,7 @@ pub struct Record {
     #[serde(with = "opt_bytes")]
     pub payload: Option<Vec<u8>>,
     /// Optional metadata (omitted when empty).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "bounded_map")]
     pub metadata: Metadata,
 }
 

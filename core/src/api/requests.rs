@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::data::Metadata;
 use crate::lexkey::LexKey;
-use crate::wire::serde_helpers::{is_zero_i64, is_zero_u64, null_as_default};
+use crate::wire::serde_helpers::{bounded_map, is_zero_i64, is_zero_u64, null_as_default};
 
 /// Append records to a segment; the client then streams bare [`Record`](super::Record)s.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +92,7 @@ pub struct Consume {
     #[serde(skip_serializing_if = "is_zero_i64")]
     pub max_timestamp: i64,
     /// Space → offset to resume after; an empty offset reads the space from the beginning.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "bounded_map")]
     pub offsets: BTreeMap<String, LexKey>,
     /// Maximum number of entries over all spaces; 0 and `u64::MAX` = unlimited.
     #[serde(skip_serializing_if = "is_zero_u64")]
@@ -137,7 +137,7 @@ pub struct SubscribeWorkers {
     /// The worker's id; the nil UUID registers an observer.
     pub worker_id: Uuid,
     /// Worker metadata (omitted when empty).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "null_as_default")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "bounded_map")]
     pub metadata: Metadata,
     /// Renewal interval; 0 = default (30 s) for workers, off for observers.
     pub heartbeat_interval_seconds: i64,

@@ -137,6 +137,8 @@ pub struct NodeHarness {
     pub publish_attempts: usize,
     /// Bus subscribe/unsubscribe calls, in order (`+route` / `-route`).
     pub bus_calls: Vec<String>,
+    /// Refusals the node reported, in order.
+    pub refusals: Vec<super::Refusal>,
     held: VecDeque<(OpId, StorageOp)>,
     held_subscribes: VecDeque<(OpId, String)>,
     subscribed: BTreeSet<String>,
@@ -162,6 +164,7 @@ impl NodeHarness {
             announcements: Vec::new(),
             publish_attempts: 0,
             bus_calls: Vec::new(),
+            refusals: Vec::new(),
             held: VecDeque::new(),
             held_subscribes: VecDeque::new(),
             subscribed: BTreeSet::new(),
@@ -399,6 +402,7 @@ impl NodeHarness {
                 self.inbox.remove(&stream);
             }
             NodeOutput::Ready { .. } => {}
+            NodeOutput::Refused(refusal) => self.refusals.push(refusal),
             NodeOutput::Storage { op, request } => {
                 if self.hold_storage {
                     self.held.push_back((op, request));

@@ -51,6 +51,16 @@ pub enum NodeOutput {
     /// Execute a bus command; completions and deliveries come back through
     /// [`Node::handle_bus`](super::Node::handle_bus).
     Bus(BusCommand),
+    /// A request or record was refused by a limit or a quota (already answered on its stream): for
+    /// metrics. Nothing to execute.
+    Refused(Refusal),
+}
+
+/// Why the node refused a request or a record, for metrics (the client got the text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Refusal {
+    /// A request limit ([`RequestLimits`](crate::limits::RequestLimits)).
+    Limit(crate::limits::LimitKind),
 }
 
 /// A message-bus effect.

@@ -88,6 +88,11 @@ impl Io {
         core::mem::take(&mut self.closed)
     }
 
+    /// Reports a refusal (for metrics).
+    pub fn refused(&mut self, refusal: super::io::Refusal) {
+        self.out.push_back(NodeOutput::Refused(refusal));
+    }
+
     /// Announces that a stream accepts input again.
     pub fn ready(&mut self, stream: StreamId) {
         if self.open.contains(&stream) {

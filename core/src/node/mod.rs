@@ -42,6 +42,8 @@ mod tests;
 #[cfg(test)]
 mod tests_leases;
 #[cfg(test)]
+mod tests_limits;
+#[cfg(test)]
 mod tests_presence;
 #[cfg(test)]
 mod tests_subscribe;
@@ -55,12 +57,13 @@ use alloc::vec::Vec;
 use uuid::Uuid;
 
 pub use io::{
-    BusCommand, BusEvent, BusMessage, NodeOutput, OpId, PresenceAnnouncement, segment_notification_route,
-    worker_presence_route,
+    BusCommand, BusEvent, BusMessage, NodeOutput, OpId, PresenceAnnouncement, Refusal,
+    segment_notification_route, worker_presence_route,
 };
 use io_queue::{Io, Owner};
 
-use crate::api::{Envelope, SegmentStatus};
+use crate::api::{Envelope, Request, SegmentStatus};
+use crate::limits::RequestLimits;
 use crate::rand::Rng;
 use crate::storage::StorageResult;
 use crate::stream::{StreamEnd, StreamId};
@@ -142,6 +145,8 @@ pub struct NodeConfig {
     pub lease_sweep_interval: Millis,
     /// How often workers that stopped renewing are looked for: 5 s.
     pub presence_sweep_interval: Millis,
+    /// What one request may contain (name lengths, metadata, consume spaces).
+    pub limits: RequestLimits,
 }
 
 impl Default for NodeConfig {
@@ -165,6 +170,7 @@ impl Default for NodeConfig {
             subscription_queue: subscribe::DEFAULT_SUBSCRIPTION_QUEUE,
             lease_sweep_interval: lease::DEFAULT_LEASE_SWEEP_INTERVAL,
             presence_sweep_interval: presence::DEFAULT_PRESENCE_SWEEP_INTERVAL,
+            limits: RequestLimits::default(),
         }
     }
 }
@@ -297,6 +303,18 @@ impl Services {
     }
 }
 
+/// Answers a request refused before it started: lease requests get Go's validation answer
+/// (`LeaseResult{ok:false,message}`, then the close), every other request a close with the text.
+fn refuse(sv: &mut Services, stream: StreamId, request: &Request, message: String) {
+    match request {
+        Request::LeaseAcquire(_) | Request::LeaseRenew(_) | Request::LeaseRelease(_) => {
+            sv.io.send(stream, Message::LeaseResult(crate::api::LeaseResult::refused(message)));
+            sv.io.close(stream, None);
+        }
+        _ => sv.io.close(stream, Some(message)),
+    }
+}
+
 /// The engine of one store.
 pub struct Node {
     sv: Services,
@@ -398,6 +416,12 @@ impl Node {
                 return;
             }
         };
+        if let Err(refused) = self.sv.config.limits.check_request(&request) {
+            self.sv.io.refused(Refusal::Limit(refused.kind));
+            refuse(&mut self.sv, stream, &request, refused.message);
+            self.finish_input();
+            return;
+        }
         if let Some(op) = self.start(stream, request) {
             self.streams.insert(stream, op);
         }
@@ -413,8 +437,7 @@ impl Node {
         self.finish_input();
     }
 
-    fn start(&mut self, stream: StreamId, request: crate::api::Request) -> Option<Box<dyn StreamOp>> {
-        use crate::api::Request;
+    fn start(&mut self, stream: StreamId, request: Request) -> Option<Box<dyn StreamOp>> {
         let sv = &mut self.sv;
         match request {
             Request::Produce(r) => produce::ProduceOp::start(sv, stream, r),

@@ -532,6 +532,11 @@ impl StreamOp for ProduceOp {
             self.fail(format!("invalid produce message: expected a record, got {:?}", message.kind()));
             return self.pump(sv, stream);
         };
+        if let Err(refused) = sv.config.limits.check_record(&record) {
+            sv.io.refused(super::Refusal::Limit(refused.kind));
+            self.fail(refused.message);
+            return self.pump(sv, stream);
+        }
         self.accept(sv, stream, record)
     }
 

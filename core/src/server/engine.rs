@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{EngineInput, EngineOutput, INPUT_WINDOW};
 use crate::api::Envelope;
 use crate::manager::{Access, ManagerConfig, ManagerOutput, NodeManager};
-use crate::node::{BusCommand, BusEvent, Node, NodeOutput, OpId};
+use crate::node::{BusCommand, BusEvent, Node, NodeOutput, OpId, Refusal};
 use crate::storage::{StorageOp, StorageResult};
 use crate::stream::{StreamEnd, StreamId};
 use crate::time::Millis;
@@ -59,6 +59,13 @@ pub enum EngineEffect {
         store: Uuid,
         /// The command.
         command: BusCommand,
+    },
+    /// A request or record of `store` was refused by a limit or quota (already answered): count it.
+    Refused {
+        /// The store.
+        store: Uuid,
+        /// Why.
+        refusal: Refusal,
     },
 }
 
@@ -263,6 +270,7 @@ impl Engine {
                         }
                         NodeOutput::Storage { op, request } => EngineEffect::Storage { store, op, request },
                         NodeOutput::Bus(command) => EngineEffect::Bus { store, command },
+                        NodeOutput::Refused(refusal) => EngineEffect::Refused { store, refusal },
                     };
                     self.effects.push_back(effect);
                 }

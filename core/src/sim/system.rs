@@ -527,7 +527,7 @@ impl SystemSim {
                 };
                 self.engines[instance].handle_store_opened(now, store, result);
             }
-            EngineEffect::CloseStore { .. } => {}
+            EngineEffect::CloseStore { .. } | EngineEffect::Refused { .. } => {}
             EngineEffect::Storage { store, op, request } => {
                 let delay = self.rng.below(self.config.max_storage_latency + 1);
                 self.storage_seq += 1;

@@ -56,6 +56,15 @@ impl<'de> Deserialize<'de> for OptPayload {
     }
 }
 
+/// A trace context decoded with the entry bound of every client map ([`super::serde_helpers::bounded_map`]).
+struct BoundedTraceContext(TraceContext);
+
+impl<'de> Deserialize<'de> for BoundedTraceContext {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::serde_helpers::bounded_map(d).map(BoundedTraceContext)
+    }
+}
+
 struct FrameVisitor;
 
 impl<'de> Visitor<'de> for FrameVisitor {
@@ -70,7 +79,7 @@ impl<'de> Visitor<'de> for FrameVisitor {
         let store_id: Uuid = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
         let channel_id: Uuid = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(2, &self))?;
         let payload: OptPayload = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(3, &self))?;
-        let trace_context: Option<TraceContext> = seq.next_element()?;
+        let trace_context: Option<BoundedTraceContext> = seq.next_element()?;
         if seq.next_element::<de::IgnoredAny>()?.is_some() {
             return Err(de::Error::invalid_length(6, &self));
         }
@@ -79,7 +88,7 @@ impl<'de> Visitor<'de> for FrameVisitor {
             store_id,
             channel_id,
             payload: payload.0,
-            trace_context: trace_context.unwrap_or_default(),
+            trace_context: trace_context.map(|t| t.0).unwrap_or_default(),
         })
     }
 }
@@ -93,8 +102,7 @@ pub fn read_frame(bytes: &[u8]) -> Result<Frame, WireError> {
         }
     }
     let mut reader = bytes;
-    let Wrapper(frame) =
-        ciborium::from_reader(&mut reader).map_err(|e| WireError::Malformed(alloc::format!("{e}")))?;
+    let Wrapper(frame) = ciborium::from_reader(&mut reader).map_err(malformed)?;
     if !reader.is_empty() {
         return Err(WireError::Malformed("trailing bytes after CBOR frame".into()));
     }
@@ -110,10 +118,21 @@ pub fn to_writer<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
 /// Deserializes one CBOR value that must span all of `bytes`.
 pub fn from_slice<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, WireError> {
     let mut reader = bytes;
-    let value =
-        ciborium::from_reader(&mut reader).map_err(|e| WireError::Malformed(alloc::format!("{e}")))?;
+    let value = ciborium::from_reader(&mut reader).map_err(malformed)?;
     if !reader.is_empty() {
         return Err(WireError::Malformed("trailing bytes after CBOR value".into()));
     }
     Ok(value)
+}
+
+/// A decode failure as a text fit for a peer: ciborium's errors print as debug dumps
+/// (`Semantic(None, "…")`, `RecursionLimitExceeded`), which say nothing to a client.
+fn malformed<E>(error: ciborium::de::Error<E>) -> WireError {
+    use ciborium::de::Error;
+    WireError::Malformed(match error {
+        Error::Io(_) => String::from("truncated CBOR"),
+        Error::Syntax(offset) => alloc::format!("invalid CBOR at byte {offset}"),
+        Error::Semantic(_, message) => message,
+        Error::RecursionLimitExceeded => String::from("CBOR nested too deeply"),
+    })
 }

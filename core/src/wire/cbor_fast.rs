@@ -271,8 +271,9 @@ impl<'a> Reader<'a> {
     /// A text-to-text map read as serde fills a `BTreeMap`: pairs in any order, the last duplicate wins.
     fn string_map(&mut self) -> Option<Metadata> {
         let len = self.len(MAJOR_MAP)?;
-        // Every pair takes at least 2 bytes: a huge declared length fails here, before any work.
-        if len > self.bytes.len() / 2 {
+        // Every pair takes at least 2 bytes: a huge declared length fails here, before any work. Maps
+        // over the decoding bound are left to ciborium, which refuses them with the bound's text.
+        if len > self.bytes.len() / 2 || len > crate::limits::MAX_DECODED_METADATA_ENTRIES {
             return None;
         }
         let mut map = Metadata::new();

@@ -170,7 +170,8 @@ impl Frame {
             channel_id: Option<Uuid>,
             #[serde(borrow)]
             payload: Option<Cow<'a, str>>,
-            trace_context: Option<TraceContext>,
+            #[serde(deserialize_with = "super::serde_helpers::bounded_map")]
+            trace_context: TraceContext,
         }
         let raw: Raw<'_> =
             serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(alloc::format!("{e}")))?;
@@ -189,7 +190,7 @@ impl Frame {
             store_id: raw.store_id.unwrap_or_default(),
             channel_id: raw.channel_id.unwrap_or_default(),
             payload,
-            trace_context: raw.trace_context.unwrap_or_default(),
+            trace_context: raw.trace_context,
         })
     }
 

@@ -1,10 +1,12 @@
 //! serde helpers shared by every message type, so one set of `Serialize`/`Deserialize` impls serves the
 //! JSON codec (bytes as base64 strings, Go semantics) and the CBOR codec (bytes as byte strings).
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use base64::Engine as _;
 use core::fmt;
-use serde::de::{self, Deserialize, Deserializer, Visitor};
+use core::marker::PhantomData;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde::ser::Serializer;
 
 /// Decodes standard padded base64 (Go's `[]byte` JSON form), refusing anything else.
@@ -66,6 +68,53 @@ where
     T: Deserialize<'de> + Default,
 {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A map of a client-to-server message (record metadata, worker metadata, consume offsets), `null`
+/// as empty like [`null_as_default`], refused once it holds more than
+/// [`MAX_DECODED_METADATA_ENTRIES`](crate::limits::MAX_DECODED_METADATA_ENTRIES) entries: decoding
+/// stops there instead of building a map of every key the frame can hold.
+pub fn bounded_map<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    K: Deserialize<'de> + Ord,
+    V: Deserialize<'de>,
+{
+    d.deserialize_any(BoundedMapVisitor(PhantomData))
+}
+
+struct BoundedMapVisitor<K, V>(PhantomData<(K, V)>);
+
+impl<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>> Visitor<'de> for BoundedMapVisitor<K, V> {
+    type Value = BTreeMap<K, V>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map or null")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let limit = crate::limits::MAX_DECODED_METADATA_ENTRIES;
+        let mut map = BTreeMap::new();
+        while let Some((key, value)) = access.next_entry::<K, V>()? {
+            if map.len() == limit {
+                return Err(de::Error::custom(format_args!("map exceeds maximum of {limit} entries")));
+            }
+            map.insert(key, value);
+        }
+        Ok(map)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(BTreeMap::new())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(BTreeMap::new())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
 }
 
 /// `skip_serializing_if` helper for Go `omitempty` on integers.
