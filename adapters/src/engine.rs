@@ -500,6 +500,7 @@ impl EngineTask {
                     .detach();
             }
             EngineEffect::Bus { store, command } => self.bus(store, command),
+            EngineEffect::Refused { refusal, .. } => self.metrics.refused(refusal),
         }
     }
 

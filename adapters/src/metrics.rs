@@ -20,6 +20,7 @@
 //! | `received_frames_total`, `received_bytes_total` | counter | WebSocket messages read and their bytes |
 //! | `sent_frames_total`, `sent_bytes_total` | counter | WebSocket messages written and their bytes |
 //! | `errors_total{kind}` | counter | errors by kind (see [`ErrorKind`]) |
+//! | `refusals_total{reason}` | counter | requests or records refused by a request limit or a store quota (`name`, `lease_field`, `record_metadata`, `worker_metadata`, `consume_spaces`, …) |
 //!
 //! Label values are static strings or enums, never text from the network, so a client cannot grow the
 //! number of series. The `operations_total` series exist at zero from the start; an `errors_total`
@@ -35,6 +36,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use streamkit_core::node::Refusal;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -210,6 +212,11 @@ struct ErrorLabels {
     kind: ErrorKind,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
 /// The registry and every metric of the server. Share it behind an `Arc`; recording is lock-free
 /// (atomics), rendering takes the family locks briefly.
 #[derive(Debug)]
@@ -233,6 +240,7 @@ pub struct Metrics {
     sent_frames: Counter,
     sent_bytes: Counter,
     errors: Family<ErrorLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -308,6 +316,11 @@ impl Metrics {
         registry.register("sent_frames", "WebSocket messages written", sent_frames.clone());
         registry.register("sent_bytes", "Bytes of WebSocket messages written", sent_bytes.clone());
         registry.register("errors", "Errors by kind", errors.clone());
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        for refusal in Refusal::all() {
+            drop(refusals.get_or_create(&RefusalLabels { reason: refusal.as_str() }));
+        }
+        registry.register("refusals", "Requests refused by a limit or a quota", refusals.clone());
 
         Self {
             registry,
@@ -329,6 +342,7 @@ impl Metrics {
             sent_frames,
             sent_bytes,
             errors,
+            refusals,
         }
     }
 
@@ -393,6 +407,11 @@ impl Metrics {
     pub fn sent(&self, frames: u64, bytes: u64) {
         self.sent_frames.inc_by(frames);
         self.sent_bytes.inc_by(bytes);
+    }
+
+    /// Counts a request or record refused by a limit or a quota.
+    pub fn refused(&self, refusal: Refusal) {
+        self.refusals.get_or_create(&RefusalLabels { reason: refusal.as_str() }).inc();
     }
 
     /// Counts an error of `kind`.

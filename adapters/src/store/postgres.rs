@@ -193,6 +193,10 @@ struct Statements {
     get: String,
     scan_forward: String,
     scan_backward: String,
+    /// Scans with a byte bound (`$5`): the running size of the rows decides where the answer stops, so
+    /// rows past the bound are never sent.
+    scan_forward_bounded: String,
+    scan_backward_bounded: String,
     lock_rows: String,
     insert: String,
     upsert: String,
@@ -208,10 +212,25 @@ impl Statements {
                  ORDER BY key {order} LIMIT $4"
             )
         };
+        // `octet_length` of a stored value reads its size without detoasting it. The first row is always
+        // returned (see `ScanRange::max_bytes`).
+        let bounded = |order: &str| {
+            format!(
+                "SELECT key, value FROM (\
+                   SELECT key, value, row_number() OVER w AS n, \
+                     sum(octet_length(key) + octet_length(value)) OVER w AS upto \
+                   FROM ({}) AS s WINDOW w AS (ORDER BY key {order} ROWS UNBOUNDED PRECEDING)\
+                 ) AS t WHERE n = 1 OR upto - (octet_length(key) + octet_length(value)) < $5 \
+                 ORDER BY key {order}",
+                scan(order)
+            )
+        };
         Self {
             get: format!("SELECT value FROM {kv} WHERE store_id = $1 AND key = $2"),
             scan_forward: scan("ASC"),
             scan_backward: scan("DESC"),
+            scan_forward_bounded: bounded("ASC"),
+            scan_backward_bounded: bounded("DESC"),
             lock_rows: format!(
                 "SELECT t.store_id, t.key, t.value FROM {kv} t \
                  JOIN unnest($1::uuid[], $2::bytea[]) AS p(store_id, key) \
@@ -515,12 +534,25 @@ impl PgStore {
         let result = sidecar::run(async move {
             add(&shared.counters.reads, 1);
             let limit = i64::try_from(range.limit).unwrap_or(i64::MAX);
-            let sql = if range.reverse { &shared.sql.scan_backward } else { &shared.sql.scan_forward };
+            let max_bytes = i64::try_from(range.max_bytes).ok();
+            let sql = match (range.reverse, max_bytes.is_some()) {
+                (false, false) => &shared.sql.scan_forward,
+                (true, false) => &shared.sql.scan_backward,
+                (false, true) => &shared.sql.scan_forward_bounded,
+                (true, true) => &shared.sql.scan_backward_bounded,
+            };
             with_retry_on_broken(&shared.pool, |client| {
                 let range = &range;
                 async move {
                     let statement = client.prepare_cached(sql).await?;
-                    let rows = client.query(&statement, &[&store, &range.start, &range.end, &limit]).await?;
+                    let rows = match &max_bytes {
+                        None => client.query(&statement, &[&store, &range.start, &range.end, &limit]).await?,
+                        Some(max_bytes) => {
+                            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                                [&store, &range.start, &range.end, &limit, max_bytes];
+                            client.query(&statement, &params).await?
+                        }
+                    };
                     Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
                 }
             })

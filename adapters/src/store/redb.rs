@@ -231,19 +231,12 @@ impl OrderedKv for RedbKv {
             let iter = table
                 .range::<&[u8]>(range.start.as_slice()..range.end.as_slice())
                 .map_err(|e| error("scan", path, e))?;
-            // The iterator is lazy: at most `limit` pairs are read and copied.
-            let mut pairs = Vec::with_capacity(range.limit.min(1024));
-            let mut push = |item: Result<Row<'_>, redb::StorageError>| {
+            // The iterator is lazy: only the pairs returned are read and copied.
+            let copy = |item: Result<Row<'_>, redb::StorageError>| {
                 let (key, value) = item.map_err(|e| error("scan", path, e))?;
-                pairs.push((key.value().to_vec(), value.value().to_vec()));
-                Ok::<(), KvError>(())
+                Ok((key.value().to_vec(), value.value().to_vec()))
             };
-            if range.reverse {
-                iter.rev().take(range.limit).try_for_each(&mut push)?;
-            } else {
-                iter.take(range.limit).try_for_each(&mut push)?;
-            }
-            Ok(pairs)
+            if range.reverse { range.collect(iter.rev().map(copy)) } else { range.collect(iter.map(copy)) }
         })
     }
 
@@ -289,7 +282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kv = RedbKv::open(dir.path().join("s.redb"), &RedbOptions::default()).unwrap();
         assert_eq!(kv.get(b"k").unwrap(), None);
-        let all = ScanRange { start: vec![], end: vec![0xff], reverse: false, limit: 10 };
+        let all = ScanRange::new(vec![], vec![0xff], 10);
         assert!(kv.scan(&all).unwrap().is_empty());
         assert_eq!(kv.durability(), CommitDurability::Immediate);
     }

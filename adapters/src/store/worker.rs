@@ -840,7 +840,7 @@ mod tests {
         };
         entered.recv().unwrap();
         assert_eq!(block_on(store.get(b"k".to_vec())), Ok(Some(b"v".to_vec())));
-        let range = ScanRange { start: vec![], end: vec![0xff], reverse: true, limit: 5 };
+        let range = ScanRange { reverse: true, ..ScanRange::new(vec![], vec![0xff], 5) };
         assert_eq!(block_on(store.scan(range)), Ok(vec![(b"k".to_vec(), b"v".to_vec())]));
         gate.send(()).unwrap();
         assert_eq!(blocked.join().unwrap(), Ok(CommitOutcome::Committed));
@@ -869,7 +869,7 @@ mod tests {
         }
         let err = block_on(store.get(b"a".to_vec())).unwrap_err();
         assert!(err.0.contains("panicked during a read"), "{err}");
-        let range = ScanRange { start: vec![], end: vec![1], reverse: false, limit: 1 };
+        let range = ScanRange::new(vec![], vec![1], 1);
         assert_eq!(block_on(store.scan(range)), Ok(Vec::new()));
         store.close_blocking();
     }

@@ -8,7 +8,7 @@ use streamkit_core::storage::{KvError, OrderedKv, ScanRange, WriteBatch};
 use uuid::Uuid;
 
 fn everything() -> ScanRange {
-    ScanRange { start: Vec::new(), end: vec![0xff; 8], reverse: false, limit: usize::MAX }
+    ScanRange::new(Vec::new(), vec![0xff; 8], usize::MAX)
 }
 
 /// A closed database holding enough data to span many pages.

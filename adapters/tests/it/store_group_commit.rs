@@ -134,12 +134,11 @@ fn racing_producers_keep_sequences_gapless() {
 
     let mut total = 0;
     for segment in 0..SEGMENTS {
-        let range = ScanRange {
-            start: format!("entry/{segment}/").into_bytes(),
-            end: format!("entry/{segment}0").into_bytes(),
-            reverse: false,
-            limit: usize::MAX,
-        };
+        let range = ScanRange::new(
+            format!("entry/{segment}/").into_bytes(),
+            format!("entry/{segment}0").into_bytes(),
+            usize::MAX,
+        );
         let entries = block_on(store.scan(range)).unwrap();
         let sequences: Vec<u64> =
             entries.iter().map(|(k, _)| u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap())).collect();

@@ -52,18 +52,21 @@ fn batch() -> impl Strategy<Value = WriteBatch> {
         .prop_map(|(preconditions, puts, deletes)| WriteBatch { preconditions, puts, deletes })
 }
 
+/// A scan's byte bound: none, or small enough to cut scans short (0 still returns one pair).
+fn max_bytes() -> impl Strategy<Value = usize> {
+    prop_oneof![Just(usize::MAX), 0usize..24]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => key().prop_map(Op::Get),
-        3 => (key(), key(), any::<bool>(), 0usize..6)
-            .prop_map(|(start, end, reverse, limit)| Op::Scan(ScanRange { start, end, reverse, limit })),
+        3 => (key(), key(), any::<bool>(), 0usize..6, max_bytes()).prop_map(
+            |(start, end, reverse, limit, max_bytes)| Op::Scan(ScanRange { start, end, reverse, limit, max_bytes })
+        ),
         // A prefix of the full key space, the full space itself, and inverted ranges all come up.
-        1 => (any::<bool>(), 0usize..20).prop_map(|(reverse, limit)| Op::Scan(ScanRange {
-            start: Vec::new(),
-            end: vec![0xff; 4],
-            reverse,
-            limit,
-        })),
+        1 => (any::<bool>(), 0usize..20, max_bytes()).prop_map(|(reverse, limit, max_bytes)| {
+            Op::Scan(ScanRange { start: Vec::new(), end: vec![0xff; 4], reverse, limit, max_bytes })
+        }),
         4 => prop::collection::vec(batch(), 0..4).prop_map(Op::Commit),
         1 => Just(Op::Reopen),
     ]
@@ -113,7 +116,7 @@ fn scratch_dir() -> tempfile::TempDir {
 }
 
 fn everything() -> ScanRange {
-    ScanRange { start: Vec::new(), end: vec![0xff; 8], reverse: false, limit: usize::MAX }
+    ScanRange::new(Vec::new(), vec![0xff; 8], usize::MAX)
 }
 
 proptest! {

@@ -19,7 +19,7 @@ fn put(key: &[u8], value: &[u8]) -> WriteBatch {
 }
 
 fn everything() -> ScanRange {
-    ScanRange { start: Vec::new(), end: vec![0xff; 8], reverse: false, limit: usize::MAX }
+    ScanRange::new(Vec::new(), vec![0xff; 8], usize::MAX)
 }
 
 /// Runs `n` threads of `f` at once and collects their results.
@@ -179,8 +179,7 @@ fn two_instances_racing_on_one_segment_leave_exactly_one_to_n() {
         }
     });
     let store = instances[0].store(store_id);
-    let range =
-        ScanRange { start: b"entry/".to_vec(), end: b"entry0".to_vec(), reverse: false, limit: usize::MAX };
+    let range = ScanRange::new(b"entry/".to_vec(), b"entry0".to_vec(), usize::MAX);
     let sequences: Vec<u64> = block_on(store.scan(range))
         .unwrap()
         .into_iter()

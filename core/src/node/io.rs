@@ -63,6 +63,20 @@ pub enum Refusal {
     Limit(crate::limits::LimitKind),
 }
 
+impl Refusal {
+    /// Every refusal.
+    pub fn all() -> impl Iterator<Item = Refusal> {
+        crate::limits::LimitKind::ALL.into_iter().map(Refusal::Limit)
+    }
+
+    /// The metrics label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Limit(kind) => kind.as_str(),
+        }
+    }
+}
+
 /// A message-bus effect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BusCommand {

@@ -47,7 +47,7 @@ fn scan(
     reverse: bool,
     limit: usize,
 ) {
-    let range = ScanRange { start: start.to_vec(), end: end.to_vec(), reverse, limit };
+    let range = ScanRange { start: start.to_vec(), end: end.to_vec(), reverse, limit, max_bytes: usize::MAX };
     sv.io.storage(Owner::Stream(stream, tag), StorageOp::Scan(range));
 }
 

@@ -345,7 +345,7 @@ impl SubscribeOp {
         }
         if let Some((next, end)) = &snapshot.inventory {
             let limit = sv.config.read_batch.max(1);
-            let range = ScanRange { start: next.clone(), end: end.clone(), reverse: false, limit };
+            let range = ScanRange::new(next.clone(), end.clone(), limit);
             sv.io.storage(Owner::Stream(stream, TAG_SEGMENTS), StorageOp::Scan(range));
             snapshot.pending = Pending::Segments(limit);
             return Step::Continue;

@@ -29,6 +29,33 @@ pub struct ScanRange {
     pub reverse: bool,
     /// Maximum number of pairs to return (0 returns none).
     pub limit: usize,
+    /// Stop once the pairs returned hold this many key and value bytes: the pair that reaches it is
+    /// the last one (so a scan that finds anything returns at least one pair, however large).
+    /// `usize::MAX` for no byte bound. Readers of large entries use it to bound what one scan holds.
+    pub max_bytes: usize,
+}
+
+impl ScanRange {
+    /// The range `[start, end)`, forward, at most `limit` pairs, no byte bound.
+    pub fn new(start: Vec<u8>, end: Vec<u8>, limit: usize) -> Self {
+        Self { start, end, reverse: false, limit, max_bytes: usize::MAX }
+    }
+
+    /// Collects pairs from `pairs` (in scan order) within `limit` and `max_bytes`, stopping at the first
+    /// error: the common loop of every backend.
+    pub fn collect<E>(&self, pairs: impl Iterator<Item = Result<KvPair, E>>) -> Result<Vec<KvPair>, E> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for pair in pairs.take(self.limit) {
+            let pair = pair?;
+            bytes = bytes.saturating_add(pair.0.len() + pair.1.len());
+            out.push(pair);
+            if bytes >= self.max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A condition a batch needs to hold at commit time.

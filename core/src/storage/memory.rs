@@ -114,12 +114,8 @@ impl OrderedKv for MemoryKv {
             return Ok(Vec::new());
         }
         let bounds = (Bound::Included(range.start.as_slice()), Bound::Excluded(range.end.as_slice()));
-        let pairs = self.map.range::<[u8], _>(bounds).map(|(k, v)| (k.clone(), v.clone()));
-        Ok(if range.reverse {
-            pairs.rev().take(range.limit).collect()
-        } else {
-            pairs.take(range.limit).collect()
-        })
+        let pairs = self.map.range::<[u8], _>(bounds).map(|(k, v)| Ok((k.clone(), v.clone())));
+        if range.reverse { range.collect(pairs.rev()) } else { range.collect(pairs) }
     }
 
     fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<CommitOutcome>, KvError> {
@@ -154,7 +150,7 @@ mod tests {
     }
 
     fn range(start: &[u8], end: &[u8], reverse: bool, limit: usize) -> ScanRange {
-        ScanRange { start: start.to_vec(), end: end.to_vec(), reverse, limit }
+        ScanRange { start: start.to_vec(), end: end.to_vec(), reverse, limit, max_bytes: usize::MAX }
     }
 
     fn keys(pairs: &[KvPair]) -> Vec<&[u8]> {
