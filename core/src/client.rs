@@ -150,7 +150,7 @@ impl ClientConnection {
         loop {
             let event = match self.mux.poll_event()? {
                 MuxEvent::Readable { channel } => ClientEvent::Readable { channel },
-                MuxEvent::Sent { channel, frames } => ClientEvent::Sent { channel, frames },
+                MuxEvent::Sent { channel, frames, .. } => ClientEvent::Sent { channel, frames },
                 MuxEvent::Aborted { channel, reason } => {
                     self.kinds.remove(&channel);
                     ClientEvent::Aborted { channel, reason }

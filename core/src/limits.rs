@@ -217,6 +217,7 @@ pub fn metadata_bytes(metadata: &Metadata) -> usize {
 #[cfg(test)]
 mod tests {
     use alloc::string::ToString;
+    use alloc::vec::Vec;
 
     use super::*;
     use crate::api::{Consume, LeaseAcquire, Produce, SubscribeWorkers};
@@ -295,6 +296,53 @@ mod tests {
             let encoded = codec.encode_frame(&frame);
             assert!(codec.decode_frame(&encoded, &Limits::default()).is_err(), "{codec:?}");
         }
+    }
+
+    #[test]
+    fn cbor_envelopes_decode_without_a_generic_value() {
+        use crate::api::Envelope;
+        use crate::wire::{Codec, Message, MessageKind};
+        let worker = |metadata| {
+            Message::Envelope(Envelope::SubscribeWorkers(SubscribeWorkers {
+                worker_id: uuid::Uuid::from_u128(1),
+                metadata,
+                heartbeat_interval_seconds: 3,
+            }))
+        };
+        // The usual encoding: content decoded straight into its type, maps bounded while decoding.
+        let fits = worker(metadata(10, 3));
+        assert_eq!(
+            Codec::Cbor.decode_message(MessageKind::Envelope, &Codec::Cbor.encode_message(&fits)),
+            Ok(fits)
+        );
+        let huge = Codec::Cbor.encode_message(&worker(metadata(MAX_DECODED_METADATA_ENTRIES + 1, 0)));
+        let err = Codec::Cbor.decode_message(MessageKind::Envelope, &huge).unwrap_err().to_string();
+        assert!(err.contains("map exceeds maximum of 4096 entries"), "{err}");
+
+        // Indefinite lengths: small envelopes still decode, large ones are refused.
+        fn text(out: &mut Vec<u8>, t: &str) {
+            ciborium::into_writer(&t, &mut *out).unwrap();
+        }
+        let indefinite = |pairs: usize| {
+            let mut out = alloc::vec![0xbf];
+            text(&mut out, "$type");
+            text(&mut out, "streamkit://api/v1/subscribe_workers");
+            text(&mut out, "content");
+            out.push(0xbf);
+            text(&mut out, "metadata");
+            out.push(0xbf);
+            for i in 0..pairs {
+                text(&mut out, &i.to_string());
+                text(&mut out, "v");
+            }
+            out.extend_from_slice(&[0xff, 0xff, 0xff]);
+            out
+        };
+        let small = Codec::Cbor.decode_message(MessageKind::Envelope, &indefinite(3)).unwrap();
+        assert!(matches!(small, Message::Envelope(Envelope::SubscribeWorkers(w)) if w.metadata.len() == 3));
+        let err =
+            Codec::Cbor.decode_message(MessageKind::Envelope, &indefinite(2000)).unwrap_err().to_string();
+        assert!(err.contains("must use definite lengths"), "{err}");
     }
 
     #[test]

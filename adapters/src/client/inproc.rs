@@ -172,7 +172,7 @@ impl Driver {
     /// Hands a stream's answers to its operation while it has room; the engine gets the credit back.
     fn pump(&mut self, channel: Uuid, inputs: &mut Vec<EngineInput>) {
         let Some(stream) = self.streams.get_mut(&channel) else { return };
-        let mut delivered = 0u32;
+        let (mut delivered, mut bytes) = (0u32, 0u64);
         let mut ended = None;
         while let Some(front) = stream.pending.front() {
             if matches!(front, Pending::Message(_)) && !stream.handle.has_room() {
@@ -183,6 +183,7 @@ impl Driver {
             }
             match stream.pending.pop_front() {
                 Some(Pending::Message(message)) => {
+                    bytes += message.footprint() as u64;
                     stream.handle.deliver(message);
                     delivered += 1;
                 }
@@ -194,7 +195,7 @@ impl Driver {
             }
         }
         if delivered > 0 {
-            inputs.push(EngineInput::Credit { stream: self.stream_id(channel), frames: delivered });
+            inputs.push(EngineInput::Credit { stream: self.stream_id(channel), frames: delivered, bytes });
         }
         if let Some(end) = ended
             && let Some(stream) = self.streams.remove(&channel)

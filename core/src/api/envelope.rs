@@ -131,6 +131,23 @@ impl ContentDecoder for JsonContent<'_> {
     }
 }
 
+/// Largest CBOR envelope decoded through a generic value (see [`Envelope::from_cbor`]).
+const MAX_GENERIC_CBOR_ENVELOPE: usize = 4096;
+
+/// The encoded content of a CBOR envelope, decoded straight into its type.
+struct CborBytes<'a>(&'a [u8]);
+
+impl ContentDecoder for CborBytes<'_> {
+    fn decode<T: for<'de> Deserialize<'de>>(self) -> Result<T, EnvelopeError> {
+        crate::wire::cbor::from_slice(self.0).map_err(|e| match e {
+            crate::wire::WireError::Malformed(text) => {
+                EnvelopeError::Malformed(format!("invalid envelope content: {text}"))
+            }
+            other => EnvelopeError::Malformed(format!("invalid envelope content: {other}")),
+        })
+    }
+}
+
 struct CborContent(ciborium::Value);
 
 impl ContentDecoder for CborContent {
@@ -171,7 +188,24 @@ impl Envelope {
     }
 
     /// Decodes an envelope from CBOR (a map with `$type` and `content`).
+    ///
+    /// The usual (definite-length) encoding is split without decoding and its content decoded straight
+    /// into its type. Other encodings of small envelopes go through a generic CBOR value first; larger
+    /// ones are refused, because that value can take many times the envelope's size in memory.
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        if let Some(parts) = crate::wire::cbor_fast::envelope_parts(bytes) {
+            let suffix = check_type(parts.ty)?;
+            let content = parts
+                .content
+                .ok_or_else(|| EnvelopeError::MissingContent(format!("{TYPE_PREFIX}{suffix}")))?;
+            return Self::decode_content(suffix, CborBytes(content));
+        }
+        if bytes.len() > MAX_GENERIC_CBOR_ENVELOPE {
+            return Err(EnvelopeError::Malformed(
+                "invalid envelope: CBOR envelopes over 4096 bytes must use definite lengths and no tags"
+                    .into(),
+            ));
+        }
         #[derive(Deserialize)]
         struct Raw {
             #[serde(rename = "$type", default)]

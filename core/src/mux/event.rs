@@ -52,6 +52,10 @@ pub enum MuxEvent {
         channel: Uuid,
         /// Number of frames, aggregated since the previous `Sent` of this stream.
         frames: u32,
+        /// Sum of the charges those frames were sent with
+        /// ([`MuxSession::send_charged`](super::MuxSession::send_charged); 0 for plain sends): byte
+        /// credit in the application's own unit.
+        charge: u64,
     },
     /// The session tore the stream down (overload, connection shutdown or timeout). The stream is
     /// already forgotten: no further event or item refers to it.

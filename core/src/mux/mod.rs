@@ -50,7 +50,7 @@
 //!         match event {
 //!             MuxEvent::Opened { channel, store_id } => start_handler(channel, store_id),
 //!             MuxEvent::Readable { channel } => while let Some(item) = mux.recv(channel) { deliver(channel, item) },
-//!             MuxEvent::Sent { channel, frames } => add_send_credit(channel, frames),
+//!             MuxEvent::Sent { channel, frames, .. } => add_send_credit(channel, frames),
 //!             MuxEvent::Aborted { channel, reason } => fail_handler(channel, reason),
 //!             MuxEvent::Shutdown { .. } => closing = true,
 //!         }

@@ -19,6 +19,8 @@ use crate::wire::{Codec, ControlType, Frame};
 #[derive(Debug)]
 struct OutFrame {
     generation: u64,
+    /// The application's charge for the frame, returned with `Sent`.
+    charge: u64,
     bytes: Vec<u8>,
 }
 
@@ -27,7 +29,7 @@ pub(crate) enum Taken {
     /// A connection-level or `error` frame.
     Control(Vec<u8>),
     /// A data frame of the stream registration `generation` of `channel`.
-    Data { channel: Uuid, generation: u64, bytes: Vec<u8> },
+    Data { channel: Uuid, generation: u64, charge: u64, bytes: Vec<u8> },
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +47,8 @@ pub(crate) struct Outbound {
     /// The connection's `close` frame is owed (after everything else).
     close: bool,
     data_frames: usize,
+    /// Bytes of the queued data and `error` frames.
+    queued_bytes: usize,
 }
 
 impl Outbound {
@@ -61,7 +65,13 @@ impl Outbound {
     }
 
     pub(crate) fn queue_error(&mut self, bytes: Vec<u8>) {
+        self.queued_bytes += bytes.len();
         self.errors.push_back(bytes);
+    }
+
+    /// Bytes of the queued data and `error` frames (pings, pongs and the close are a few bytes each).
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 
     /// Number of queued `error` frames.
@@ -74,12 +84,13 @@ impl Outbound {
         self.data_frames
     }
 
-    pub(crate) fn queue_data(&mut self, channel: Uuid, generation: u64, bytes: Vec<u8>) {
+    pub(crate) fn queue_data(&mut self, channel: Uuid, generation: u64, charge: u64, bytes: Vec<u8>) {
         let queue = self.data.entry(channel).or_default();
         if queue.is_empty() {
             self.ring.push_back(channel);
         }
-        queue.push_back(OutFrame { generation, bytes });
+        self.queued_bytes += bytes.len();
+        queue.push_back(OutFrame { generation, charge, bytes });
         self.data_frames += 1;
     }
 
@@ -88,8 +99,16 @@ impl Outbound {
     pub(crate) fn drop_stream(&mut self, channel: Uuid, generation: u64) {
         let Some(queue) = self.data.get_mut(&channel) else { return };
         let before = queue.len();
-        queue.retain(|f| f.generation != generation);
+        let mut dropped_bytes = 0;
+        queue.retain(|f| {
+            let keep = f.generation != generation;
+            if !keep {
+                dropped_bytes += f.bytes.len();
+            }
+            keep
+        });
         self.data_frames -= before - queue.len();
+        self.queued_bytes -= dropped_bytes;
         if queue.is_empty() {
             self.data.remove(&channel);
             self.ring.retain(|c| *c != channel);
@@ -114,6 +133,7 @@ impl Outbound {
             return Some(Taken::Control(codec.encode_frame(&Frame::control(ControlType::Ping))));
         }
         if let Some(bytes) = self.errors.pop_front() {
+            self.queued_bytes -= bytes.len();
             return Some(Taken::Control(bytes));
         }
         // The ring only holds channels with queued frames; should it ever not, the entry is skipped
@@ -125,12 +145,14 @@ impl Outbound {
                 continue;
             };
             self.data_frames -= 1;
+            self.queued_bytes -= frame.bytes.len();
             if queue.is_empty() {
                 self.data.remove(&channel);
             } else {
                 self.ring.push_back(channel);
             }
-            return Some(Taken::Data { channel, generation: frame.generation, bytes: frame.bytes });
+            let OutFrame { generation, charge, bytes } = frame;
+            return Some(Taken::Data { channel, generation, charge, bytes });
         }
         if core::mem::take(&mut self.close) {
             return Some(Taken::Control(codec.encode_frame(&Frame::control(ControlType::Close))));
@@ -156,9 +178,9 @@ mod tests {
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let mut o = Outbound::default();
         for i in 0..3u8 {
-            o.queue_data(a, 1, vec![i]);
+            o.queue_data(a, 1, 0, vec![i]);
         }
-        o.queue_data(b, 1, vec![9]);
+        o.queue_data(b, 1, 0, vec![9]);
         o.queue_close();
         o.queue_error(vec![7]);
         o.queue_pong();
@@ -179,14 +201,14 @@ mod tests {
     fn drop_stream_keeps_other_generations() {
         let a = Uuid::from_u128(1);
         let mut o = Outbound::default();
-        o.queue_data(a, 1, vec![1]);
-        o.queue_data(a, 2, vec![2]);
+        o.queue_data(a, 1, 0, vec![1]);
+        o.queue_data(a, 2, 0, vec![2]);
         o.drop_stream(a, 2);
         assert_eq!(o.queued_data_frames(), 1);
         assert_eq!(data(o.take(Codec::Cbor).unwrap()), (a, vec![1]));
-        o.queue_data(a, 2, vec![3]);
+        o.queue_data(a, 2, 0, vec![3]);
         o.drop_stream(a, 2);
         assert!(o.is_empty());
-        assert_eq!(o.queued_data_frames(), 0);
+        assert_eq!((o.queued_data_frames(), o.queued_bytes()), (0, 0));
     }
 }

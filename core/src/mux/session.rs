@@ -90,8 +90,8 @@ pub struct MuxSession {
     tombstones: Tombstones,
     outbound: Outbound,
     events: VecDeque<MuxEvent>,
-    /// Data frames taken by `poll_transmit` per stream, not yet reported as `Sent`.
-    sent: BTreeMap<Uuid, u32>,
+    /// Data frames (and their charges) taken by `poll_transmit` per stream, not yet reported as `Sent`.
+    sent: BTreeMap<Uuid, (u32, u64)>,
     next_generation: u64,
     shut_down: bool,
     counters: MuxCounters,
@@ -167,6 +167,12 @@ impl MuxSession {
     /// Data frames waiting for `poll_transmit` over all streams (bounded by the application's credit).
     pub fn queued_data_frames(&self) -> usize {
         self.outbound.queued_data_frames()
+    }
+
+    /// Bytes of the data and `error` frames waiting for `poll_transmit`: what this connection's
+    /// outbound queue holds.
+    pub fn queued_outbound_bytes(&self) -> usize {
+        self.outbound.queued_bytes()
     }
 
     /// `error` frames waiting for `poll_transmit` (bounded by
@@ -279,7 +285,7 @@ impl MuxSession {
         }
         let bytes = self.encode_data(store_id, channel, first_payload)?;
         let generation = self.register(channel, store_id);
-        self.outbound.queue_data(channel, generation, bytes);
+        self.outbound.queue_data(channel, generation, 0, bytes);
         Ok(channel)
     }
 
@@ -288,11 +294,24 @@ impl MuxSession {
     /// Allowed after the peer ended its side (Produce answers after the client's half-close); refused
     /// after our own `close_send`. A payload over the limits fails and leaves the stream untouched.
     pub fn send(&mut self, now: Millis, channel: Uuid, payload: Vec<u8>) -> Result<(), MuxError> {
+        self.send_charged(now, channel, payload, 0)
+    }
+
+    /// [`send`](Self::send), with a `charge` that comes back in the stream's [`MuxEvent::Sent`] once
+    /// the frame is taken: applications that count send credit in their own unit (bytes of the
+    /// message) get it back exactly.
+    pub fn send_charged(
+        &mut self,
+        now: Millis,
+        channel: Uuid,
+        payload: Vec<u8>,
+        charge: u64,
+    ) -> Result<(), MuxError> {
         self.advance(now);
         let (store_id, generation) = self.sendable(channel)?;
         self.check_payload(payload.len())?;
         let bytes = self.encode_data(store_id, channel, payload)?;
-        self.outbound.queue_data(channel, generation, bytes);
+        self.outbound.queue_data(channel, generation, charge, bytes);
         Ok(())
     }
 
@@ -306,7 +325,7 @@ impl MuxSession {
             None => StreamControl::close(),
         };
         let bytes = self.encode_data(store_id, channel, control.encode(self.codec))?;
-        self.outbound.queue_data(channel, generation, bytes);
+        self.outbound.queue_data(channel, generation, 0, bytes);
         if let Some(stream) = self.streams.get_mut(&channel) {
             stream.send_closed = true;
         }
@@ -372,8 +391,8 @@ impl MuxSession {
             }
             return Some(event);
         }
-        let (channel, frames) = self.sent.pop_first()?;
-        Some(MuxEvent::Sent { channel, frames })
+        let (channel, (frames, charge)) = self.sent.pop_first()?;
+        Some(MuxEvent::Sent { channel, frames, charge })
     }
 
     /// The next encoded frame to write (one WebSocket message; binary for CBOR, text for JSON).
@@ -383,12 +402,13 @@ impl MuxSession {
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         match self.outbound.take(self.codec)? {
             Taken::Control(bytes) => Some(bytes),
-            Taken::Data { channel, generation, bytes } => {
+            Taken::Data { channel, generation, charge, bytes } => {
                 // Frames of a released (or replaced) registration are still written but are nobody's
                 // credit any more.
                 if self.streams.get(&channel).is_some_and(|s| s.generation == generation) {
-                    let count = self.sent.entry(channel).or_insert(0);
-                    *count = count.saturating_add(1);
+                    let (frames, charged) = self.sent.entry(channel).or_insert((0, 0));
+                    *frames = frames.saturating_add(1);
+                    *charged = charged.saturating_add(charge);
                 }
                 Some(bytes)
             }

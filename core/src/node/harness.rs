@@ -144,6 +144,8 @@ pub struct NodeHarness {
     subscribed: BTreeSet<String>,
     logs: BTreeMap<StreamId, StreamLog>,
     inbox: BTreeMap<StreamId, VecDeque<Inbound>>,
+    /// With `manual_credit`: footprints of the messages sent and not yet credited, oldest first.
+    unacked: BTreeMap<StreamId, VecDeque<u64>>,
     next_channel: u128,
 }
 
@@ -170,6 +172,7 @@ impl NodeHarness {
             subscribed: BTreeSet::new(),
             logs: BTreeMap::new(),
             inbox: BTreeMap::new(),
+            unacked: BTreeMap::new(),
             next_channel: 0,
         }
     }
@@ -214,10 +217,18 @@ impl NodeHarness {
         self.run();
     }
 
-    /// Gives credit to a stream (with `manual_credit`).
+    /// Gives credit to a stream (with `manual_credit`): the transport took its `frames` oldest
+    /// messages, whose footprints come back as byte credit.
     pub fn credit(&mut self, stream: StreamId, frames: u32) {
-        self.node.handle_credit(self.now, stream, frames);
+        let unacked = self.unacked.entry(stream).or_default();
+        let bytes = (0..frames).filter_map(|_| unacked.pop_front()).sum();
+        self.node.handle_credit(self.now, stream, frames, bytes);
         self.run();
+    }
+
+    /// Footprint of the messages of `stream` sent and not yet credited (with `manual_credit`).
+    pub fn unacked_bytes(&self, stream: StreamId) -> u64 {
+        self.unacked.get(&stream).map_or(0, |u| u.iter().sum())
     }
 
     /// The log of a stream.
@@ -228,6 +239,11 @@ impl NodeHarness {
     /// Number of held storage effects.
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// The held storage effects, oldest first.
+    pub fn held_requests(&self) -> Vec<&StorageOp> {
+        self.held.iter().map(|(_, request)| request).collect()
     }
 
     /// Executes the oldest held storage effect and runs.
@@ -390,9 +406,12 @@ impl NodeHarness {
             NodeOutput::Send { stream, message } => {
                 let log = self.logs.entry(stream).or_default();
                 assert!(log.closed.is_none(), "message after close on {stream:?}: {message:?}");
+                let footprint = message.footprint() as u64;
                 log.sent.push(message);
-                if !self.manual_credit {
-                    self.node.handle_credit(self.now, stream, 1);
+                if self.manual_credit {
+                    self.unacked.entry(stream).or_default().push_back(footprint);
+                } else {
+                    self.node.handle_credit(self.now, stream, 1, footprint);
                 }
             }
             NodeOutput::Close { stream, error } => {

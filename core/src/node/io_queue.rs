@@ -24,6 +24,14 @@ pub(crate) enum Owner {
     Leases(u32),
 }
 
+/// A stream's send credit: messages and bytes ([`Message::footprint`]) it may still send. Both may go
+/// negative (single answers are sent regardless; the message that crosses the byte credit is sent).
+#[derive(Clone, Copy, Debug, Default)]
+struct Credit {
+    messages: i64,
+    bytes: i64,
+}
+
 /// Output queue and correlation state shared by every component of a node.
 #[derive(Debug, Default)]
 pub(crate) struct Io {
@@ -32,16 +40,17 @@ pub(crate) struct Io {
     pending: BTreeMap<OpId, Owner>,
     timers: BTreeMap<(Millis, u64), (Owner, &'static str)>,
     timer_seq: u64,
-    credit: BTreeMap<StreamId, i64>,
+    credit: BTreeMap<StreamId, Credit>,
     closed: Vec<StreamId>,
     open: BTreeSet<StreamId>,
 }
 
 impl Io {
     /// Registers a stream with its initial send credit.
-    pub fn open_stream(&mut self, stream: StreamId, credit: u32) {
+    pub fn open_stream(&mut self, stream: StreamId, messages: u32, bytes: usize) {
         self.open.insert(stream);
-        self.credit.insert(stream, credit.into());
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.credit.insert(stream, Credit { messages: messages.into(), bytes });
     }
 
     /// Sends a message on an open stream (ignored for closed streams).
@@ -50,20 +59,28 @@ impl Io {
             return;
         }
         if let Some(c) = self.credit.get_mut(&stream) {
-            *c -= 1;
+            c.messages -= 1;
+            c.bytes = c.bytes.saturating_sub(i64::try_from(message.footprint()).unwrap_or(i64::MAX));
         }
         self.out.push_back(NodeOutput::Send { stream, message });
     }
 
-    /// Remaining send credit of a stream (may be negative after single responses).
+    /// Messages the stream may send now: its message credit while it has byte credit left, else
+    /// none (may be negative after single responses).
     pub fn credit(&self, stream: &StreamId) -> i64 {
-        self.credit.get(stream).copied().unwrap_or(0)
+        self.credit.get(stream).map_or(0, |c| if c.bytes > 0 { c.messages } else { c.messages.min(0) })
     }
 
-    /// Adds credit (frames the transport has taken).
-    pub fn add_credit(&mut self, stream: &StreamId, frames: u32) {
+    /// Bytes the stream may still send (at least one more message may cross it while positive).
+    pub fn byte_credit(&self, stream: &StreamId) -> i64 {
+        self.credit.get(stream).map_or(0, |c| c.bytes)
+    }
+
+    /// Adds credit: `frames` messages of `bytes` footprint the transport has taken.
+    pub fn add_credit(&mut self, stream: &StreamId, frames: u32, bytes: u64) {
         if let Some(c) = self.credit.get_mut(stream) {
-            *c = c.saturating_add(frames.into());
+            c.messages = c.messages.saturating_add(frames.into());
+            c.bytes = c.bytes.saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
     }
 

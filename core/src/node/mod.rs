@@ -22,9 +22,10 @@
 //! while let Some(out) = node.poll_output() { ... }    // after every input
 //! ```
 //!
-//! Flow control: every stream has *send credit* (initially [`NodeConfig::stream_credit`] messages);
-//! streaming reads only read storage while credit is positive, and the transport returns credit as frames
-//! leave ([`Node::handle_credit`]). Inbound, a stream only takes messages while
+//! Flow control: every stream has *send credit* (initially [`NodeConfig::stream_credit`] messages and
+//! [`NodeConfig::stream_credit_bytes`] bytes of [`Message::footprint`]); streaming reads only read
+//! storage while both are positive, read at most the byte credit per scan, and the transport returns
+//! credit as frames leave ([`Node::handle_credit`]). Inbound, a stream only takes messages while
 //! [`Node::accepts_input`] holds; [`NodeOutput::Ready`] announces it holds again.
 
 pub mod circuit;
@@ -39,6 +40,8 @@ mod read;
 pub mod subscribe;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_flow;
 #[cfg(test)]
 mod tests_leases;
 #[cfg(test)]
@@ -131,6 +134,10 @@ pub struct NodeConfig {
     pub read_batch: usize,
     /// Initial send credit of a stream, in messages.
     pub stream_credit: u32,
+    /// Initial send credit of a stream in bytes ([`Message::footprint`]), 1 MiB: a stream sends while
+    /// it has both kinds of credit, so one stream of large entries holds about this much (plus the
+    /// message that crosses it) in the transport's queues, not `stream_credit` whole entries.
+    pub stream_credit_bytes: usize,
     /// Whether a message bus is configured (subscriptions need one; produce notifies through it).
     pub bus_configured: bool,
     /// Segment heads cached per node (they spare a storage read per produce).
@@ -163,6 +170,7 @@ impl Default for NodeConfig {
             presence_stale_floor: presence::MIN_WORKER_TTL,
             read_batch: 256,
             stream_credit: 256,
+            stream_credit_bytes: 1 << 20,
             bus_configured: true,
             head_cache_capacity: 8192,
             notify_failure_threshold: circuit::DEFAULT_NOTIFY_FAILURE_THRESHOLD,
@@ -406,7 +414,7 @@ impl Node {
             old.on_abort(&mut self.sv, stream);
             self.sv.io.cancel_stream(&stream);
         }
-        self.sv.io.open_stream(stream, self.sv.config.stream_credit);
+        self.sv.io.open_stream(stream, self.sv.config.stream_credit, self.sv.config.stream_credit_bytes);
         let request = match envelope.into_request() {
             Ok(request) => request,
             Err(other) => {
@@ -432,7 +440,7 @@ impl Node {
     /// error text).
     pub fn handle_bad_request(&mut self, now: Millis, stream: StreamId, error: String) {
         self.advance(now);
-        self.sv.io.open_stream(stream, 0);
+        self.sv.io.open_stream(stream, 0, 0);
         self.sv.io.close(stream, Some(error));
         self.finish_input();
     }
@@ -495,10 +503,11 @@ impl Node {
         self.finish_input();
     }
 
-    /// The transport took `frames` messages of a stream: that much send credit comes back.
-    pub fn handle_credit(&mut self, now: Millis, stream: StreamId, frames: u32) {
+    /// The transport took `frames` messages of a stream, of [`Message::footprint`] `bytes` in all: that
+    /// much send credit comes back.
+    pub fn handle_credit(&mut self, now: Millis, stream: StreamId, frames: u32, bytes: u64) {
         self.advance(now);
-        self.sv.io.add_credit(&stream, frames);
+        self.sv.io.add_credit(&stream, frames, bytes);
         self.dispatch(stream, |op, sv| op.on_credit(sv, stream));
         self.finish_input();
     }

@@ -38,6 +38,22 @@ pub(crate) fn effective_limit(limit: u64) -> u64 {
     if limit == 0 || limit == u64::MAX { u64::MAX } else { limit.min(MAX_CONSUME_ENTRIES) }
 }
 
+/// How much one scan may return: pairs and bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Batch {
+    limit: usize,
+    max_bytes: usize,
+}
+
+impl Batch {
+    /// Whether a scan that returned `pairs` for this batch reached the end of its range: it stopped
+    /// short of both bounds.
+    fn exhausted(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> bool {
+        let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        pairs.len() < self.limit && bytes < self.max_bytes
+    }
+}
+
 fn scan(
     sv: &mut Services,
     stream: StreamId,
@@ -45,9 +61,15 @@ fn scan(
     start: &[u8],
     end: &[u8],
     reverse: bool,
-    limit: usize,
+    batch: Batch,
 ) {
-    let range = ScanRange { start: start.to_vec(), end: end.to_vec(), reverse, limit, max_bytes: usize::MAX };
+    let range = ScanRange {
+        start: start.to_vec(),
+        end: end.to_vec(),
+        reverse,
+        limit: batch.limit,
+        max_bytes: batch.max_bytes,
+    };
     sv.io.storage(Owner::Stream(stream, tag), StorageOp::Scan(range));
 }
 
@@ -66,10 +88,14 @@ fn storage_error(result: StorageResult) -> String {
     }
 }
 
-/// Batch size allowed by the stream's credit (at least one entry, so progress is possible).
-fn credit_batch(sv: &Services, stream: &StreamId, remaining: u64) -> usize {
+/// The batch the stream's credit allows, its byte credit shared by `shares` readers (at least one
+/// entry, so progress is possible): a scan never reads much more than the stream may send.
+fn credit_batch(sv: &Services, stream: &StreamId, remaining: u64, shares: usize) -> Batch {
     let credit = sv.io.credit(stream).max(1) as u64;
-    sv.config.read_batch.max(1).min(credit as usize).min(remaining.min(usize::MAX as u64) as usize)
+    let limit =
+        sv.config.read_batch.max(1).min(credit as usize).min(remaining.min(usize::MAX as u64) as usize);
+    let bytes = usize::try_from(sv.io.byte_credit(stream).max(1)).unwrap_or(usize::MAX);
+    Batch { limit, max_bytes: (bytes / shares.max(1)).max(1) }
 }
 
 /// The peer ended its side of a read. A clean `mux::close` is only a half-close (the peer still reads
@@ -103,7 +129,7 @@ impl PeekOp {
             return None;
         }
         let (start, end) = keys::segment_range(&request.space, &request.segment, 0, u64::MAX);
-        scan(sv, stream, TAG_SCAN, &start, &end, true, 1);
+        scan(sv, stream, TAG_SCAN, &start, &end, true, Batch { limit: 1, max_bytes: usize::MAX });
         Some(Box::new(Self { space: request.space, segment: request.segment }))
     }
 }
@@ -155,7 +181,7 @@ pub(crate) struct ConsumeSegmentOp {
     min_ts: i64,
     max_ts: i64,
     remaining: u64,
-    requested: Option<usize>,
+    requested: Option<Batch>,
 }
 
 impl ConsumeSegmentOp {
@@ -204,9 +230,9 @@ impl ConsumeSegmentOp {
         if sv.io.credit(&stream) <= 0 {
             return Step::Continue;
         }
-        let limit = credit_batch(sv, &stream, self.remaining);
-        scan(sv, stream, TAG_SCAN, &self.next, &self.end, false, limit);
-        self.requested = Some(limit);
+        let batch = credit_batch(sv, &stream, self.remaining, 1);
+        scan(sv, stream, TAG_SCAN, &self.next, &self.end, false, batch);
+        self.requested = Some(batch);
         Step::Continue
     }
 }
@@ -222,7 +248,7 @@ impl StreamOp for ConsumeSegmentOp {
             sv.io.close(stream, Some(storage_error(result)));
             return Step::Done;
         };
-        let exhausted = pairs.len() < requested;
+        let exhausted = requested.exhausted(&pairs);
         if let Some((last, _)) = pairs.last() {
             self.next = successor(last);
         }
@@ -274,7 +300,7 @@ struct SpaceCursor {
     end: Vec<u8>,
     buffer: VecDeque<Entry>,
     exhausted: bool,
-    requested: Option<usize>,
+    requested: Option<Batch>,
 }
 
 /// ConsumeSpace and Consume: one or more spaces, each in space-key order, merged by timestamp.
@@ -373,8 +399,11 @@ impl ConsumeSpacesOp {
         self.pump(sv, stream)
     }
 
-    fn batch_size(&self, sv: &Services) -> usize {
-        (sv.config.read_batch / self.cursors.len().max(1)).clamp(8, sv.config.read_batch.max(8))
+    /// One cursor's share of a refill: of the read batch (at least 8 entries) and of the byte credit.
+    fn batch(&self, sv: &Services, stream: &StreamId) -> Batch {
+        let cursors = self.cursors.len().max(1);
+        let limit = (sv.config.read_batch / cursors).clamp(8, sv.config.read_batch.max(8));
+        Batch { limit, ..credit_batch(sv, stream, u64::MAX, cursors) }
     }
 
     fn pump(&mut self, sv: &mut Services, stream: StreamId) -> Step {
@@ -389,7 +418,7 @@ impl ConsumeSpacesOp {
             if self.cursors.iter().any(|c| c.requested.is_some()) {
                 return Step::Continue;
             }
-            let batch = self.batch_size(sv);
+            let batch = self.batch(sv, &stream);
             let mut waiting = false;
             for (index, cursor) in self.cursors.iter_mut().enumerate() {
                 if !cursor.buffer.is_empty() || cursor.exhausted {
@@ -429,8 +458,8 @@ impl ConsumeSpacesOp {
             return Step::Done;
         };
         let Some(cursor) = self.cursors.get_mut(index) else { return Step::Continue };
-        let requested = cursor.requested.take().unwrap_or(0);
-        cursor.exhausted = pairs.len() < requested;
+        let requested = cursor.requested.take().unwrap_or(Batch { limit: 0, max_bytes: 0 });
+        cursor.exhausted = requested.exhausted(&pairs);
         if let Some((last, _)) = pairs.last() {
             cursor.next = successor(last);
         }
@@ -484,7 +513,7 @@ pub(crate) struct ListOp {
     prefix_len: usize,
     next: Vec<u8>,
     end: Vec<u8>,
-    requested: Option<usize>,
+    requested: Option<Batch>,
 }
 
 impl ListOp {
@@ -514,9 +543,9 @@ impl ListOp {
 
     fn pump(&mut self, sv: &mut Services, stream: StreamId) -> Step {
         if self.requested.is_none() && sv.io.credit(&stream) > 0 {
-            let limit = credit_batch(sv, &stream, u64::MAX);
-            scan(sv, stream, TAG_SCAN, &self.next, &self.end, false, limit);
-            self.requested = Some(limit);
+            let batch = credit_batch(sv, &stream, u64::MAX, 1);
+            scan(sv, stream, TAG_SCAN, &self.next, &self.end, false, batch);
+            self.requested = Some(batch);
         }
         Step::Continue
     }
@@ -538,7 +567,7 @@ impl StreamOp for ListOp {
                 sv.io.send(stream, Message::Name(name.into()));
             }
         }
-        if pairs.len() < requested {
+        if requested.exhausted(&pairs) {
             sv.io.close(stream, None);
             return Step::Done;
         }

@@ -101,7 +101,8 @@ impl ServerConnection {
                     return;
                 }
                 let payload = self.mux.codec().encode_message(&message);
-                match self.mux.send(now, channel, payload) {
+                let charge = message.footprint() as u64;
+                match self.mux.send_charged(now, channel, payload, charge) {
                     Ok(()) => {}
                     Err(MuxError::PayloadTooLarge { .. }) => {
                         // Go: Encode fails with "muxer payload too large" and the operation closes with it.
@@ -145,10 +146,10 @@ impl ServerConnection {
                     );
                 }
                 MuxEvent::Readable { channel } => self.pump(channel),
-                MuxEvent::Sent { channel, frames } => {
+                MuxEvent::Sent { channel, frames, charge } => {
                     if self.streams.contains_key(&channel) {
-                        self.to_engine
-                            .push_back(EngineInput::Credit { stream: self.stream_id(channel), frames });
+                        let stream = self.stream_id(channel);
+                        self.to_engine.push_back(EngineInput::Credit { stream, frames, bytes: charge });
                     }
                 }
                 MuxEvent::Aborted { channel, .. } => {

@@ -143,10 +143,10 @@ impl Engine {
                 }
                 // A stream still waiting for its store is dropped when the store opens (its slot is gone).
             }
-            EngineInput::Credit { stream, frames } => {
+            EngineInput::Credit { stream, frames, bytes } => {
                 let Some(store) = self.slots.get(&stream).map(|s| s.store) else { return };
                 if let Some(node) = self.manager.node_mut(self.now, store) {
-                    node.handle_credit(self.now, stream, frames);
+                    node.handle_credit(self.now, stream, frames, bytes);
                 }
             }
         }

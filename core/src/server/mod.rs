@@ -16,8 +16,9 @@
 //!   not yet acknowledged with [`EngineOutput::InputCredit`]; the rest wait in the mux's bounded queue
 //!   (whose overflow fails only that stream). The engine acknowledges a message once the stream's
 //!   operation has taken it.
-//! * **outbound**: the engine sends on a stream only while it has send credit; connections return it with
-//!   [`EngineInput::Credit`] as the transport takes frames.
+//! * **outbound**: the engine sends on a stream only while it has send credit, counted in messages and
+//!   in bytes ([`Message::footprint`]); connections return it with [`EngineInput::Credit`] as the
+//!   transport takes frames.
 
 mod connection;
 mod engine;
@@ -73,12 +74,14 @@ pub enum EngineInput {
         /// The stream.
         stream: StreamId,
     },
-    /// The transport took `frames` messages of the stream.
+    /// The transport took `frames` messages of the stream, of [`Message::footprint`] `bytes` in all.
     Credit {
         /// The stream.
         stream: StreamId,
         /// Number of messages.
         frames: u32,
+        /// Their footprints, summed.
+        bytes: u64,
     },
 }
 

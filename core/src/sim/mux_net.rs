@@ -131,7 +131,7 @@ impl Endpoint {
     pub fn sent_frames(&self, channel: Uuid) -> u64 {
         self.events()
             .map(|e| match e {
-                MuxEvent::Sent { channel: c, frames } if *c == channel => u64::from(*frames),
+                MuxEvent::Sent { channel: c, frames, .. } if *c == channel => u64::from(*frames),
                 _ => 0,
             })
             .sum()

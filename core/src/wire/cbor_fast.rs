@@ -373,6 +373,46 @@ pub fn is_plain_data(bytes: &[u8]) -> bool {
     r.end().is_some()
 }
 
+/// The two parts of a CBOR envelope `{"$type": text, "content": any}`, found without decoding the
+/// content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnvelopeParts<'a> {
+    /// The `$type` text (`None` when absent or `null`).
+    pub ty: Option<&'a str>,
+    /// The encoded `content` item (`None` when absent or `null`).
+    pub content: Option<&'a [u8]>,
+}
+
+/// Splits a definite-length envelope map into its `$type` and the bytes of its `content`, skipping
+/// unknown keys, so the content can be decoded straight into its type (no generic value tree, whose
+/// size could be many times the input's). `None` outside the fast path (indefinite lengths, tags,
+/// non-text or duplicate keys, nesting over 16 levels, trailing bytes, malformed input).
+pub fn envelope_parts(bytes: &[u8]) -> Option<EnvelopeParts<'_>> {
+    let mut r = Reader { bytes };
+    let len = r.expect(MAJOR_MAP)?;
+    let mut parts = EnvelopeParts { ty: None, content: None };
+    let (mut seen_type, mut seen_content) = (false, false);
+    for _ in 0..len {
+        match r.text()? {
+            b"$type" if !seen_type => {
+                seen_type = true;
+                parts.ty = if r.null() { None } else { Some(r.str()?) };
+            }
+            b"content" if !seen_content => {
+                seen_content = true;
+                let start = r.bytes;
+                r.skip(0)?;
+                let item = &start[..start.len() - r.bytes.len()];
+                parts.content = (item != [NULL]).then_some(item);
+            }
+            b"$type" | b"content" => return None,
+            _ => r.skip(0)?,
+        }
+    }
+    r.end()?;
+    Some(parts)
+}
+
 /// A frame decoded without copying its payload, so limits can be checked before allocating it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrameView<'a> {

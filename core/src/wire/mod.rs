@@ -276,7 +276,34 @@ pub enum Message {
     Name(String),
 }
 
+/// Fixed part of [`Message::footprint`]: the value itself, its allocations and its frame.
+const MESSAGE_OVERHEAD: usize = 64;
+/// Per metadata entry (or worker) in [`Message::footprint`]: two strings and a map node.
+const ENTRY_OVERHEAD: usize = 32;
+
+fn metadata_footprint(metadata: &crate::api::Metadata) -> usize {
+    metadata.iter().map(|(k, v)| ENTRY_OVERHEAD + k.len() + v.len()).sum()
+}
+
 impl Message {
+    /// About how many bytes this message holds in memory, and within a small factor on the wire: the
+    /// unit of byte credit and memory budgets. Deterministic (it depends on the value only), so the
+    /// side that charges a message and the side that refunds it agree exactly.
+    pub fn footprint(&self) -> usize {
+        let bytes = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
+        MESSAGE_OVERHEAD
+            + match self {
+                Message::Record(r) => bytes(&r.payload) + metadata_footprint(&r.metadata),
+                Message::Entry(e) => {
+                    bytes(&e.payload) + metadata_footprint(&e.metadata) + e.space.len() + e.segment.len()
+                }
+                Message::Status(s) => s.space.len() + s.segment.len(),
+                Message::LeaseResult(r) => r.message.len(),
+                Message::Name(name) => name.len(),
+                Message::Envelope(envelope) => envelope_footprint(envelope),
+            }
+    }
+
     /// The kind of this message.
     pub fn kind(&self) -> MessageKind {
         match self {
@@ -287,6 +314,34 @@ impl Message {
             Message::LeaseResult(_) => MessageKind::LeaseResult,
             Message::Name(_) => MessageKind::Name,
         }
+    }
+}
+
+fn envelope_footprint(envelope: &Envelope) -> usize {
+    match envelope {
+        Envelope::WorkerInventory(inventory) => {
+            inventory.workers.iter().map(|w| ENTRY_OVERHEAD + metadata_footprint(&w.metadata)).sum()
+        }
+        Envelope::SubscribeWorkers(r) => metadata_footprint(&r.metadata),
+        Envelope::Consume(r) => {
+            r.offsets.iter().map(|(space, offset)| ENTRY_OVERHEAD + space.len() + offset.0.len()).sum()
+        }
+        Envelope::Produce(r) => r.space.len() + r.segment.len(),
+        Envelope::Peek(r) => r.space.len() + r.segment.len(),
+        Envelope::ConsumeSegment(r) => r.space.len() + r.segment.len(),
+        Envelope::ConsumeSpace(r) => r.space.len() + r.offset.0.len(),
+        Envelope::GetSegments(r) => r.space.len(),
+        Envelope::SubscribeToSegmentStatus(r) => r.space.len() + r.segment.len(),
+        Envelope::SegmentStatus(s) => s.space.len() + s.segment.len(),
+        Envelope::SegmentNotification(n) => n.segment_status.space.len() + n.segment_status.segment.len(),
+        Envelope::LeaseAcquire(r) => r.key.len() + r.holder.len(),
+        Envelope::LeaseRenew(r) => r.key.len() + r.holder.len(),
+        Envelope::LeaseRelease(r) => r.key.len() + r.holder.len(),
+        Envelope::LeaseResult(r) => r.message.len(),
+        Envelope::GetSpaces(_)
+        | Envelope::GetStatus(_)
+        | Envelope::Presence(_)
+        | Envelope::WorkerInventoryNotification(_) => 0,
     }
 }
 

@@ -139,8 +139,10 @@ fn sent_events_report_transmitted_frames_per_stream() {
         MuxEvent::Sent { channel, .. } => *channel,
         _ => Uuid::nil(),
     });
-    let mut expected =
-        vec![MuxEvent::Sent { channel: a, frames: 3 }, MuxEvent::Sent { channel: b, frames: 1 }];
+    let mut expected = vec![
+        MuxEvent::Sent { channel: a, frames: 3, charge: 0 },
+        MuxEvent::Sent { channel: b, frames: 1, charge: 0 },
+    ];
     expected.sort_by_key(|e| match e {
         MuxEvent::Sent { channel, .. } => *channel,
         _ => Uuid::nil(),
