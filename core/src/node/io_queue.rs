@@ -30,6 +30,8 @@ pub(crate) enum Owner {
 struct Credit {
     messages: i64,
     bytes: i64,
+    /// Messages sent and not yet taken by the transport.
+    in_flight: u64,
 }
 
 /// Output queue and correlation state shared by every component of a node.
@@ -50,7 +52,7 @@ impl Io {
     pub fn open_stream(&mut self, stream: StreamId, messages: u32, bytes: usize) {
         self.open.insert(stream);
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-        self.credit.insert(stream, Credit { messages: messages.into(), bytes });
+        self.credit.insert(stream, Credit { messages: messages.into(), bytes, in_flight: 0 });
     }
 
     /// Sends a message on an open stream (ignored for closed streams).
@@ -61,6 +63,7 @@ impl Io {
         if let Some(c) = self.credit.get_mut(&stream) {
             c.messages -= 1;
             c.bytes = c.bytes.saturating_sub(i64::try_from(message.footprint()).unwrap_or(i64::MAX));
+            c.in_flight += 1;
         }
         self.out.push_back(NodeOutput::Send { stream, message });
     }
@@ -69,6 +72,12 @@ impl Io {
     /// none (may be negative after single responses).
     pub fn credit(&self, stream: &StreamId) -> i64 {
         self.credit.get(stream).map_or(0, |c| if c.bytes > 0 { c.messages } else { c.messages.min(0) })
+    }
+
+    /// Whether every message sent on the stream was taken by the transport (coalescing senders, such
+    /// as worker inventories, send their next message only then).
+    pub fn is_drained(&self, stream: &StreamId) -> bool {
+        self.credit.get(stream).is_some_and(|c| c.in_flight == 0)
     }
 
     /// Bytes the stream may still send (at least one more message may cross it while positive).
@@ -81,6 +90,7 @@ impl Io {
         if let Some(c) = self.credit.get_mut(stream) {
             c.messages = c.messages.saturating_add(frames.into());
             c.bytes = c.bytes.saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
+            c.in_flight = c.in_flight.saturating_sub(frames.into());
         }
     }
 

@@ -11,9 +11,11 @@
 //! with the reason and its worker removed. Go closes such streams silently; we always tell the client.
 //!
 //! Inventories are envelopes (`streamkit://api/v1/worker_inventory`), workers sorted by the raw bytes of
-//! their ids (`Uuid`'s order), stamped with the time they are built. Each subscriber has a one-slot queue:
-//! while it has no send credit, a newer inventory replaces the unsent one, so a slow observer costs one
-//! inventory of memory and always ends up with the latest.
+//! their ids (`Uuid`'s order), stamped with the time they are built. Fan-out coalesces to the latest
+//! state: a change only bumps the router's version (the inventory is built once, when a subscriber
+//! needs it, and shared), and a subscriber is sent an inventory only when the previous one has left
+//! (nothing of its stream is in flight). A subscriber that does not read therefore holds at most one
+//! inventory in the transport, however many workers come and go, and always ends up with the latest.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -81,8 +83,8 @@ struct Worker {
 struct Subscriber {
     /// The worker this stream registered, if it is a worker stream.
     worker: Option<Uuid>,
-    /// The newest inventory not sent yet.
-    inventory: Option<Arc<WorkerInventory>>,
+    /// The router version of the last inventory sent; `None` before the first.
+    sent_version: Option<u64>,
     /// A server heartbeat is due.
     heartbeat: bool,
 }
@@ -109,6 +111,10 @@ enum ClusterLink {
 pub(crate) struct PresenceRouter {
     workers: BTreeMap<Uuid, Worker>,
     subscribers: BTreeMap<StreamId, Subscriber>,
+    /// Bumped by every change of the inventory.
+    version: u64,
+    /// The inventory of `version`, built when first needed.
+    latest: Option<Arc<WorkerInventory>>,
     sweeping: bool,
     /// Workers of the other instances, by instance.
     remote: BTreeMap<Uuid, Remote>,
@@ -257,6 +263,7 @@ pub(crate) fn on_announcement(sv: &mut Services, announcement: super::PresenceAn
         sv.presence.remote.insert(announcement.instance, remote);
     }
     let after = sv.presence.remote.get(&announcement.instance).map(|r| r.workers.clone());
+    sv.presence.latest = None;
     // Renewal timestamps alone do not make a new inventory (as for local renewals).
     let ids = |w: &Option<Vec<WorkerInfo>>| -> Vec<(Uuid, Metadata)> {
         w.iter().flatten().map(|i| (i.worker_id, i.metadata.clone())).collect()
@@ -270,31 +277,49 @@ pub(crate) fn on_announcement(sv: &mut Services, announcement: super::PresenceAn
     arm_sweeper(sv);
 }
 
-/// Sends what a subscriber has pending, as far as its credit goes.
+/// The current inventory, built once per version and shared.
+fn latest(sv: &mut Services) -> Arc<WorkerInventory> {
+    if let Some(latest) = &sv.presence.latest {
+        return latest.clone();
+    }
+    let built = Arc::new(inventory(sv));
+    sv.presence.latest = Some(built.clone());
+    built
+}
+
+/// Sends what a subscriber has pending: the latest inventory if it has not had it and its previous
+/// one has left, then a due heartbeat, as far as its credit goes.
 fn flush(sv: &mut Services, stream: StreamId) {
-    let Some(sub) = sv.presence.subscribers.get_mut(&stream) else { return };
-    while sv.io.credit(&stream) > 0 {
-        let message = if let Some(inventory) = sub.inventory.take() {
-            Envelope::WorkerInventory(Arc::unwrap_or_clone(inventory))
-        } else if let (true, Some(worker_id)) = (sub.heartbeat, sub.worker) {
-            sub.heartbeat = false;
-            Envelope::Presence(Presence { worker_id, heartbeat: true, timestamp: sv.now.as_timestamp() })
-        } else {
-            break;
-        };
+    let version = sv.presence.version;
+    let Some(sub) = sv.presence.subscribers.get(&stream) else { return };
+    if sub.sent_version != Some(version) && sv.io.is_drained(&stream) && sv.io.credit(&stream) > 0 {
+        let inventory = latest(sv);
+        if let Some(sub) = sv.presence.subscribers.get_mut(&stream) {
+            sub.sent_version = Some(version);
+        }
+        let message = Envelope::WorkerInventory(WorkerInventory::clone(&inventory));
         sv.io.send(stream, Message::Envelope(message));
+    }
+    let Some(sub) = sv.presence.subscribers.get_mut(&stream) else { return };
+    if let (true, Some(worker_id)) = (sub.heartbeat, sub.worker)
+        && sv.io.credit(&stream) > 0
+    {
+        sub.heartbeat = false;
+        let heartbeat = Presence { worker_id, heartbeat: true, timestamp: sv.now.as_timestamp() };
+        sv.io.send(stream, Message::Envelope(Envelope::Presence(heartbeat)));
     }
 }
 
-/// Gives every subscriber the current inventory.
+/// The inventory changed: a new version, sent at once to every subscriber whose previous inventory has
+/// left and later to the others (when their credit comes back).
 fn fan_out(sv: &mut Services) {
-    let latest = Arc::new(inventory(sv));
+    sv.presence.version += 1;
+    sv.presence.latest = None;
     let streams: Vec<StreamId> = sv.presence.subscribers.keys().copied().collect();
     for stream in streams {
-        if let Some(sub) = sv.presence.subscribers.get_mut(&stream) {
-            sub.inventory = Some(latest.clone());
+        if sv.io.is_drained(&stream) {
+            flush(sv, stream);
         }
-        flush(sv, stream);
     }
 }
 
@@ -371,13 +396,7 @@ impl PresenceOp {
         cluster_join(sv);
         let mut heartbeat = None;
         match worker {
-            None => {
-                let current = Arc::new(inventory(sv));
-                if let Some(sub) = sv.presence.subscribers.get_mut(&stream) {
-                    sub.inventory = Some(current);
-                }
-                flush(sv, stream);
-            }
+            None => flush(sv, stream),
             Some(id) => {
                 let entry = Worker {
                     metadata: request.metadata,
@@ -451,6 +470,8 @@ impl StreamOp for PresenceOp {
                 let seen = if presence.timestamp <= 0 { sv.now.as_timestamp() } else { presence.timestamp };
                 if let Some(entry) = sv.presence.workers.get_mut(&worker).filter(|w| w.stream == stream) {
                     entry.last_seen_at = seen;
+                    // Not a change worth a fan-out, but the next inventory built must show it.
+                    sv.presence.latest = None;
                 }
                 Step::Continue
             }

@@ -285,3 +285,27 @@ fn shutdown_closes_presence_streams() {
     assert_eq!(h.node.sv.presence.worker_count(), 0);
     assert!(h.node.is_idle());
 }
+
+#[test]
+fn a_subscriber_that_does_not_read_holds_one_inventory_whatever_the_churn() {
+    let mut h = harness();
+    h.manual_credit = true;
+    let obs = observer(&mut h);
+    let ids: Vec<Uuid> = (1..=50u128).map(Uuid::from_u128).collect();
+    let streams: Vec<StreamId> = ids.iter().map(|id| h.open(worker_with(*id, "x"))).collect();
+    for s in &streams[..10] {
+        h.end(*s, StreamEnd::Finished);
+    }
+    // Sixty changes later, the observer still has only its first inventory in the transport, and every
+    // worker stream at most one.
+    assert_eq!(inventories(&h, obs), [Vec::<Uuid>::new()]);
+    for s in &streams[10..] {
+        assert_eq!(h.log(*s).inventories().len(), 1);
+    }
+    // Once it has left, the next one is the latest: the 40 workers still registered.
+    h.credit(obs, 1);
+    assert_eq!(inventories(&h, obs).len(), 2);
+    assert_eq!(inventories(&h, obs)[1], ids[10..].to_vec());
+    h.credit(obs, 1);
+    assert_eq!(inventories(&h, obs).len(), 2, "nothing new: nothing sent");
+}
