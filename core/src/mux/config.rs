@@ -24,6 +24,18 @@ pub const MAX_QUEUED_CONTROL_FRAMES: usize = 8192;
 /// Shutdown reason when [`MAX_QUEUED_CONTROL_FRAMES`] is exceeded.
 pub const CONTROL_OVERLOAD_REASON: &str = "muxer write queue overloaded";
 
+/// What a session does when a stream's inbound queue (or the connection's) is over its bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OverloadPolicy {
+    /// Keep every stream: the session reports itself backlogged
+    /// ([`MuxSession::is_backlogged`](super::MuxSession::is_backlogged)) and the driver stops reading
+    /// the socket until the queues drain, so a fast peer is slowed down by TCP (Go's default `wait`).
+    Wait,
+    /// Abort the overflowing stream with `stream receive buffer overloaded` (Go's `close`).
+    #[default]
+    Close,
+}
+
 /// Tunables of a [`MuxSession`](super::MuxSession). [`Default`] gives Go's defaults (spec §2.8, §2.9).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MuxConfig {
@@ -49,6 +61,9 @@ pub struct MuxConfig {
     pub tombstone_capacity: usize,
     /// Age after which a tombstone is forgotten (60 s).
     pub tombstone_ttl: Millis,
+    /// What happens when an inbound bound is exceeded ([`OverloadPolicy::Close`] by default; servers
+    /// use [`OverloadPolicy::Wait`] and pause their socket reads).
+    pub overload: OverloadPolicy,
 }
 
 impl Default for MuxConfig {
@@ -64,6 +79,7 @@ impl Default for MuxConfig {
             connection_queue_bytes: DEFAULT_CONNECTION_QUEUE_BYTES,
             tombstone_capacity: DEFAULT_TOMBSTONE_CAPACITY,
             tombstone_ttl: Millis::from_secs(60),
+            overload: OverloadPolicy::Close,
         }
     }
 }

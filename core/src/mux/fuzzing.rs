@@ -216,6 +216,7 @@ pub fn run_server_session(data: &[u8]) -> SessionChecker {
         connection_queue_bytes: 128 + usize::from(input.u8()) * 16,
         tombstone_capacity: usize::from((knobs >> 5) & 7),
         tombstone_ttl: Millis(500),
+        overload: crate::mux::OverloadPolicy::Close,
     };
     let limits = config.limits;
     let mut now = Millis(1_000);

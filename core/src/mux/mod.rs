@@ -14,9 +14,11 @@
 //! # Bounds
 //!
 //! * Inbound: per stream `stream_queue_messages` / `stream_queue_bytes`, per connection
-//!   `connection_queue_bytes`. A stream over its bound (or the largest stream when the connection is over
-//!   its bound) is aborted with `stream receive buffer overloaded`, the peer gets an `error` frame and
-//!   the channel is tombstoned. No other stream is affected and no stream ever waits for another.
+//!   `connection_queue_bytes`. With [`OverloadPolicy::Close`], a stream over its bound (or the largest
+//!   stream when the connection is over its bound) is aborted with `stream receive buffer overloaded`,
+//!   the peer gets an `error` frame and the channel is tombstoned; no other stream is affected. With
+//!   [`OverloadPolicy::Wait`], nothing is aborted: [`MuxSession::is_backlogged`] says so and the driver
+//!   stops reading the socket until the application drained the queues (every stream then waits).
 //! * Outbound data: bounded by the application. Every data frame taken by `poll_transmit` is reported
 //!   in [`MuxEvent::Sent`]; an application that keeps at most N unsent frames per stream (send credit)
 //!   bounds the outbound memory. Data frames are taken round-robin across streams.
@@ -119,7 +121,8 @@ mod tests;
 
 pub use config::{
     CONTROL_OVERLOAD_REASON, DEFAULT_CONNECTION_QUEUE_BYTES, DEFAULT_STREAM_QUEUE_BYTES,
-    DEFAULT_STREAM_QUEUE_MESSAGES, DEFAULT_TOMBSTONE_CAPACITY, MAX_QUEUED_CONTROL_FRAMES, MuxConfig, Role,
+    DEFAULT_STREAM_QUEUE_MESSAGES, DEFAULT_TOMBSTONE_CAPACITY, MAX_QUEUED_CONTROL_FRAMES, MuxConfig,
+    OverloadPolicy, Role,
 };
 pub use error::MuxError;
 pub use event::{MuxEvent, StreamEnd, StreamInput, TimeoutReason};

@@ -79,6 +79,11 @@ impl Outbound {
         self.errors.len()
     }
 
+    /// Bytes of the queued data frames of each channel.
+    pub(crate) fn queued_bytes_by_channel(&self) -> impl Iterator<Item = (Uuid, usize)> + '_ {
+        self.data.iter().map(|(channel, queue)| (*channel, queue.iter().map(|f| f.bytes.len()).sum()))
+    }
+
     /// Number of queued data frames over all streams.
     pub(crate) fn queued_data_frames(&self) -> usize {
         self.data_frames

@@ -1,11 +1,11 @@
 //! [`MuxSession`]: the state machine of one physical connection.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use uuid::Uuid;
 
-use super::config::{CONTROL_OVERLOAD_REASON, MAX_QUEUED_CONTROL_FRAMES, MuxConfig, Role};
+use super::config::{CONTROL_OVERLOAD_REASON, MAX_QUEUED_CONTROL_FRAMES, MuxConfig, OverloadPolicy, Role};
 use super::error::MuxError;
 use super::event::{MuxEvent, StreamEnd, StreamInput, TimeoutReason};
 use super::outbound::{Outbound, Taken};
@@ -87,6 +87,8 @@ pub struct MuxSession {
     streams: BTreeMap<Uuid, Stream>,
     /// Sum of the queued inbound payload bytes of all streams.
     inbound_bytes: usize,
+    /// Streams whose inbound queue is over its bound ([`OverloadPolicy::Wait`] only).
+    over_bound: BTreeSet<Uuid>,
     tombstones: Tombstones,
     outbound: Outbound,
     events: VecDeque<MuxEvent>,
@@ -111,6 +113,7 @@ impl MuxSession {
             next_heartbeat: None,
             streams: BTreeMap::new(),
             inbound_bytes: 0,
+            over_bound: BTreeSet::new(),
             tombstones,
             outbound: Outbound::default(),
             events: VecDeque::new(),
@@ -162,6 +165,21 @@ impl MuxSession {
     /// Inbound payload bytes queued over all streams (bounded by `connection_queue_bytes`).
     pub fn queued_inbound_bytes(&self) -> usize {
         self.inbound_bytes
+    }
+
+    /// The registered stream with the most bytes of data frames waiting for `poll_transmit`, and how
+    /// many.
+    pub fn largest_outbound_stream(&self) -> Option<(Uuid, usize)> {
+        self.outbound
+            .queued_bytes_by_channel()
+            .filter(|(channel, bytes)| *bytes > 0 && self.streams.contains_key(channel))
+            .max_by_key(|(_, bytes)| *bytes)
+    }
+
+    /// With [`OverloadPolicy::Wait`]: whether a stream's inbound queue, or the connection's, is over
+    /// its bound, so the driver must not read more frames until the application has taken some.
+    pub fn is_backlogged(&self) -> bool {
+        !self.over_bound.is_empty() || self.inbound_bytes > self.config.connection_queue_bytes
     }
 
     /// Data frames waiting for `poll_transmit` over all streams (bounded by the application's credit).
@@ -368,6 +386,9 @@ impl MuxSession {
         if let StreamInput::Payload(p) = &item {
             self.inbound_bytes -= p.len();
         }
+        if !self.over_bound.is_empty() && !self.is_over_bound(channel) {
+            self.over_bound.remove(&channel);
+        }
         Some(item)
     }
 
@@ -499,6 +520,7 @@ impl MuxSession {
     fn remove_stream(&mut self, channel: Uuid) -> Option<Stream> {
         let stream = self.streams.remove(&channel)?;
         self.inbound_bytes -= stream.queued_bytes();
+        self.over_bound.remove(&channel);
         self.sent.remove(&channel);
         if stream.readable_pending {
             self.events.retain(|e| !matches!(e, MuxEvent::Readable { channel: c } if *c == channel));
@@ -540,6 +562,7 @@ impl MuxSession {
         }
         let streams = core::mem::take(&mut self.streams);
         self.inbound_bytes = 0;
+        self.over_bound.clear();
         self.sent.clear();
         self.tombstones.clear();
         self.events.retain(|e| !matches!(e, MuxEvent::Readable { .. }));
@@ -646,10 +669,14 @@ impl MuxSession {
     /// the connection is over its bound. Only overflowing streams are touched, so a slow reader never
     /// blocks or fails the others.
     fn enforce_bounds(&mut self, channel: Uuid) {
-        let over = self.streams.get(&channel).is_some_and(|s| {
-            s.queued_payloads() > self.config.stream_queue_messages
-                || s.queued_bytes() > self.config.stream_queue_bytes
-        });
+        let over = self.is_over_bound(channel);
+        if self.config.overload == OverloadPolicy::Wait {
+            // Nothing is aborted: the driver stops reading while `is_backlogged`.
+            if over {
+                self.over_bound.insert(channel);
+            }
+            return;
+        }
         if over {
             self.counters.overloaded_streams += 1;
             self.abort_stream(channel, OVERLOAD_REASON);
@@ -660,6 +687,15 @@ impl MuxSession {
             self.counters.overloaded_streams += 1;
             self.abort_stream(victim, OVERLOAD_REASON);
         }
+    }
+}
+
+impl MuxSession {
+    fn is_over_bound(&self, channel: Uuid) -> bool {
+        self.streams.get(&channel).is_some_and(|s| {
+            s.queued_payloads() > self.config.stream_queue_messages
+                || s.queued_bytes() > self.config.stream_queue_bytes
+        })
     }
 }
 

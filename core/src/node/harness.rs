@@ -139,6 +139,8 @@ pub struct NodeHarness {
     pub bus_calls: Vec<String>,
     /// Refusals the node reported, in order.
     pub refusals: Vec<super::Refusal>,
+    /// Input footprint each stream's operation reported released ([`NodeOutput::InputReleased`]).
+    pub released_input: BTreeMap<StreamId, u64>,
     held: VecDeque<(OpId, StorageOp)>,
     held_subscribes: VecDeque<(OpId, String)>,
     subscribed: BTreeSet<String>,
@@ -167,6 +169,7 @@ impl NodeHarness {
             publish_attempts: 0,
             bus_calls: Vec::new(),
             refusals: Vec::new(),
+            released_input: BTreeMap::new(),
             held: VecDeque::new(),
             held_subscribes: VecDeque::new(),
             subscribed: BTreeSet::new(),
@@ -207,6 +210,12 @@ impl NodeHarness {
     /// Queues the client's end of the stream (after its queued messages).
     pub fn end(&mut self, stream: StreamId, end: StreamEnd) {
         self.inbox.entry(stream).or_default().push_back(Inbound::End(end));
+        self.run();
+    }
+
+    /// The connection is over its memory budget (see [`Node::handle_pressure`]).
+    pub fn pressure(&mut self, stream: StreamId) {
+        self.node.handle_pressure(self.now, stream);
         self.run();
     }
 
@@ -422,6 +431,9 @@ impl NodeHarness {
             }
             NodeOutput::Ready { .. } => {}
             NodeOutput::Refused(refusal) => self.refusals.push(refusal),
+            NodeOutput::InputReleased { stream, bytes } => {
+                *self.released_input.entry(stream).or_default() += bytes;
+            }
             NodeOutput::Storage { op, request } => {
                 if self.hold_storage {
                     self.held.push_back((op, request));

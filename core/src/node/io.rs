@@ -54,6 +54,14 @@ pub enum NodeOutput {
     /// A request or record was refused by a limit or a quota (already answered on its stream): for
     /// metrics. Nothing to execute.
     Refused(Refusal),
+    /// The stream's operation let go of `bytes` of [`Message::footprint`] of input it held (a producer's
+    /// committed chunk): tell the transport, which counts it against the connection's memory budget.
+    InputReleased {
+        /// The stream.
+        stream: StreamId,
+        /// Footprint released.
+        bytes: u64,
+    },
 }
 
 /// Why the node refused a request or a record, for metrics (the client got the text).

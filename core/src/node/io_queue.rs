@@ -115,6 +115,13 @@ impl Io {
         core::mem::take(&mut self.closed)
     }
 
+    /// Reports input the stream's operation no longer holds.
+    pub fn release_input(&mut self, stream: StreamId, bytes: u64) {
+        if bytes > 0 && self.open.contains(&stream) {
+            self.out.push_back(NodeOutput::InputReleased { stream, bytes });
+        }
+    }
+
     /// Reports a refusal (for metrics).
     pub fn refused(&mut self, refusal: super::io::Refusal) {
         self.out.push_back(NodeOutput::Refused(refusal));

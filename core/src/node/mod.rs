@@ -245,6 +245,15 @@ pub(crate) trait StreamOp: Send {
     fn accepts_input(&self) -> bool {
         false
     }
+    /// Whether the operation keeps the messages it takes (and reports them released with
+    /// [`Io::release_input`](io_queue::Io::release_input)) instead of being done with each at once.
+    fn holds_input(&self) -> bool {
+        false
+    }
+    /// The connection is over its memory budget: let go of held input as soon as possible.
+    fn on_pressure(&mut self, _sv: &mut Services, _stream: StreamId) -> Step {
+        Step::Continue
+    }
 }
 
 /// A condition a component waits for before it is woken.
@@ -606,6 +615,20 @@ impl Node {
     /// Whether the stream takes another inbound message now.
     pub fn accepts_input(&self, stream: &StreamId) -> bool {
         self.streams.get(stream).is_some_and(|op| op.accepts_input())
+    }
+
+    /// Whether the stream's operation keeps the input it takes, reporting it released later with
+    /// [`NodeOutput::InputReleased`] (a producer, until its chunk is committed).
+    pub fn holds_input(&self, stream: &StreamId) -> bool {
+        self.streams.get(stream).is_some_and(|op| op.holds_input())
+    }
+
+    /// The transport's memory budget is exhausted and this stream holds input: release it soon (a
+    /// producer commits its partial chunk).
+    pub fn handle_pressure(&mut self, now: Millis, stream: StreamId) {
+        self.advance(now);
+        self.dispatch(stream, |op, sv| op.on_pressure(sv, stream));
+        self.finish_input();
     }
 
     /// The next output; drain until `None` after every input.

@@ -146,13 +146,18 @@ impl SegmentLocks {
 #[derive(Debug, Default)]
 struct Chunk {
     records: Vec<Record>,
+    /// Payload and metadata bytes (the chunk size limit).
     bytes: usize,
+    /// [`Message::footprint`] of the records: what the chunk holds of its connection's memory budget,
+    /// released once the chunk is committed.
+    footprint: usize,
 }
 
 impl Chunk {
     fn push(&mut self, record: Record) {
         self.bytes += record.payload.as_ref().map_or(0, Vec::len)
             + record.metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        self.footprint += crate::wire::record_footprint(&record);
         self.records.push(record);
     }
     fn first(&self) -> u64 {
@@ -208,6 +213,8 @@ pub(crate) struct ProduceOp {
     input: Input,
     failure: Option<String>,
     detached: bool,
+    /// The connection is over its memory budget: seal the building chunk now instead of when full.
+    flush: bool,
 }
 
 impl ProduceOp {
@@ -229,6 +236,7 @@ impl ProduceOp {
             input: Input::Open,
             failure: None,
             detached: false,
+            flush: false,
             key,
         };
         match sv.heads.get(&op.key) {
@@ -283,9 +291,10 @@ impl ProduceOp {
         if self.failure.is_none()
             && self.sealed.is_none()
             && !self.building.records.is_empty()
-            && (self.building_full(sv) || self.input != Input::Open)
+            && (self.building_full(sv) || self.input != Input::Open || self.flush)
         {
             let was_full = self.building_full(sv);
+            self.flush = false;
             self.sealed = Some(core::mem::take(&mut self.building));
             if was_full && self.input == Input::Open {
                 sv.io.ready(stream);
@@ -418,7 +427,9 @@ impl ProduceOp {
             sv.clocks.put(&self.key.0, Some(ts));
         }
         self.release_lock(sv, stream);
-        self.committing = None;
+        if let Some(chunk) = self.committing.take() {
+            sv.io.release_input(stream, chunk.footprint as u64);
+        }
         let status = new_head.status(&self.key.0, &self.key.1);
         sv.io.send(stream, Message::Status(status.clone()));
         if sv.config.bus_configured {
@@ -515,6 +526,15 @@ impl ProduceOp {
 }
 
 impl StreamOp for ProduceOp {
+    fn holds_input(&self) -> bool {
+        true
+    }
+
+    fn on_pressure(&mut self, sv: &mut Services, stream: StreamId) -> Step {
+        self.flush = true;
+        self.pump(sv, stream)
+    }
+
     fn accepts_input(&self) -> bool {
         self.head.is_some()
             && self.revalidating.is_none()

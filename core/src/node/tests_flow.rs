@@ -75,3 +75,26 @@ fn scans_ask_for_no_more_than_the_byte_credit() {
     };
     assert!(range.max_bytes < CREDIT_BYTES, "only the returned credit: {}", range.max_bytes);
 }
+
+#[test]
+fn a_producer_releases_its_records_when_their_chunk_is_committed_and_commits_early_under_pressure() {
+    let mut h = NodeHarness::new(NodeConfig::default());
+    let s = h.open(produce_req("space", "seg"));
+    let records: Vec<Message> =
+        (1..=5).map(|seq| Message::Record(Record::new(seq, vec![1u8; 100]))).collect();
+    let footprint: u64 = records.iter().map(|m| m.footprint() as u64).sum();
+    for record in records {
+        h.send(s, record);
+    }
+    assert!(h.log(s).statuses().is_empty(), "a chunk waits for 10,000 records or the end of the input");
+    assert_eq!(h.released_input.get(&s), None, "the records are held");
+    h.pressure(s);
+    let statuses = h.log(s).statuses();
+    assert_eq!(statuses.iter().map(|s| s.last_sequence).collect::<Vec<_>>(), [5], "committed early");
+    assert_eq!(h.released_input.get(&s), Some(&footprint));
+    assert!(h.log(s).closed.is_none(), "the stream goes on");
+    h.send(s, Message::Record(Record::new(6, "x")));
+    h.end(s, StreamEnd::Finished);
+    assert_eq!(h.log(s).statuses().last().map(|s| s.last_sequence), Some(6));
+    assert_eq!(h.log(s).close_error(), None);
+}

@@ -1,5 +1,27 @@
 //! One server-side physical connection: a server-role mux session plus the codec work, translating
-//! between frames and the engine's typed inputs and outputs.
+//! between frames and the engine's typed inputs and outputs, within the connection's memory budget.
+//!
+//! # Memory budget
+//!
+//! Everything the server holds for a connection is charged to one budget ([`ConnectionConfig`],
+//! 64 MiB by default), so that no client can make the server hold more for it, whatever it sends or
+//! fails to read:
+//!
+//! * **input**: the frames queued in the mux (encoded bytes) and the messages forwarded to the engine
+//!   and not yet released ([`Message::footprint`](crate::wire::Message::footprint); a producer's
+//!   records until their chunk is committed). While input holds half the budget, the driver stops
+//!   reading the socket ([`ServerConnection::wants_input`]), no message is forwarded, and the streams
+//!   holding input are asked to release it ([`EngineInput::Pressure`]: producers commit the records
+//!   they have). TCP then slows the peer down; nothing is dropped.
+//! * **output**: the frames waiting to be written. While they hold half the budget, the send credit of
+//!   every stream is held back (the engine stops producing answers) and new requests wait in the mux.
+//!   Streams already sending can still finish their credit; if the output then holds more than the
+//!   whole budget, the stream with the most queued bytes is ended with [`MEMORY_BUDGET_EXCEEDED`] (an
+//!   `error` frame), and if the bytes belong to streams already finished, the connection is closed
+//!   with that reason.
+//!
+//! So a connection holds at most about the budget plus half of it plus one frame, and only a peer that
+//! does not read its socket can make it end a stream.
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
@@ -13,6 +35,27 @@ use crate::stream::StreamId;
 use crate::time::Millis;
 use crate::wire::{Codec, MessageKind};
 
+/// Default [`ConnectionConfig::memory_budget`]: 64 MiB.
+pub const DEFAULT_MEMORY_BUDGET: usize = 64 << 20;
+
+/// The `error` frame text (and connection close reason) when a connection's output outgrows its
+/// memory budget because the peer does not read.
+pub const MEMORY_BUDGET_EXCEEDED: &str = "connection memory budget exceeded";
+
+/// Tunables of a [`ServerConnection`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Bytes the server may hold for the connection (see the [module](self) docs); at least twice the
+    /// largest frame is sensible, so that one frame of each direction always fits.
+    pub memory_budget: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self { memory_budget: DEFAULT_MEMORY_BUDGET }
+    }
+}
+
 #[derive(Debug)]
 struct ConnStream {
     store: Uuid,
@@ -22,26 +65,68 @@ struct ConnStream {
     inbound: Option<MessageKind>,
     /// Messages that may still be forwarded before the engine acknowledges more.
     window: u32,
+    /// Footprint of the messages forwarded to the engine and not yet released.
+    input_held: u64,
+    /// Send credit (frames, bytes) taken by the transport while the output was over half the budget,
+    /// returned once it is not.
+    deferred: (u32, u64),
+    /// A [`EngineInput::Pressure`] was sent and no input was released since.
+    pressured: bool,
 }
 
-/// A server connection; see the [module](super) docs for the flow.
+impl ConnStream {
+    fn new(store: Uuid) -> Self {
+        Self {
+            store,
+            opened: false,
+            inbound: None,
+            window: 1,
+            input_held: 0,
+            deferred: (0, 0),
+            pressured: false,
+        }
+    }
+}
+
+/// A server connection; see the [module](self) docs for the memory budget.
 ///
-/// Driver contract: feed frames with [`handle_frame`](Self::handle_frame), engine outputs for this
-/// connection with [`handle_engine`](Self::handle_engine), and timeouts; after each input forward every
+/// Driver contract: feed frames with [`handle_frame`](Self::handle_frame) (only while
+/// [`wants_input`](Self::wants_input)), engine outputs for this connection with
+/// [`handle_engine`](Self::handle_engine), and timeouts; after each input forward every
 /// [`poll_engine_input`](Self::poll_engine_input) to the engine and write
 /// [`poll_transmit`](Self::poll_transmit) frames whenever the socket accepts them.
 pub struct ServerConnection {
     conn: u64,
     mux: MuxSession,
+    config: ConnectionConfig,
     streams: BTreeMap<Uuid, ConnStream>,
+    /// Sum of the streams' `input_held`.
+    engine_held: u64,
     to_engine: VecDeque<EngineInput>,
     shutdown: Option<String>,
+    /// The latest time an input brought.
+    now: Millis,
 }
 
 impl ServerConnection {
-    /// Wraps a server-role mux session; `conn` is the driver's id for this connection.
+    /// Wraps a server-role mux session with the default budget; `conn` is the driver's id for this
+    /// connection.
     pub fn new(conn: u64, mux: MuxSession) -> Self {
-        Self { conn, mux, streams: BTreeMap::new(), to_engine: VecDeque::new(), shutdown: None }
+        Self::with_config(conn, mux, ConnectionConfig::default())
+    }
+
+    /// Wraps a server-role mux session with `config`.
+    pub fn with_config(conn: u64, mux: MuxSession, config: ConnectionConfig) -> Self {
+        Self {
+            conn,
+            mux,
+            config,
+            streams: BTreeMap::new(),
+            engine_held: 0,
+            to_engine: VecDeque::new(),
+            shutdown: None,
+            now: Millis::ZERO,
+        }
     }
 
     /// The connection id.
@@ -64,6 +149,28 @@ impl ServerConnection {
         self.shutdown.as_deref()
     }
 
+    /// Bytes of input held for the connection: frames queued in the mux and messages the engine has
+    /// not released.
+    pub fn input_held(&self) -> u64 {
+        self.mux.queued_inbound_bytes() as u64 + self.engine_held
+    }
+
+    /// Bytes of output held for the connection: frames waiting to be written.
+    pub fn output_held(&self) -> u64 {
+        self.mux.queued_outbound_bytes() as u64
+    }
+
+    fn half_budget(&self) -> u64 {
+        (self.config.memory_budget / 2) as u64
+    }
+
+    /// Whether the driver may read another frame from the socket: the input is within half the budget
+    /// and no stream's queue is over its bound. While it is not, the socket is left unread (TCP slows
+    /// the peer down) until the engine takes or releases input.
+    pub fn wants_input(&self) -> bool {
+        self.shutdown.is_none() && self.input_held() < self.half_budget() && !self.mux.is_backlogged()
+    }
+
     fn stream_id(&self, channel: Uuid) -> StreamId {
         StreamId { conn: self.conn, channel }
     }
@@ -71,25 +178,32 @@ impl ServerConnection {
     /// A frame arrived.
     pub fn handle_frame(&mut self, now: Millis, bytes: &[u8]) {
         self.mux.handle_frame(now, bytes);
-        self.process();
+        self.process(now);
     }
 
     /// Timers are due.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.mux.handle_timeout(now);
-        self.process();
+        self.process(now);
     }
 
     /// The socket closed or failed.
     pub fn handle_transport_closed(&mut self, now: Millis, reason: &str) {
         self.mux.handle_transport_closed(now, reason);
-        self.process();
+        self.process(now);
     }
 
     /// Closes the connection (server shutdown): a `close` frame, every stream aborted.
     pub fn shutdown(&mut self, now: Millis, reason: &str) {
         self.mux.shutdown(now, reason);
-        self.process();
+        self.process(now);
+    }
+
+    /// Forgets a stream and the input it held.
+    fn forget(&mut self, channel: Uuid) -> Option<ConnStream> {
+        let stream = self.streams.remove(&channel)?;
+        self.engine_held = self.engine_held.saturating_sub(stream.input_held);
+        Some(stream)
     }
 
     /// An engine output addressed to this connection.
@@ -108,52 +222,67 @@ impl ServerConnection {
                         // Go: Encode fails with "muxer payload too large" and the operation closes with it.
                         let _ = self.mux.close_send(now, channel, Some("muxer payload too large"));
                         self.mux.release(channel);
-                        self.streams.remove(&channel);
+                        self.forget(channel);
                         self.to_engine.push_back(EngineInput::Aborted { stream: self.stream_id(channel) });
                     }
                     Err(_) => {}
                 }
             }
             EngineOutput::Close { error, .. } => {
-                if self.streams.remove(&channel).is_some() {
+                if self.forget(channel).is_some() {
                     let _ = self.mux.close_send(now, channel, error.as_deref());
                     self.mux.release(channel);
                 }
             }
             EngineOutput::Reject { error, .. } => {
-                if self.streams.remove(&channel).is_some() {
+                if self.forget(channel).is_some() {
                     self.mux.reject(now, channel, &error);
                 }
             }
-            EngineOutput::InputCredit { messages, .. } => {
+            EngineOutput::InputCredit { messages, bytes, .. } => {
                 if let Some(s) = self.streams.get_mut(&channel) {
                     s.window = s.window.saturating_add(messages);
+                    let released = bytes.min(s.input_held);
+                    s.input_held -= released;
+                    self.engine_held = self.engine_held.saturating_sub(released);
+                    if released > 0 {
+                        s.pressured = false;
+                    }
+                }
+                if bytes > 0 {
+                    // Released input may unblock any stream waiting for the budget.
+                    self.pump_all();
+                } else {
                     self.pump(channel);
                 }
             }
         }
-        self.process();
+        self.process(now);
     }
 
-    /// Drains the mux's events into engine inputs.
-    fn process(&mut self) {
+    /// Drains the mux's events into engine inputs, then applies the budget.
+    fn process(&mut self, now: Millis) {
+        self.now = self.now.max(now);
         while let Some(event) = self.mux.poll_event() {
             match event {
                 MuxEvent::Opened { channel, store_id } => {
-                    self.streams.insert(
-                        channel,
-                        ConnStream { store: store_id, opened: false, inbound: None, window: 1 },
-                    );
+                    self.streams.insert(channel, ConnStream::new(store_id));
                 }
                 MuxEvent::Readable { channel } => self.pump(channel),
                 MuxEvent::Sent { channel, frames, charge } => {
-                    if self.streams.contains_key(&channel) {
-                        let stream = self.stream_id(channel);
-                        self.to_engine.push_back(EngineInput::Credit { stream, frames, bytes: charge });
+                    let over = self.output_held() >= self.half_budget();
+                    let stream = self.stream_id(channel);
+                    if let Some(s) = self.streams.get_mut(&channel) {
+                        if over {
+                            s.deferred.0 = s.deferred.0.saturating_add(frames);
+                            s.deferred.1 = s.deferred.1.saturating_add(charge);
+                        } else {
+                            self.to_engine.push_back(EngineInput::Credit { stream, frames, bytes: charge });
+                        }
                     }
                 }
                 MuxEvent::Aborted { channel, .. } => {
-                    if self.streams.remove(&channel).is_some() {
+                    if self.forget(channel).is_some() {
                         self.to_engine.push_back(EngineInput::Aborted { stream: self.stream_id(channel) });
                     }
                 }
@@ -161,19 +290,81 @@ impl ServerConnection {
                     for channel in core::mem::take(&mut self.streams).into_keys() {
                         self.to_engine.push_back(EngineInput::Aborted { stream: self.stream_id(channel) });
                     }
+                    self.engine_held = 0;
                     self.shutdown = Some(reason);
+                }
+            }
+        }
+        self.apply_budget(now);
+    }
+
+    /// Releases held-back credit once the output is under half the budget, asks streams holding
+    /// input to release it while the input is over half, and ends the largest sender while the output
+    /// is over the whole budget.
+    fn apply_budget(&mut self, now: Millis) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let half = self.half_budget();
+        if self.output_held() < half {
+            let mut released = false;
+            for (channel, s) in &mut self.streams {
+                let (frames, bytes) = core::mem::take(&mut s.deferred);
+                if frames > 0 || bytes > 0 {
+                    let stream = StreamId { conn: self.conn, channel: *channel };
+                    self.to_engine.push_back(EngineInput::Credit { stream, frames, bytes });
+                    released = true;
+                }
+            }
+            if released {
+                // New requests may have been waiting for the output to drain.
+                self.pump_all();
+            }
+        }
+        if self.input_held() >= half {
+            for (channel, s) in &mut self.streams {
+                if s.input_held > 0 && !s.pressured {
+                    s.pressured = true;
+                    self.to_engine.push_back(EngineInput::Pressure {
+                        stream: StreamId { conn: self.conn, channel: *channel },
+                    });
+                }
+            }
+        }
+        while self.shutdown.is_none() && self.output_held() > self.config.memory_budget as u64 {
+            match self.mux.largest_outbound_stream() {
+                Some((channel, _)) => {
+                    self.forget(channel);
+                    self.mux.reject(now, channel, MEMORY_BUDGET_EXCEEDED);
+                    self.to_engine.push_back(EngineInput::Aborted { stream: self.stream_id(channel) });
+                }
+                None => {
+                    // What is queued belongs to streams already finished: the peer reads nothing.
+                    self.mux.shutdown(now, MEMORY_BUDGET_EXCEEDED);
+                    self.process(now);
                 }
             }
         }
     }
 
-    /// Forwards a stream's queued items while its window allows.
+    /// Forwards what every stream can forward now (after the budget freed up).
+    fn pump_all(&mut self) {
+        let channels: Vec<Uuid> = self.streams.keys().copied().collect();
+        for channel in channels {
+            self.pump(channel);
+        }
+    }
+
+    /// Forwards a stream's queued items while its window and the budget allow.
     fn pump(&mut self, channel: Uuid) {
         let stream = self.stream_id(channel);
         let codec = self.mux.codec();
+        let half = self.half_budget();
         loop {
+            let output_over = self.output_held() >= half;
+            let engine_over = self.engine_held >= half;
             let Some(state) = self.streams.get_mut(&channel) else { return };
-            if state.window == 0 {
+            if state.window == 0 || engine_over || (!state.opened && output_over) {
                 return;
             }
             let Some(item) = self.mux.recv(channel) else { return };
@@ -199,7 +390,12 @@ impl ServerConnection {
                     let Some(kind) = state.inbound else { continue };
                     state.window -= 1;
                     let input = match codec.decode_message(kind, &bytes) {
-                        Ok(message) => EngineInput::Message { stream, message },
+                        Ok(message) => {
+                            let footprint = message.footprint() as u64;
+                            state.input_held += footprint;
+                            self.engine_held += footprint;
+                            EngineInput::Message { stream, message }
+                        }
                         Err(e) => EngineInput::Invalid { stream, error: format!("{e}") },
                     };
                     self.to_engine.push_back(input);
@@ -216,8 +412,8 @@ impl ServerConnection {
     /// The next encoded frame to write.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         let frame = self.mux.poll_transmit();
-        // Taking frames produces `Sent` credit events.
-        self.process();
+        // Taking frames produces `Sent` credit events (and may bring the output under its budget).
+        self.process(self.now);
         frame
     }
 

@@ -143,6 +143,12 @@ impl Engine {
                 }
                 // A stream still waiting for its store is dropped when the store opens (its slot is gone).
             }
+            EngineInput::Pressure { stream } => {
+                let Some(store) = self.slots.get(&stream).map(|s| s.store) else { return };
+                if let Some(node) = self.manager.node_mut(self.now, store) {
+                    node.handle_pressure(self.now, stream);
+                }
+            }
             EngineInput::Credit { stream, frames, bytes } => {
                 let Some(store) = self.slots.get(&stream).map(|s| s.store) else { return };
                 if let Some(node) = self.manager.node_mut(self.now, store) {
@@ -197,13 +203,18 @@ impl Engine {
     fn deliver(&mut self, stream: StreamId) {
         let Some(slot) = self.slots.get_mut(&stream) else { return };
         let Some(node) = self.manager.node_mut(self.now, slot.store) else { return };
-        let mut taken = 0u32;
+        let (mut taken, mut released) = (0u32, 0u64);
         loop {
             match slot.inbox.front() {
                 Some(Inbound::Message(_)) if node.accepts_input(&stream) => {
                     if let Some(Inbound::Message(message)) = slot.inbox.pop_front() {
+                        let footprint = message.footprint() as u64;
                         node.handle_message(self.now, stream, message);
                         taken += 1;
+                        // An operation that keeps its input (a producer) releases it itself.
+                        if !node.holds_input(&stream) {
+                            released += footprint;
+                        }
                     }
                 }
                 Some(Inbound::Invalid(_)) => {
@@ -221,8 +232,8 @@ impl Engine {
             }
         }
         if taken > 0 {
-            self.effects
-                .push_back(EngineEffect::Output(EngineOutput::InputCredit { stream, messages: taken }));
+            let credit = EngineOutput::InputCredit { stream, messages: taken, bytes: released };
+            self.effects.push_back(EngineEffect::Output(credit));
         }
     }
 
@@ -267,6 +278,9 @@ impl Engine {
                         NodeOutput::Ready { stream } => {
                             self.deliver(stream);
                             continue;
+                        }
+                        NodeOutput::InputReleased { stream, bytes } => {
+                            EngineEffect::Output(EngineOutput::InputCredit { stream, messages: 0, bytes })
                         }
                         NodeOutput::Storage { op, request } => EngineEffect::Storage { store, op, request },
                         NodeOutput::Bus(command) => EngineEffect::Bus { store, command },

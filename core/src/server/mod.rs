@@ -13,17 +13,21 @@
 //!
 //! Flow control between the two is credit based in both directions:
 //! * **inbound**: a connection forwards at most [`INPUT_WINDOW`] messages of a stream that the engine has
-//!   not yet acknowledged with [`EngineOutput::InputCredit`]; the rest wait in the mux's bounded queue
-//!   (whose overflow fails only that stream). The engine acknowledges a message once the stream's
-//!   operation has taken it.
+//!   not yet acknowledged with [`EngineOutput::InputCredit`]; the rest wait in the mux's bounded queue.
+//!   The engine acknowledges a message once the stream's operation has taken it, and the message's
+//!   bytes once the operation let go of it (a producer: when its chunk is committed), so the
+//!   connection knows how much of its input the engine holds (see [`ServerConnection`]'s memory
+//!   budget).
 //! * **outbound**: the engine sends on a stream only while it has send credit, counted in messages and
 //!   in bytes ([`Message::footprint`]); connections return it with [`EngineInput::Credit`] as the
 //!   transport takes frames.
 
 mod connection;
 mod engine;
+#[cfg(test)]
+mod tests;
 
-pub use connection::ServerConnection;
+pub use connection::{ConnectionConfig, DEFAULT_MEMORY_BUDGET, MEMORY_BUDGET_EXCEEDED, ServerConnection};
 pub use engine::{Engine, EngineConfig, EngineEffect, STORE_UNAVAILABLE};
 
 use alloc::string::String;
@@ -74,6 +78,13 @@ pub enum EngineInput {
         /// The stream.
         stream: StreamId,
     },
+    /// The connection is over its memory budget and this stream holds input in the engine: release
+    /// it as soon as possible (a producer commits the records it has instead of waiting for a full
+    /// chunk).
+    Pressure {
+        /// The stream.
+        stream: StreamId,
+    },
     /// The transport took `frames` messages of the stream, of [`Message::footprint`] `bytes` in all.
     Credit {
         /// The stream.
@@ -94,6 +105,7 @@ impl EngineInput {
             | EngineInput::Invalid { stream, .. }
             | EngineInput::End { stream, .. }
             | EngineInput::Aborted { stream }
+            | EngineInput::Pressure { stream }
             | EngineInput::Credit { stream, .. } => *stream,
         }
     }
@@ -123,12 +135,17 @@ pub enum EngineOutput {
         /// The error text.
         error: String,
     },
-    /// The engine took `messages` more messages of the stream: the connection may forward that many more.
+    /// The engine took `messages` more messages of the stream (the connection may forward that many
+    /// more), and released `bytes` of [`Message::footprint`] of the stream's input. Most operations
+    /// release a message when they take it; a producer holds its records until their chunk is
+    /// committed, so its bytes come back later, with `messages: 0`.
     InputCredit {
         /// The stream.
         stream: StreamId,
         /// Number of messages.
         messages: u32,
+        /// Footprint released.
+        bytes: u64,
     },
 }
 

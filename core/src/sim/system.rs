@@ -17,10 +17,10 @@ use super::{Clock, Delivery, Link, LinkConfig, earliest};
 use crate::api::{Entry, Request, SegmentStatus};
 use crate::auth::StoreScopes;
 use crate::client::{ClientConnection, ClientEvent, ClientItem};
-use crate::mux::{MuxConfig, MuxSession, Role};
+use crate::mux::{MuxConfig, MuxSession, OverloadPolicy, Role};
 use crate::node::{BusCommand, BusEvent, OpId};
 use crate::rand::Rng;
-use crate::server::{Engine, EngineConfig, EngineEffect, ServerConnection};
+use crate::server::{ConnectionConfig, Engine, EngineConfig, EngineEffect, ServerConnection};
 use crate::storage::{MemoryKv, OrderedKv, StorageOp};
 use crate::stream::StreamEnd;
 use crate::time::Millis;
@@ -38,8 +38,10 @@ pub struct SystemConfig {
     pub engine: EngineConfig,
     /// Server instances sharing the stores and the bus (1 = a single server).
     pub instances: usize,
-    /// Mux configuration of both ends.
+    /// Mux configuration of both ends (servers always use [`OverloadPolicy::Wait`], as the real one).
     pub mux: MuxConfig,
+    /// Server connections' memory budget.
+    pub connection: ConnectionConfig,
     /// Link behaviour.
     pub link: LinkConfig,
     /// Storage effects complete after a delay in `0..=max_storage_latency` milliseconds.
@@ -55,6 +57,7 @@ impl Default for SystemConfig {
             engine: EngineConfig::default(),
             instances: 1,
             mux: MuxConfig::default(),
+            connection: ConnectionConfig::default(),
             link: LinkConfig::default(),
             max_storage_latency: 2,
             max_steps: 5_000_000,
@@ -206,14 +209,11 @@ impl SystemSim {
     pub fn connect_to(&mut self, instance: usize, codec: Codec, scopes: StoreScopes) -> usize {
         let now = self.now();
         let id = self.clients.len() as u64 + 1;
-        let server_mux = MuxSession::new(
-            Role::Server { scopes },
-            codec,
-            self.config.mux.clone(),
-            now,
-            self.rng.next_u64(),
-        );
-        self.servers.insert(id, ServerConnection::new(id, server_mux));
+        let server_config = MuxConfig { overload: OverloadPolicy::Wait, ..self.config.mux.clone() };
+        let server_mux =
+            MuxSession::new(Role::Server { scopes }, codec, server_config, now, self.rng.next_u64());
+        self.servers
+            .insert(id, ServerConnection::with_config(id, server_mux, self.config.connection.clone()));
         let conn = ClientConnection::new(codec, self.config.mux.clone(), now, self.rng.next_u64());
         self.clients.push(SimClient {
             conn,
@@ -353,7 +353,10 @@ impl SystemSim {
                 .map(|(_, e)| e.poll_timeout()),
         );
         for c in &self.clients {
-            times.push(c.up.next_delivery());
+            // A server that does not read (its memory budget) leaves its frames in the link, like TCP.
+            if self.servers.get(&c.server_conn).is_none_or(ServerConnection::wants_input) {
+                times.push(c.up.next_delivery());
+            }
             times.push(c.down.next_delivery());
             times.push(c.conn.poll_timeout().map(|(t, _)| t));
         }
@@ -391,8 +394,12 @@ impl SystemSim {
         }
         // Link deliveries.
         for index in 0..self.clients.len() {
-            while let Some(delivery) = self.clients[index].up.poll_delivery(now) {
+            loop {
                 let id = self.clients[index].server_conn;
+                if self.servers.get(&id).is_some_and(|s| !s.wants_input()) {
+                    break;
+                }
+                let Some(delivery) = self.clients[index].up.poll_delivery(now) else { break };
                 if let Some(server) = self.servers.get_mut(&id) {
                     match delivery {
                         Delivery::Frame(bytes) => server.handle_frame(now, &bytes),

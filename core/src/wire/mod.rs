@@ -285,6 +285,11 @@ fn metadata_footprint(metadata: &crate::api::Metadata) -> usize {
     metadata.iter().map(|(k, v)| ENTRY_OVERHEAD + k.len() + v.len()).sum()
 }
 
+/// [`Message::footprint`] of `Message::Record(record)`, for holders of bare records.
+pub fn record_footprint(record: &Record) -> usize {
+    MESSAGE_OVERHEAD + record.payload.as_ref().map_or(0, Vec::len) + metadata_footprint(&record.metadata)
+}
+
 impl Message {
     /// About how many bytes this message holds in memory, and within a small factor on the wire: the
     /// unit of byte credit and memory budgets. Deterministic (it depends on the value only), so the
@@ -293,7 +298,7 @@ impl Message {
         let bytes = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
         MESSAGE_OVERHEAD
             + match self {
-                Message::Record(r) => bytes(&r.payload) + metadata_footprint(&r.metadata),
+                Message::Record(r) => return record_footprint(r),
                 Message::Entry(e) => {
                     bytes(&e.payload) + metadata_footprint(&e.metadata) + e.space.len() + e.segment.len()
                 }

@@ -138,6 +138,7 @@ fn small_config(server: bool) -> MuxConfig {
         connection_queue_bytes: 1200,
         tombstone_capacity: 4,
         tombstone_ttl: Millis(2000),
+        overload: crate::mux::OverloadPolicy::Close,
     }
 }
 

@@ -1,0 +1,159 @@
+//! The connection's memory budget: input pauses the socket and presses producers, output holds back
+//! credit and ends the largest sender, nothing is ever held beyond the bounds.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use uuid::Uuid;
+
+use super::{ConnectionConfig, EngineInput, EngineOutput, MEMORY_BUDGET_EXCEEDED, ServerConnection};
+use crate::api::{Entry, Envelope, Produce, Record};
+use crate::auth::StoreScopes;
+use crate::mux::{MuxConfig, MuxSession, OverloadPolicy, Role};
+use crate::stream::StreamId;
+use crate::time::Millis;
+use crate::wire::{Codec, Message};
+
+const STORE: Uuid = Uuid::from_u128(7);
+const BUDGET: usize = 200_000;
+const NOW: Millis = Millis(1_000);
+
+fn pair() -> (MuxSession, ServerConnection) {
+    let client = MuxSession::new(Role::Client, Codec::Cbor, MuxConfig::default(), NOW, 1);
+    let config = MuxConfig { overload: OverloadPolicy::Wait, ..MuxConfig::default() };
+    let server = MuxSession::new(Role::Server { scopes: StoreScopes::All }, Codec::Cbor, config, NOW, 2);
+    (client, ServerConnection::with_config(9, server, ConnectionConfig { memory_budget: BUDGET }))
+}
+
+/// Delivers every frame the client queued, as long as the server reads; how many were left unread.
+fn deliver(client: &mut MuxSession, server: &mut ServerConnection, unread: &mut Vec<Vec<u8>>) {
+    while let Some(frame) = client.poll_transmit() {
+        unread.push(frame);
+    }
+    while server.wants_input() && !unread.is_empty() {
+        let frame = unread.remove(0);
+        server.handle_frame(NOW, &frame);
+    }
+}
+
+fn engine_inputs(server: &mut ServerConnection) -> Vec<EngineInput> {
+    core::iter::from_fn(|| server.poll_engine_input()).collect()
+}
+
+fn open(client: &mut MuxSession, envelope: Envelope) -> Uuid {
+    let payload = Codec::Cbor.encode_message(&Message::Envelope(envelope));
+    client.open_stream(NOW, STORE, payload).unwrap()
+}
+
+#[test]
+fn unreleased_input_pauses_the_socket_and_presses_the_producer() {
+    let (mut client, mut server) = pair();
+    let channel = open(&mut client, Envelope::Produce(Produce { space: "s".into(), segment: "g".into() }));
+    let stream = StreamId { conn: 9, channel };
+    for seq in 1..=100 {
+        let record = Codec::Cbor.encode_message(&Message::Record(Record::new(seq, vec![1u8; 4_000])));
+        client.send(NOW, channel, record).unwrap();
+    }
+    let mut unread = Vec::new();
+    deliver(&mut client, &mut server, &mut unread);
+    // The engine takes every message it is given (a producer keeps the records: no bytes released).
+    let mut forwarded = 0;
+    let mut pressed = false;
+    for _ in 0..200 {
+        let inputs = engine_inputs(&mut server);
+        if inputs.is_empty() {
+            break;
+        }
+        for input in inputs {
+            match input {
+                EngineInput::Open { .. } => {
+                    server.handle_engine(NOW, EngineOutput::InputCredit { stream, messages: 1, bytes: 0 });
+                }
+                EngineInput::Message { .. } => {
+                    forwarded += 1;
+                    server.handle_engine(NOW, EngineOutput::InputCredit { stream, messages: 1, bytes: 0 });
+                }
+                EngineInput::Pressure { stream: pressed_stream } => {
+                    assert_eq!(pressed_stream, stream);
+                    pressed = true;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        deliver(&mut client, &mut server, &mut unread);
+    }
+    assert!(pressed, "the producer holding the input is asked to release it");
+    assert!(!server.wants_input(), "the socket is left unread");
+    assert!(!unread.is_empty(), "frames wait in the socket");
+    assert!(forwarded < 100);
+    assert!(server.input_held() < (BUDGET / 2 + 2 * 4_200) as u64, "{}", server.input_held());
+    // The producer commits what it has: everything it held comes back, and reading resumes.
+    let held = server.input_held() - server.mux().queued_inbound_bytes() as u64;
+    server.handle_engine(NOW, EngineOutput::InputCredit { stream, messages: 0, bytes: held });
+    assert!(server.wants_input());
+}
+
+#[test]
+fn a_peer_that_does_not_read_holds_back_credit_then_loses_its_largest_stream() {
+    let (mut client, mut server) = pair();
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        let request = Envelope::ConsumeSegment(crate::api::ConsumeSegment {
+            space: "s".into(),
+            segment: alloc::format!("g{i}"),
+            ..Default::default()
+        });
+        let channel = open(&mut client, request);
+        streams.push(StreamId { conn: 9, channel });
+    }
+    let mut unread = Vec::new();
+    deliver(&mut client, &mut server, &mut unread);
+    assert_eq!(engine_inputs(&mut server).len(), 3, "three requests forwarded");
+    let sized = |stream: &StreamId, bytes: usize| {
+        let entry = Entry { payload: Some(vec![5u8; bytes]), space: "s".into(), ..Entry::default() };
+        EngineOutput::Send { stream: *stream, message: Message::Entry(entry) }
+    };
+    let entry = |stream: &StreamId| sized(stream, 30_000);
+    // The socket takes the first frames, then nothing more.
+    for _ in 0..2 {
+        server.handle_engine(NOW, entry(&streams[0]));
+    }
+    while server.poll_transmit().is_some() {}
+    let frames: u32 = engine_inputs(&mut server)
+        .iter()
+        .map(|i| if let EngineInput::Credit { frames, .. } = i { *frames } else { 0 })
+        .sum();
+    assert_eq!(frames, 2, "credit comes back as frames leave");
+    // Past half the budget, credit is held back even though frames leave...
+    for _ in 0..5 {
+        server.handle_engine(NOW, entry(&streams[1]));
+    }
+    server.poll_transmit();
+    assert!(server.output_held() >= (BUDGET / 2) as u64);
+    assert!(engine_inputs(&mut server).is_empty(), "credit held back");
+    // ...and past the whole budget the stream with the most queued bytes is ended.
+    for _ in 0..2 {
+        server.handle_engine(NOW, sized(&streams[2], 70_000));
+    }
+    assert!(server.output_held() <= BUDGET as u64);
+    let inputs = engine_inputs(&mut server);
+    assert_eq!(inputs, [EngineInput::Aborted { stream: streams[2] }]);
+    let mut frames = Vec::new();
+    while let Some(frame) = server.poll_transmit() {
+        frames.push(frame);
+    }
+    let refusal = frames.iter().any(|f| {
+        let frame = Codec::Cbor.decode_frame(f, &crate::wire::Limits::default()).unwrap();
+        frame.channel_id == streams[2].channel
+            && f.windows(MEMORY_BUDGET_EXCEEDED.len()).any(|w| w == MEMORY_BUDGET_EXCEEDED.as_bytes())
+    });
+    assert!(refusal, "the ended stream is told why");
+    // Once the output drained, the held-back credit of the other streams comes back, all of it.
+    let credit: u32 = engine_inputs(&mut server)
+        .into_iter()
+        .map(|i| match i {
+            EngineInput::Credit { stream, frames, .. } if stream == streams[1] => frames,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(credit, 5);
+}
