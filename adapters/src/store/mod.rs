@@ -220,17 +220,18 @@ impl StoreFactory {
     /// Opens (creating when new) the store of `store_id` and starts its worker (local stores); a
     /// PostgreSQL store only needs a handle.
     pub fn open(&self, store_id: &Uuid) -> Result<Store, KvError> {
+        let config = StoreConfig { store_id: Some(*store_id), ..self.config.clone() };
         match &self.backend {
             Backend::Embedded { data_dir, options } => {
                 let dir = store_dir(data_dir, store_id);
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| KvError(format!("cannot create store directory {}: {e}", dir.display())))?;
                 let kv = RedbKv::open(dir.join(DATABASE_FILE), options)?;
-                StoreHandle::spawn_redb(kv, self.config.clone()).map(Store::Local)
+                StoreHandle::spawn_redb(kv, config).map(Store::Local)
             }
             Backend::Memory { .. } => {
                 let kv = self.memory_store(store_id)?;
-                StoreHandle::spawn_split(kv.clone(), kv, self.config.clone()).map(Store::Local)
+                StoreHandle::spawn_split(kv.clone(), kv, config).map(Store::Local)
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres { db } => Ok(Store::Postgres(db.store(*store_id))),
