@@ -466,7 +466,11 @@ impl EngineTask {
                         let job = runtime.spawn_blocking(move || factory.open(&store));
                         let result = match job.await {
                             Ok(result) => result,
-                            Err(e) => Err(KvError(format!("store open failed: {e}"))),
+                            // A panic message may quote paths and debug dumps: the log's, not clients'.
+                            Err(e) => {
+                                tracing::warn!(store_id = %store, error = %e, "opening a store panicked");
+                                Err(KvError("store open failed: internal error".to_owned()))
+                            }
                         };
                         let _ = tx.send(EngineMsg::StoreOpened { store, result }).await;
                     })

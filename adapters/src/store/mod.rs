@@ -220,17 +220,21 @@ impl StoreFactory {
     /// Opens (creating when new) the store of `store_id` and starts its worker (local stores); a
     /// PostgreSQL store only needs a handle.
     pub fn open(&self, store_id: &Uuid) -> Result<Store, KvError> {
+        let config = StoreConfig { store_id: Some(*store_id), ..self.config.clone() };
         match &self.backend {
             Backend::Embedded { data_dir, options } => {
                 let dir = store_dir(data_dir, store_id);
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| KvError(format!("cannot create store directory {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    // The client reads what failed; the server's paths are for its log only.
+                    tracing::warn!(%store_id, dir = %dir.display(), error = %e, "cannot create store directory");
+                    KvError(format!("cannot create store directory: {e}"))
+                })?;
                 let kv = RedbKv::open(dir.join(DATABASE_FILE), options)?;
-                StoreHandle::spawn_redb(kv, self.config.clone()).map(Store::Local)
+                StoreHandle::spawn_redb(kv, config).map(Store::Local)
             }
             Backend::Memory { .. } => {
                 let kv = self.memory_store(store_id)?;
-                StoreHandle::spawn_split(kv.clone(), kv, self.config.clone()).map(Store::Local)
+                StoreHandle::spawn_split(kv.clone(), kv, config).map(Store::Local)
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres { db } => Ok(Store::Postgres(db.store(*store_id))),
@@ -308,7 +312,10 @@ mod tests {
         let file = dir.path().join("not-a-dir");
         std::fs::write(&file, b"x").unwrap();
         let err = StoreFactory::embedded(&file, RedbOptions::default()).open(&STORE).unwrap_err();
-        assert!(err.0.contains("cannot create store directory"), "{err}");
+        // What failed and why, but not where: clients must not learn the server's paths.
+        assert!(err.0.starts_with("cannot create store directory: ") && err.0.contains("os error"), "{err}");
+        let dir = dir.path().to_str().unwrap();
+        assert!(!err.0.contains(dir) && !err.0.contains("not-a-dir") && !err.0.contains('/'), "{err}");
     }
 
     #[test]

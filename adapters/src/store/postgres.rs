@@ -41,6 +41,24 @@
 //! gets the sequence error, as on one node. Deadlocks and serialisation failures are retried the same
 //! way (at most [`PgConfig::commit_retries`] times).
 //!
+//! **One request's failure stays its own.** A group of several requests that fails with an error
+//! caused by its data rather than by the database (SQLSTATE classes 21 cardinality violation, 22 data
+//! exception, 23 integrity constraint violation, 54 program limit exceeded: say a key over the btree
+//! index limit of 2704 bytes) is committed again one request at a time, in the group's order, each in
+//! a transaction of its own: only the requests that fail alone get the error, the others commit as if
+//! the culprit had never been in their group ([`PgStats::isolation_retries`] counts such groups). An
+//! error of the database itself (unreachable, out of resources, shutting down) or a `COMMIT` whose
+//! outcome is unknown fails the whole group: trying its requests one by one could not help, and a
+//! commit that may have been applied must not be repeated blindly.
+//!
+//! # Errors
+//!
+//! What clients read names the kind of failure and nothing else: `database error: <SQLSTATE class>
+//! (SQLSTATE <code>)`, e.g. `database error: program limit exceeded (SQLSTATE 54000)`, or `database
+//! unavailable: …` when the database cannot be reached. The server's message (which may quote keys and
+//! values) and the connection string never reach a client; the log gets the full cause (code,
+//! message, detail, hint, table, constraint) with the ids of the stores concerned, at `warn`.
+//!
 //! # Connections
 //!
 //! A deadpool pool ([`PgConfig::pool_size`] connections) is shared by every store, reads and commits
@@ -61,7 +79,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender, TryRecvError};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, TimeoutType};
 use futures_channel::oneshot;
 use streamkit_core::storage::{
     CommitOutcome, KvError, KvPair, OrderedKv, ScanRange, StorageOp, StorageResult, WriteBatch,
@@ -99,8 +117,8 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
 ];
 
-/// How to reach the database and how to use it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How to reach the database and how to use it. Its `Debug` form never shows the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PgConfig {
     /// Connection string: `postgres://user[:password]@host[:port]/database[?…]` or the key-value form
     /// (`host=… user=… dbname=…`), as tokio-postgres parses it.
@@ -122,6 +140,29 @@ pub struct PgConfig {
     pub commit_retries: u32,
     /// Time to establish a connection, and to wait for a free one (default 5 s).
     pub connect_timeout: Duration,
+}
+
+// By hand rather than derived: the connection string may hold a password, and configurations end up
+// in logs. tokio-postgres's parsed form shows the password as `_`.
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.url.parse::<tokio_postgres::Config>();
+        let mut debug = f.debug_struct("PgConfig");
+        match &url {
+            Ok(parsed) => debug.field("url", parsed),
+            Err(_) => debug.field("url", &"<invalid, not shown>"),
+        };
+        debug
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("committers", &self.committers)
+            .field("commit_queue", &self.commit_queue)
+            .field("max_group_batches", &self.max_group_batches)
+            .field("max_group_bytes", &self.max_group_bytes)
+            .field("commit_retries", &self.commit_retries)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl PgConfig {
@@ -152,12 +193,17 @@ impl PgConfig {
 pub struct PgStats {
     /// Commit requests executed.
     pub commit_requests: u64,
-    /// Transactions that committed or conflicted (one per group).
+    /// Transactions that committed or conflicted (one per group, plus one per request of a group
+    /// committed one by one).
     pub transactions: u64,
-    /// Groups whose transaction failed after its retries.
+    /// Transactions (of a group, or of a request committed alone) that failed after their retries.
     pub failed_transactions: u64,
     /// Group attempts repeated (deadlock, serialisation failure, lost insert race, broken connection).
     pub retries: u64,
+    /// Groups of several requests that failed because of some of their batches (a data, constraint or
+    /// program-limit error such as a key too long for the index) and were committed again one request
+    /// at a time, so that only the requests failing alone got the error.
+    pub isolation_retries: u64,
     /// Batches written.
     pub batches_committed: u64,
     /// Batches skipped because a precondition did not hold.
@@ -176,6 +222,7 @@ struct Counters {
     transactions: AtomicU64,
     failed_transactions: AtomicU64,
     retries: AtomicU64,
+    isolation_retries: AtomicU64,
     batches_committed: AtomicU64,
     batches_conflicted: AtomicU64,
     bytes_committed: AtomicU64,
@@ -293,16 +340,208 @@ impl std::fmt::Debug for PgDatabase {
     }
 }
 
-/// A pool or driver error as a store error. Connection problems read `database unavailable: …`.
-fn pool_error(e: &PoolError) -> KvError {
-    KvError(format!("database unavailable: {e}"))
+// Errors. Clients see a `KvError` text (the core sends it with the failed stream): it names the kind of
+// failure (the SQLSTATE class, or `database unavailable`) but never the server's message, which can
+// quote keys, values, table and constraint names, nor anything of the connection string. The full
+// cause (code, message, detail, hint, table, constraint) goes to the log where the error is handled.
+
+/// The name of a SQLSTATE class (the first two characters of the code), as the PostgreSQL manual
+/// (appendix A) names it; `None` for the classes this store has no name for.
+fn sqlstate_class(code: &str) -> Option<&'static str> {
+    Some(match code.get(..2)? {
+        "08" => "connection exception",
+        "0A" => "feature not supported",
+        "21" => "cardinality violation",
+        "22" => "data exception",
+        "23" => "integrity constraint violation",
+        "25" => "invalid transaction state",
+        "28" => "invalid authorization specification",
+        "3D" => "invalid catalog name",
+        "3F" => "invalid schema name",
+        "40" => "transaction rollback",
+        "42" => "syntax error or access rule violation",
+        "53" => "insufficient resources",
+        "54" => "program limit exceeded",
+        "55" => "object not in prerequisite state",
+        "57" => "operator intervention",
+        "58" => "system error",
+        "XX" => "internal error",
+        _ => return None,
+    })
 }
 
-fn db_error(e: &tokio_postgres::Error) -> KvError {
-    if e.is_closed() || e.code().is_none() {
-        KvError(format!("database unavailable: {e}"))
+/// `{prefix}: {class name} (SQLSTATE {code})`, or `{prefix} (SQLSTATE {code})` for an unknown class.
+fn sqlstate_text(prefix: &str, code: &str) -> String {
+    match sqlstate_class(code) {
+        Some(class) => format!("{prefix}: {class} (SQLSTATE {code})"),
+        None => format!("{prefix} (SQLSTATE {code})"),
+    }
+}
+
+/// SQLSTATE classes of errors a statement raises because of the data it was given (a key too long
+/// for the index, an invalid value, a violated constraint): the same batches fail again, other
+/// batches would not.
+const BATCH_ERROR_CLASSES: [&str; 4] = [
+    "21", // cardinality violation
+    "22", // data exception
+    "23", // integrity constraint violation (the unique violation of a lost insert race is retried first)
+    "54", // program limit exceeded (e.g. 54000: an index row over the btree limit of 2704 bytes)
+];
+
+/// Errors after which the whole group is repeated: nothing of it was committed, and a new attempt
+/// decides its batches again.
+const RETRYABLE: [SqlState; 3] =
+    [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::UNIQUE_VIOLATION];
+
+/// The full cause of an error for the log: every error of the source chain, a server error with its
+/// severity, code, message, detail, hint, context and the object it is about.
+fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let mut next = Some(e);
+    while let Some(e) = next {
+        // tokio-postgres's "db error" only announces the server error that follows as its source.
+        if e.downcast_ref::<tokio_postgres::Error>().is_some_and(|e| e.as_db_error().is_some()) {
+            next = e.source();
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        match e.downcast_ref::<tokio_postgres::error::DbError>() {
+            Some(db) => {
+                let _ = write!(text, "{} {}: {}", db.severity(), db.code().code(), db.message());
+                let fields = [
+                    ("detail", db.detail()),
+                    ("hint", db.hint()),
+                    ("where", db.where_()),
+                    ("schema", db.schema()),
+                    ("table", db.table()),
+                    ("column", db.column()),
+                    ("constraint", db.constraint()),
+                    ("datatype", db.datatype()),
+                ];
+                for (name, value) in fields {
+                    if let Some(value) = value {
+                        let _ = write!(text, "; {name}: {value}");
+                    }
+                }
+            }
+            None => {
+                let _ = write!(text, "{e}");
+            }
+        }
+        next = e.source();
+    }
+    text
+}
+
+/// What a failed operation means for its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FailureKind {
+    /// Nothing was committed and a new attempt may succeed: deadlock, serialisation failure, lost
+    /// insert race, or a connection that broke before `COMMIT` was sent (the transaction rolled back).
+    Retry,
+    /// A statement failed because of the batches it was given (see [`BATCH_ERROR_CLASSES`]): the
+    /// requests of a group are worth committing one by one, so that only the culprit fails.
+    Batch,
+    /// The database cannot serve the request (unreachable, out of resources, shutting down, refusing
+    /// access...): repeating requests one by one would not help.
+    Database,
+    /// The connection broke while `COMMIT` was in flight: applied or not, nobody knows, so it must not
+    /// be repeated blindly (the producer's retry resolves it through the sequence preconditions).
+    OutcomeUnknown,
+}
+
+/// What an error the server answered with means (see [`FailureKind`]).
+fn server_error_kind(code: &SqlState) -> FailureKind {
+    if RETRYABLE.contains(code) {
+        FailureKind::Retry
+    } else if BATCH_ERROR_CLASSES.iter().any(|class| code.code().starts_with(class)) {
+        FailureKind::Batch
     } else {
-        KvError(format!("database error: {e}"))
+        FailureKind::Database
+    }
+}
+
+/// A failed database operation: what its callers are told and, for the log, the full cause.
+#[derive(Debug)]
+struct Failure {
+    kind: FailureKind,
+    error: KvError,
+    cause: String,
+}
+
+impl Failure {
+    /// A driver error; `committing` when it came from `COMMIT` itself.
+    fn driver(e: &tokio_postgres::Error, committing: bool) -> Self {
+        let (kind, text) = match e.code() {
+            Some(code) => (server_error_kind(code), sqlstate_text("database error", code.code())),
+            // No answer to COMMIT: the outcome is unknown.
+            None if committing => {
+                (FailureKind::OutcomeUnknown, format!("database unavailable: commit outcome unknown ({e})"))
+            }
+            // A closed connection rolled its transaction back: safe to repeat on another one.
+            None if e.is_closed() => (FailureKind::Retry, format!("database unavailable: {e}")),
+            // tokio-postgres's own texts ("error communicating with the server", "timeout waiting for
+            // server"...) name neither the host nor the credentials; the cause chain is for the log.
+            None => (FailureKind::Database, format!("database unavailable: {e}")),
+        };
+        Self { kind, error: KvError(text), cause: cause(e) }
+    }
+
+    /// No connection could be taken from the pool.
+    fn pool(e: &PoolError) -> Self {
+        let text = match e {
+            PoolError::Timeout(TimeoutType::Wait) => {
+                "database unavailable: no free connection in time".to_owned()
+            }
+            PoolError::Timeout(TimeoutType::Create) => {
+                "database unavailable: timed out connecting".to_owned()
+            }
+            PoolError::Timeout(TimeoutType::Recycle) => {
+                "database unavailable: timed out checking a pooled connection".to_owned()
+            }
+            // The server refused the connection (authentication, unknown database, too many clients).
+            PoolError::Backend(e) => match e.code() {
+                Some(code) => sqlstate_text("database unavailable", code.code()),
+                None => format!("database unavailable: {e}"),
+            },
+            PoolError::Closed => "database unavailable: connection pool closed".to_owned(),
+            _ => "database unavailable: connection pool error".to_owned(),
+        };
+        Self { kind: FailureKind::Database, error: KvError(text), cause: cause(e) }
+    }
+
+    /// Logs the failure of `operation` with its full cause and the stores it failed, and returns the
+    /// error for the callers.
+    fn logged(self, operation: &str, stores: &[Uuid]) -> KvError {
+        tracing::warn!(
+            operation,
+            store_ids = %StoreIds(stores),
+            error = %self.error,
+            cause = %self.cause,
+            "PostgreSQL operation failed"
+        );
+        self.error
+    }
+}
+
+/// Store ids for the log: comma-separated, each once, in order of first appearance.
+struct StoreIds<'a>(&'a [Uuid]);
+
+impl std::fmt::Display for StoreIds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, store) in self.0.iter().enumerate() {
+            if self.0[..i].contains(store) {
+                continue;
+            }
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{store}")?;
+        }
+        Ok(())
     }
 }
 
@@ -319,8 +558,11 @@ impl PgDatabase {
     }
 
     async fn connect_on_io(config: PgConfig) -> Result<Self, KvError> {
-        let pg: tokio_postgres::Config =
-            config.url.parse().map_err(|e| KvError(format!("invalid PostgreSQL connection string: {e}")))?;
+        let pg: tokio_postgres::Config = config.url.parse().map_err(|e: tokio_postgres::Error| {
+            // The parser's reasons name an option or a position, never a value (the password).
+            let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), cause);
+            KvError(format!("invalid PostgreSQL connection string: {reason}"))
+        })?;
         let mut pg = pg;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(config.connect_timeout);
@@ -392,6 +634,7 @@ impl PgDatabase {
             transactions: get(&c.transactions),
             failed_transactions: get(&c.failed_transactions),
             retries: get(&c.retries),
+            isolation_retries: get(&c.isolation_retries),
             batches_committed: get(&c.batches_committed),
             batches_conflicted: get(&c.batches_conflicted),
             bytes_committed: get(&c.bytes_committed),
@@ -409,12 +652,11 @@ impl PgDatabase {
 /// Creates the schema and the tables, or brings them to [`SCHEMA_VERSION`]. Serialised across
 /// instances starting at once by a transaction-scoped advisory lock.
 async fn migrate(pool: &Pool, schema: &str) -> Result<(), KvError> {
-    let mut client = pool.get().await.map_err(|e| pool_error(&e))?;
-    let tx = client.transaction().await.map_err(|e| db_error(&e))?;
+    let mut client = pool.get().await.map_err(|e| Failure::pool(&e).logged("connect", &[]))?;
+    let failed = |e: tokio_postgres::Error| Failure::driver(&e, false).logged("migrate", &[]);
+    let tx = client.transaction().await.map_err(failed)?;
     let lock_name = format!("streamkit migrate {schema}");
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_name])
-        .await
-        .map_err(|e| db_error(&e))?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_name]).await.map_err(failed)?;
     let q = quote_ident(schema);
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {q};
@@ -425,11 +667,11 @@ async fn migrate(pool: &Pool, schema: &str) -> Result<(), KvError> {
          );"
     ))
     .await
-    .map_err(|e| db_error(&e))?;
+    .map_err(failed)?;
     let row = tx
         .query_one(&format!("SELECT COALESCE(max(version), 0) FROM {q}.streamkit_migrations"), &[])
         .await
-        .map_err(|e| db_error(&e))?;
+        .map_err(failed)?;
     let current: i32 = row.get(0);
     if current > SCHEMA_VERSION {
         return Err(KvError(format!(
@@ -437,16 +679,16 @@ async fn migrate(pool: &Pool, schema: &str) -> Result<(), KvError> {
         )));
     }
     for (version, description, sql) in MIGRATIONS.iter().filter(|(v, ..)| *v > current) {
-        tx.batch_execute(&sql.replace("{schema}", &q)).await.map_err(|e| db_error(&e))?;
+        tx.batch_execute(&sql.replace("{schema}", &q)).await.map_err(failed)?;
         tx.execute(
             &format!("INSERT INTO {q}.streamkit_migrations (version, description) VALUES ($1, $2)"),
             &[version, description],
         )
         .await
-        .map_err(|e| db_error(&e))?;
+        .map_err(failed)?;
         tracing::info!(schema, version, description, "PostgreSQL schema migrated");
     }
-    tx.commit().await.map_err(|e| db_error(&e))
+    tx.commit().await.map_err(|e| Failure::driver(&e, true).logged("migrate", &[]))
 }
 
 struct StoreState {
@@ -507,7 +749,7 @@ impl PgStore {
         let store = self.store;
         let result = sidecar::run(async move {
             add(&shared.counters.reads, 1);
-            with_retry_on_broken(&shared.pool, |client| {
+            with_retry_on_broken(&shared.pool, "get", store, |client| {
                 let sql = &shared.sql.get;
                 let key = &key;
                 async move {
@@ -541,7 +783,7 @@ impl PgStore {
                 (false, true) => &shared.sql.scan_forward_bounded,
                 (true, true) => &shared.sql.scan_backward_bounded,
             };
-            with_retry_on_broken(&shared.pool, |client| {
+            with_retry_on_broken(&shared.pool, "scan", store, |client| {
                 let range = &range;
                 async move {
                     let statement = client.prepare_cached(sql).await?;
@@ -607,23 +849,36 @@ impl PgStore {
     }
 }
 
-/// Runs `op` on a pooled connection; if it fails because that connection was broken (a database
-/// restart the pool had not noticed yet), runs it once more on a fresh one. Only for reads: they can
-/// be repeated without effect.
-async fn with_retry_on_broken<T, F, Fut>(pool: &Pool, op: F) -> Result<T, KvError>
+/// Runs `op` (a read of `store`) on a pooled connection; if it fails because that connection was
+/// broken (a database restart the pool had not noticed yet), runs it once more on a fresh one. Only
+/// for reads: they can be repeated without effect.
+async fn with_retry_on_broken<T, F, Fut>(
+    pool: &Pool,
+    operation: &str,
+    store: Uuid,
+    op: F,
+) -> Result<T, KvError>
 where
     F: Fn(deadpool_postgres::Client) -> Fut,
     Fut: Future<Output = Result<T, tokio_postgres::Error>>,
 {
     let mut attempt = 0;
     loop {
-        let client = pool.get().await.map_err(|e| pool_error(&e))?;
+        let client = pool.get().await.map_err(|e| Failure::pool(&e).logged(operation, &[store]))?;
         match op(client).await {
             Ok(value) => return Ok(value),
             Err(e) if e.is_closed() && attempt == 0 => attempt += 1,
-            Err(e) => return Err(db_error(&e)),
+            Err(e) => return Err(Failure::driver(&e, false).logged(operation, &[store])),
         }
     }
+}
+
+/// A commit request of a group, once its batches joined the group's items.
+struct Caller {
+    store: Uuid,
+    /// How many of the group's items (consecutive, in order) are its batches.
+    batches: usize,
+    reply: Reply<Vec<CommitOutcome>>,
 }
 
 async fn commit_loop(queue: Receiver<CommitRequest>, shared: std::sync::Weak<Shared>) {
@@ -650,41 +905,115 @@ async fn commit_loop(queue: Receiver<CommitRequest>, shared: std::sync::Weak<Sha
         let mut items: Vec<(Uuid, WriteBatch)> = Vec::with_capacity(count);
         let mut callers = Vec::with_capacity(group.len());
         for request in group {
-            callers.push((request.batches.len(), request.reply));
+            callers.push(Caller {
+                store: request.store,
+                batches: request.batches.len(),
+                reply: request.reply,
+            });
             items.extend(request.batches.into_iter().map(|batch| (request.store, batch)));
         }
+        add(&shared.counters.commit_requests, callers.len());
         let started = Instant::now();
         let result = commit_group(&shared, &items).await;
-        record(&shared, &items, &result, callers.len(), started.elapsed());
+        record(&shared, &items, result.as_deref().ok(), callers.len(), started.elapsed());
         match result {
             Ok(outcomes) => {
                 let mut outcomes = outcomes.into_iter();
-                for (n, reply) in callers {
-                    let _ = reply.send(Ok(outcomes.by_ref().take(n).collect()));
+                for caller in callers {
+                    let _ = caller.reply.send(Ok(outcomes.by_ref().take(caller.batches).collect()));
                 }
             }
-            Err(error) => {
-                for (_, reply) in callers {
-                    let _ = reply.send(Err(error.clone()));
+            // Some batch of the group cannot be written: find which by committing the requests alone.
+            Err(failure) if failure.kind == FailureKind::Batch && callers.len() > 1 => {
+                commit_one_by_one(&shared, &items, callers, &failure).await;
+            }
+            Err(failure) => {
+                let stores: Vec<Uuid> = callers.iter().map(|caller| caller.store).collect();
+                let error = failure.logged("commit", &stores);
+                for caller in callers {
+                    let _ = caller.reply.send(Err(error.clone()));
                 }
             }
         }
     }
 }
 
+/// Commits the requests of a group that failed because of some of its batches (see
+/// [`FailureKind::Batch`]) one by one, each in a transaction of its own and in the group's order, so
+/// that a request still sees the effects of the requests before it; only the requests that fail
+/// alone get an error. Sharing a transaction is an optimisation: one tenant's unwritable batch (a key
+/// too long for the index) must not fail the produces of other tenants that happened to share it.
+async fn commit_one_by_one(
+    shared: &Shared,
+    items: &[(Uuid, WriteBatch)],
+    callers: Vec<Caller>,
+    group: &Failure,
+) {
+    add(&shared.counters.isolation_retries, 1);
+    let requests = callers.len();
+    let mut failed: Vec<Uuid> = Vec::new();
+    // The cause of the first failure of each distinct client text (the details of the others differ
+    // only in row positions and values).
+    let mut causes: Vec<(KvError, String)> = Vec::new();
+    // Once the database itself fails, the requests not tried yet get its error without being tried.
+    let mut given_up: Option<KvError> = None;
+    let mut offset = 0;
+    for caller in callers {
+        let own = &items[offset..offset + caller.batches];
+        offset += caller.batches;
+        if let Some(error) = &given_up {
+            failed.push(caller.store);
+            let _ = caller.reply.send(Err(error.clone()));
+            continue;
+        }
+        let started = Instant::now();
+        let result = commit_group(shared, own).await;
+        record(shared, own, result.as_deref().ok(), 1, started.elapsed());
+        match result {
+            Ok(outcomes) => {
+                let _ = caller.reply.send(Ok(outcomes));
+            }
+            Err(failure) => {
+                match failure.kind {
+                    FailureKind::Batch | FailureKind::Retry => {}
+                    FailureKind::Database => given_up = Some(failure.error.clone()),
+                    // Those not tried yet were certainly not applied.
+                    FailureKind::OutcomeUnknown => {
+                        given_up = Some(KvError("database unavailable: connection lost".to_owned()));
+                    }
+                }
+                failed.push(caller.store);
+                if !causes.iter().any(|(error, _)| *error == failure.error) {
+                    causes.push((failure.error.clone(), failure.cause));
+                }
+                let _ = caller.reply.send(Err(failure.error));
+            }
+        }
+    }
+    tracing::warn!(
+        requests,
+        failed = failed.len(),
+        store_ids = %StoreIds(&failed),
+        group_error = %group.error,
+        causes = %causes.into_iter().map(|(_, cause)| cause).collect::<Vec<_>>().join(" | "),
+        "a PostgreSQL commit group failed because of some of its batches; its requests were committed one \
+         by one and only those failing alone got an error"
+    );
+}
+
 fn request_bytes(request: &CommitRequest) -> usize {
     request.batches.iter().map(WriteBatch::byte_size).sum()
 }
 
+/// Counts one transaction (`outcomes` is `None` when it failed) and reports it to the observer.
 fn record(
     shared: &Shared,
     items: &[(Uuid, WriteBatch)],
-    result: &Result<Vec<CommitOutcome>, KvError>,
+    outcomes: Option<&[CommitOutcome]>,
     requests: usize,
     elapsed: Duration,
 ) {
     let c = &shared.counters;
-    add(&c.commit_requests, requests);
     c.largest_group.fetch_max(u64::try_from(items.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
     let mut report = CommitReport {
         requests,
@@ -695,8 +1024,8 @@ fn record(
         failed: false,
         elapsed,
     };
-    match result {
-        Ok(outcomes) => {
+    match outcomes {
+        Some(outcomes) => {
             add(&c.transactions, 1);
             for ((_, batch), outcome) in items.iter().zip(outcomes) {
                 if *outcome == CommitOutcome::Committed {
@@ -710,7 +1039,7 @@ fn record(
             // A PostgreSQL commit that wrote something is flushed to its WAL (synchronous_commit).
             report.fsynced = report.committed > 0;
         }
-        Err(_) => {
+        None => {
             add(&c.failed_transactions, 1);
             report.failed = true;
         }
@@ -721,41 +1050,20 @@ fn record(
     }
 }
 
-/// Why one attempt at a group failed.
-enum Attempt {
-    /// Safe to repeat the whole group (nothing of it was committed).
-    Retry(KvError),
-    /// Give up with this error.
-    Fail(KvError),
-}
-
-fn classify(e: &tokio_postgres::Error, committing: bool) -> Attempt {
-    let retryable =
-        [&SqlState::T_R_SERIALIZATION_FAILURE, &SqlState::T_R_DEADLOCK_DETECTED, &SqlState::UNIQUE_VIOLATION];
-    match e.code() {
-        Some(code) if retryable.contains(&code) => Attempt::Retry(db_error(e)),
-        // A connection that broke before COMMIT was sent rolled the transaction back: repeat it on
-        // another connection. One that broke during COMMIT leaves the outcome unknown.
-        None if e.is_closed() && !committing => Attempt::Retry(db_error(e)),
-        None if committing => {
-            Attempt::Fail(KvError(format!("database unavailable: commit outcome unknown: {e}")))
-        }
-        _ => Attempt::Fail(db_error(e)),
-    }
-}
-
-async fn commit_group(shared: &Shared, items: &[(Uuid, WriteBatch)]) -> Result<Vec<CommitOutcome>, KvError> {
+/// Commits `items` in one transaction, repeated after a [`FailureKind::Retry`] failure (at most
+/// [`PgConfig::commit_retries`] times).
+async fn commit_group(shared: &Shared, items: &[(Uuid, WriteBatch)]) -> Result<Vec<CommitOutcome>, Failure> {
     let mut attempt = 0;
     loop {
-        let mut client = shared.pool.get().await.map_err(|e| pool_error(&e))?;
+        let mut client = shared.pool.get().await.map_err(|e| Failure::pool(&e))?;
         match commit_once(shared, &mut client, items).await {
             Ok(outcomes) => return Ok(outcomes),
-            Err(Attempt::Retry(e)) if attempt < shared.config.commit_retries => {
+            Err(failure) if failure.kind == FailureKind::Retry && attempt < shared.config.commit_retries => {
                 attempt += 1;
                 add(&shared.counters.retries, 1);
-                tracing::debug!(error = %e, attempt, "retrying a PostgreSQL commit group");
+                tracing::debug!(error = %failure.error, cause = %failure.cause, attempt, "retrying a PostgreSQL commit group");
             }
-            Err(Attempt::Retry(e) | Attempt::Fail(e)) => return Err(e),
+            Err(failure) => return Err(failure),
         }
     }
 }
@@ -767,8 +1075,8 @@ async fn commit_once(
     shared: &Shared,
     client: &mut deadpool_postgres::Client,
     items: &[(Uuid, WriteBatch)],
-) -> Result<Vec<CommitOutcome>, Attempt> {
-    let fail = |e: tokio_postgres::Error| classify(&e, false);
+) -> Result<Vec<CommitOutcome>, Failure> {
+    let fail = |e: tokio_postgres::Error| Failure::driver(&e, false);
     let tx = client.transaction().await.map_err(fail)?;
 
     // 1. Current values of the precondition keys, their rows locked.
@@ -847,7 +1155,7 @@ async fn commit_once(
         let statement = tx.prepare_cached(&shared.sql.delete).await.map_err(fail)?;
         tx.execute(&statement, &[&deletes.0, &deletes.1]).await.map_err(fail)?;
     }
-    tx.commit().await.map_err(|e| classify(&e, true))?;
+    tx.commit().await.map_err(|e| Failure::driver(&e, true))?;
     Ok(outcomes)
 }
 
@@ -901,7 +1209,73 @@ mod tests {
 
     #[test]
     fn an_invalid_connection_string_is_a_clear_error() {
-        let err = PgDatabase::connect_blocking(PgConfig::new("postgres://u@h:notaport/db")).unwrap_err();
-        assert!(err.0.contains("invalid PostgreSQL connection string"), "{err}");
+        let err =
+            PgDatabase::connect_blocking(PgConfig::new("postgres://u:secret@h:notaport/db")).unwrap_err();
+        assert_eq!(err.0, "invalid PostgreSQL connection string: invalid value for option `port`");
+    }
+
+    #[test]
+    fn clients_read_the_sqlstate_class_and_code() {
+        let text = |code: &str| sqlstate_text("database error", code);
+        assert_eq!(text("54000"), "database error: program limit exceeded (SQLSTATE 54000)");
+        assert_eq!(text("22021"), "database error: data exception (SQLSTATE 22021)");
+        assert_eq!(text("23503"), "database error: integrity constraint violation (SQLSTATE 23503)");
+        assert_eq!(text("40P01"), "database error: transaction rollback (SQLSTATE 40P01)");
+        assert_eq!(text("42P01"), "database error: syntax error or access rule violation (SQLSTATE 42P01)");
+        assert_eq!(text("53100"), "database error: insufficient resources (SQLSTATE 53100)");
+        assert_eq!(text("55P03"), "database error: object not in prerequisite state (SQLSTATE 55P03)");
+        assert_eq!(text("57P01"), "database error: operator intervention (SQLSTATE 57P01)");
+        assert_eq!(text("58030"), "database error: system error (SQLSTATE 58030)");
+        assert_eq!(text("XX001"), "database error: internal error (SQLSTATE XX001)");
+        assert_eq!(text("08006"), "database error: connection exception (SQLSTATE 08006)");
+        assert_eq!(text("P0001"), "database error (SQLSTATE P0001)");
+        assert_eq!(text(""), "database error (SQLSTATE )");
+        assert_eq!(
+            sqlstate_text("database unavailable", "28P01"),
+            "database unavailable: invalid authorization specification (SQLSTATE 28P01)"
+        );
+    }
+
+    #[test]
+    fn only_errors_caused_by_the_data_are_isolated() {
+        let kind = |code: &str| server_error_kind(&SqlState::from_code(code));
+        // Caused by the batches: another group without them would commit.
+        for code in ["54000", "22021", "22001", "23502", "23503", "23514", "21000"] {
+            assert_eq!(kind(code), FailureKind::Batch, "{code}");
+        }
+        // Repeated as a whole first.
+        for code in ["40001", "40P01", "23505"] {
+            assert_eq!(kind(code), FailureKind::Retry, "{code}");
+        }
+        // The database's own state: nothing to gain from trying requests one by one.
+        for code in ["53100", "53300", "57P01", "57014", "58030", "XX000", "42P01", "42501", "25006", "08006"]
+        {
+            assert_eq!(kind(code), FailureKind::Database, "{code}");
+        }
+    }
+
+    #[test]
+    fn store_ids_are_listed_once_each() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(
+            StoreIds(&[a, b, a, b]).to_string(),
+            "00000000-0000-0000-0000-000000000001,00000000-0000-0000-0000-000000000002"
+        );
+        assert_eq!(StoreIds(&[]).to_string(), "");
+    }
+
+    #[test]
+    fn the_debug_form_of_a_configuration_hides_the_password() {
+        for url in
+            ["postgres://streamkit:s3cret@db:5432/sk", "host=db user=streamkit password=s3cret dbname=sk"]
+        {
+            let text = format!("{:?}", PgConfig::new(url));
+            assert!(
+                !text.contains("s3cret") && text.contains("streamkit") && text.contains("pool_size"),
+                "{text}"
+            );
+        }
+        let text = format!("{:?}", PgConfig::new("postgres://u:s3cret@h:notaport/db"));
+        assert!(!text.contains("s3cret") && text.contains("<invalid, not shown>"), "{text}");
     }
 }

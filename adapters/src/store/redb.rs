@@ -10,7 +10,12 @@
 //! call shares one fsync. Preconditions are evaluated inside that transaction, after the batches before
 //! them were applied, which is what makes the conflict check exact.
 //!
-//! **No panics**: every redb error becomes a [`KvError`] naming the operation and the file. redb
+//! **Errors**: every redb error becomes a [`KvError`] naming the operation and redb's reason, e.g.
+//! `storage commit failed: I/O error: No space left on device (os error 28)`. That text reaches
+//! clients, so it never holds the file's path (nor the source locations some redb errors carry); the
+//! log gets the full error with the path, at `warn` where the error is created.
+//!
+//! **No panics**: redb
 //! documents that opening a file corrupted outside redb may panic unless the integrity check is on
 //! ([`RedbOptions::verify_on_open`]); as a last line of defence each call into redb runs under
 //! `catch_unwind`, and a handle whose database panicked refuses every later operation with a
@@ -18,7 +23,6 @@
 //! `panic = "unwind"`; with `panic = "abort"` a redb panic ends the process.)
 
 use std::any::Any;
-use std::fmt::Display;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -114,11 +118,15 @@ impl RedbKv {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => return Err(error("open", &path, e)),
             Err(panic) => {
-                return Err(KvError(format!(
-                    "redb open of {} panicked (corrupted file?): {}",
-                    path.display(),
-                    panic_text(&panic)
-                )));
+                // The panic message is for the log: it may quote paths and debug dumps.
+                tracing::warn!(
+                    path = %path.display(),
+                    panic = %panic_text(&panic),
+                    "redb panicked opening a database (corrupted file?)"
+                );
+                return Err(KvError(
+                    "storage open failed: the database file is unreadable (corrupted?)".to_owned(),
+                ));
             }
         };
         Ok(Self {
@@ -149,14 +157,18 @@ impl RedbKv {
             Ok(result) => result,
             Err(panic) => {
                 let reason = format!("redb {what} panicked: {}", panic_text(&panic));
+                tracing::error!(path = %self.path.display(), %reason, "store disabled: redb panicked");
                 let reason = self.poisoned.get_or_init(|| reason);
                 Err(self.disabled(reason))
             }
         }
     }
 
+    /// The error of every operation once the database panicked: the client learns that the store is
+    /// out of service, the log why (the panic message may quote paths and debug dumps).
     fn disabled(&self, reason: &str) -> KvError {
-        KvError(format!("store {} disabled after an internal error ({reason})", self.path.display()))
+        tracing::warn!(path = %self.path.display(), %reason, "operation refused: the store is disabled");
+        KvError("store disabled after an internal error".to_owned())
     }
 
     fn apply(&self, db: &Database, batches: &[WriteBatch]) -> Result<Vec<CommitOutcome>, KvError> {
@@ -248,9 +260,22 @@ impl OrderedKv for RedbKv {
     }
 }
 
-/// A redb error as a [`KvError`]: operation, file and redb's own text.
-fn error(what: &str, path: &Path, e: impl Display) -> KvError {
-    KvError(format!("redb {what} failed on {}: {e}", path.display()))
+/// A redb error as a [`KvError`] for clients (the operation and redb's reason, no path), logged in
+/// full with the file's path.
+fn error(what: &str, path: &Path, e: impl Into<redb::Error>) -> KvError {
+    let e = e.into();
+    tracing::warn!(path = %path.display(), operation = what, error = %e, "redb operation failed");
+    KvError(format!("storage {what} failed: {}", client_text(&e)))
+}
+
+/// redb's text of `e`, without the source location (a path on the build machine) that two of its
+/// variants print. No redb error prints the database's path.
+fn client_text(e: &redb::Error) -> String {
+    match e {
+        redb::Error::TableAlreadyOpen(name, _) => format!("Table '{name}' already opened"),
+        redb::Error::LockPoisoned(_) => "Poisoned internal lock".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 fn panic_text(panic: &Box<dyn Any + Send>) -> String {
@@ -321,7 +346,22 @@ mod tests {
         let path = dir.path().join("s.redb");
         let _first = RedbKv::open(&path, &RedbOptions::default()).unwrap();
         let err = RedbKv::open(&path, &RedbOptions::default()).unwrap_err();
-        assert!(err.0.contains("open failed") && err.0.contains("s.redb"), "{err}");
+        assert_eq!(err.0, "storage open failed: Database already open. Cannot acquire lock.");
+    }
+
+    #[test]
+    fn error_texts_hold_no_source_locations() {
+        let location = std::panic::Location::caller();
+        for (e, text) in [
+            (redb::Error::LockPoisoned(location), "Poisoned internal lock"),
+            (redb::Error::TableAlreadyOpen("t".to_owned(), location), "Table 't' already opened"),
+            (redb::Error::PreviousIo, "Previous I/O error occurred. Please close and re-open the database."),
+        ] {
+            assert_eq!(client_text(&e), text);
+        }
+        let io = std::io::Error::from_raw_os_error(28);
+        let err = error("commit", Path::new("/var/lib/streamkit/s/streams.redb"), redb::StorageError::Io(io));
+        assert_eq!(err.0, "storage commit failed: I/O error: No space left on device (os error 28)");
     }
 
     #[test]
@@ -329,10 +369,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kv = RedbKv::open(dir.path().join("s.redb"), &RedbOptions::default()).unwrap();
         let err = kv.guarded("test", |_| -> Result<(), KvError> { panic!("boom") }).unwrap_err();
-        assert!(err.0.contains("boom") && err.0.contains("disabled"), "{err}");
+        // The panic message is for the log only.
+        assert_eq!(err.0, "store disabled after an internal error");
+        assert_eq!(kv.poisoned.get().map(String::as_str), Some("redb test panicked: boom"));
         // Clones share the state: the database is never touched again through any handle.
         let clone = kv.clone();
         let err = clone.get(b"k").unwrap_err();
-        assert!(err.0.contains("redb test panicked: boom"), "{err}");
+        assert_eq!(err.0, "store disabled after an internal error");
     }
 }

@@ -11,7 +11,9 @@
 //!   group. While that fsync runs, new requests pile up and form the next group, so under load the
 //!   throughput is bounded by commits per fsync rather than fsyncs per produce, and an idle store adds
 //!   no latency (a lone request is committed at once). Each caller gets exactly the outcomes of its
-//!   own batches.
+//!   own batches. When the backend call of a group of several requests fails, each request is
+//!   committed again alone, in order, so that one producer's unwritable batch fails that producer
+//!   only, not every producer whose commit happened to share its transaction.
 //! * **A small pool of reader threads** serves gets and scans concurrently with the writer. A reader
 //!   pool rather than reads on the caller's thread, because a read does blocking file I/O too; a pool
 //!   rather than a thread per read, because it bounds threads and in-flight reads per store while a
@@ -42,6 +44,7 @@ use futures_channel::oneshot;
 use streamkit_core::storage::{
     CommitOutcome, KvError, KvPair, OrderedKv, ScanRange, StorageOp, StorageResult, WriteBatch,
 };
+use uuid::Uuid;
 
 use super::redb::{CommitDurability, RedbKv};
 
@@ -120,6 +123,8 @@ pub struct StoreConfig {
     pub thread_name: String,
     /// Told about every transaction (none by default).
     pub observer: Option<CommitObserver>,
+    /// The id of the store, for the log (none by default; [`super::StoreFactory::open`] sets it).
+    pub store_id: Option<Uuid>,
 }
 
 impl Default for StoreConfig {
@@ -133,6 +138,7 @@ impl Default for StoreConfig {
             durable_commits: false,
             thread_name: "skstore".to_owned(),
             observer: None,
+            store_id: None,
         }
     }
 }
@@ -142,11 +148,15 @@ impl Default for StoreConfig {
 pub struct StoreStats {
     /// Commit requests executed (one per `commit` call of a caller).
     pub commit_requests: u64,
-    /// [`OrderedKv::commit`] calls made, i.e. transactions. `commit_requests / commit_calls` is the
-    /// average group size.
+    /// [`OrderedKv::commit`] calls made, i.e. transactions (one per group, plus one per request of a
+    /// group committed again one request at a time). `commit_requests / commit_calls` is the average
+    /// group size.
     pub commit_calls: u64,
     /// Commit calls that failed with a [`KvError`] (all their batches failed).
     pub failed_commit_calls: u64,
+    /// Groups of several requests whose commit call failed and whose requests were committed again
+    /// one at a time, so that only the requests failing alone got the error.
+    pub isolation_retries: u64,
     /// Batches written.
     pub batches_committed: u64,
     /// Batches skipped because a precondition did not hold.
@@ -166,6 +176,7 @@ struct Counters {
     commit_requests: AtomicU64,
     commit_calls: AtomicU64,
     failed_commit_calls: AtomicU64,
+    isolation_retries: AtomicU64,
     batches_committed: AtomicU64,
     batches_conflicted: AtomicU64,
     fsyncs: AtomicU64,
@@ -181,6 +192,7 @@ impl Counters {
             commit_requests: get(&self.commit_requests),
             commit_calls: get(&self.commit_calls),
             failed_commit_calls: get(&self.failed_commit_calls),
+            isolation_retries: get(&self.isolation_retries),
             batches_committed: get(&self.batches_committed),
             batches_conflicted: get(&self.batches_conflicted),
             fsyncs: get(&self.fsyncs),
@@ -333,6 +345,7 @@ impl StoreHandle {
             max_bytes: config.max_group_bytes.max(1),
             durable: config.durable_commits,
             observer: config.observer.clone(),
+            store_id: config.store_id,
         };
         let counters = Arc::clone(&handle.inner.counters);
         let exited = exited_tx.clone();
@@ -455,32 +468,127 @@ fn abandoned() -> KvError {
     KvError(format!("{STORE_CLOSED}: the store worker stopped before answering"))
 }
 
+/// How the writer forms groups and reports on them.
 #[derive(Clone)]
 struct GroupLimits {
     max_batches: usize,
     max_bytes: usize,
     durable: bool,
     observer: Option<CommitObserver>,
+    store_id: Option<Uuid>,
 }
 
 fn request_bytes(request: &CommitRequest) -> usize {
     request.batches.iter().map(WriteBatch::byte_size).sum()
 }
 
+/// How a commit call failed.
+enum CallFailure {
+    /// The backend returned an error: the transaction did not happen (a commit call is all or
+    /// nothing), so its requests may be committed again.
+    Backend(KvError),
+    /// The backend panicked, or answered with the wrong number of outcomes: what it did is unknown
+    /// (it may have written), so nothing is committed again.
+    Broken(KvError),
+}
+
+/// The writer thread and what it carries from one transaction to the next.
+struct Writer<'a> {
+    backend: Box<dyn WriteSide>,
+    /// Set when the backend panicked: its state is unknown, so it is not called again.
+    broken: Option<KvError>,
+    limits: GroupLimits,
+    counters: &'a Counters,
+}
+
+impl Writer<'_> {
+    /// One transaction: a commit call with `batches` (of `requests` requests), counted and reported
+    /// to the observer.
+    fn transaction(
+        &mut self,
+        batches: &[WriteBatch],
+        requests: usize,
+    ) -> Result<Vec<CommitOutcome>, CallFailure> {
+        let started = std::time::Instant::now();
+        let result = match &self.broken {
+            Some(error) => Err(CallFailure::Broken(error.clone())),
+            None => match catch_unwind(AssertUnwindSafe(|| self.backend.commit(batches))) {
+                Ok(Ok(outcomes)) if outcomes.len() == batches.len() => Ok(outcomes),
+                Ok(Ok(outcomes)) => Err(CallFailure::Broken(KvError(format!(
+                    "store backend returned {} outcomes for {} batches",
+                    outcomes.len(),
+                    batches.len()
+                )))),
+                Ok(Err(error)) => Err(CallFailure::Backend(error)),
+                Err(_) => {
+                    let error = KvError("store disabled: its backend panicked during a commit".to_owned());
+                    self.broken = Some(error.clone());
+                    Err(CallFailure::Broken(error))
+                }
+            },
+        };
+        let report = record(self.counters, batches, result.as_deref().ok(), requests, self.limits.durable);
+        if let Some(observer) = &self.limits.observer {
+            observer.report(&CommitReport { elapsed: started.elapsed(), ..report });
+        }
+        result
+    }
+
+    /// Commits the requests of a group whose commit call failed one by one, in order (so a request
+    /// still sees the effects of the requests before it), each in a call of its own: only the
+    /// requests that fail alone get an error. Sharing a transaction is an optimisation; it must not
+    /// make one producer's unwritable batch the failure of every producer queued with it.
+    fn commit_one_by_one(&mut self, batches: &[WriteBatch], callers: Vec<Caller>, group_error: &KvError) {
+        self.counters.isolation_retries.fetch_add(1, Ordering::Relaxed);
+        let requests = callers.len();
+        let mut failed = 0usize;
+        let mut errors: Vec<String> = Vec::new();
+        let mut offset = 0;
+        for (count, reply) in callers {
+            let own = &batches[offset..offset + count];
+            offset += count;
+            match self.transaction(own, 1) {
+                Ok(outcomes) => {
+                    let _ = reply.send(Ok(outcomes));
+                }
+                Err(CallFailure::Backend(error) | CallFailure::Broken(error)) => {
+                    failed += 1;
+                    if !errors.contains(&error.0) {
+                        errors.push(error.0.clone());
+                    }
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+        tracing::warn!(
+            store_id = %self.limits.store_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string()),
+            requests,
+            failed,
+            group_error = %group_error,
+            errors = %errors.join(" | "),
+            "a store commit failed; its requests were committed one by one and only those failing \
+             alone got an error"
+        );
+    }
+}
+
+/// A caller of a group: how many of the group's batches (consecutive, in order) are its own, and
+/// where its outcomes go.
+type Caller = (usize, Reply<Vec<CommitOutcome>>);
+
 fn write_loop(
     requests: Receiver<CommitRequest>,
-    mut backend: Box<dyn WriteSide>,
+    backend: Box<dyn WriteSide>,
     limits: GroupLimits,
     counters: &Counters,
 ) {
-    // Set when the backend panicked: its state is unknown, so it is not called again.
-    let mut broken: Option<KvError> = None;
+    let mut writer = Writer { backend, broken: None, limits, counters };
     // Returns Err only once the queue is closed *and* empty: queued commits are finished first.
     while let Ok(first) = requests.recv_blocking() {
         let mut batch_count = first.batches.len();
         let mut bytes = request_bytes(&first);
         let mut group = vec![first];
-        while batch_count < limits.max_batches && bytes < limits.max_bytes {
+        while batch_count < writer.limits.max_batches && bytes < writer.limits.max_bytes {
             match requests.try_recv() {
                 Ok(request) => {
                     batch_count += request.batches.len();
@@ -492,41 +600,14 @@ fn write_loop(
         }
 
         let mut batches = Vec::with_capacity(batch_count);
-        let mut callers = Vec::with_capacity(group.len());
+        let mut callers: Vec<Caller> = Vec::with_capacity(group.len());
         for request in group {
             callers.push((request.batches.len(), request.reply));
             batches.extend(request.batches);
         }
+        add(&counters.commit_requests, callers.len());
 
-        let started = std::time::Instant::now();
-        let result = match &broken {
-            Some(error) => Err(error.clone()),
-            None => match catch_unwind(AssertUnwindSafe(|| backend.commit(&batches))) {
-                Ok(result) => result,
-                Err(_) => {
-                    let error = KvError("store disabled: its backend panicked during a commit".to_owned());
-                    broken = Some(error.clone());
-                    Err(error)
-                }
-            },
-        };
-        let result = result.and_then(|outcomes| {
-            if outcomes.len() == batches.len() {
-                Ok(outcomes)
-            } else {
-                Err(KvError(format!(
-                    "store backend returned {} outcomes for {} batches",
-                    outcomes.len(),
-                    batches.len()
-                )))
-            }
-        });
-
-        let report = record(counters, &batches, &result, callers.len(), limits.durable);
-        if let Some(observer) = &limits.observer {
-            observer.report(&CommitReport { elapsed: started.elapsed(), ..report });
-        }
-        match result {
+        match writer.transaction(&batches, callers.len()) {
             Ok(outcomes) => {
                 let mut outcomes = outcomes.into_iter();
                 for (count, reply) in callers {
@@ -534,7 +615,10 @@ fn write_loop(
                     let _ = reply.send(Ok(outcomes.by_ref().take(count).collect()));
                 }
             }
-            Err(error) => {
+            Err(CallFailure::Backend(error)) if callers.len() > 1 => {
+                writer.commit_one_by_one(&batches, callers, &error);
+            }
+            Err(CallFailure::Backend(error) | CallFailure::Broken(error)) => {
                 for (_, reply) in callers {
                     let _ = reply.send(Err(error.clone()));
                 }
@@ -543,17 +627,19 @@ fn write_loop(
     }
 }
 
+fn add(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+/// Counts one commit call (`outcomes` is `None` when it failed) and describes it for the observer
+/// (all but the elapsed time).
 fn record(
     counters: &Counters,
     batches: &[WriteBatch],
-    result: &Result<Vec<CommitOutcome>, KvError>,
+    outcomes: Option<&[CommitOutcome]>,
     requests: usize,
     durable: bool,
 ) -> CommitReport {
-    let add = |counter: &AtomicU64, n: usize| {
-        counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
-    };
-    add(&counters.commit_requests, requests);
     add(&counters.commit_calls, 1);
     counters.largest_group.fetch_max(u64::try_from(batches.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
     let mut report = CommitReport {
@@ -565,8 +651,8 @@ fn record(
         failed: false,
         elapsed: std::time::Duration::ZERO,
     };
-    match result {
-        Ok(outcomes) => {
+    match outcomes {
+        Some(outcomes) => {
             let mut committed = 0;
             let mut bytes = 0;
             for (batch, outcome) in batches.iter().zip(outcomes) {
@@ -585,7 +671,7 @@ fn record(
             report.bytes = bytes;
             report.fsynced = durable && committed > 0;
         }
-        Err(_) => {
+        None => {
             add(&counters.failed_commit_calls, 1);
             report.failed = true;
         }
@@ -761,7 +847,7 @@ mod tests {
     }
 
     #[test]
-    fn backend_errors_reach_every_caller_of_the_group() {
+    fn a_backend_error_fails_a_lone_request_whole() {
         let mut kv = MemoryKv::new();
         kv.fail_next_commits(1);
         let store = StoreHandle::spawn(kv, StoreConfig::default()).unwrap();
@@ -770,10 +856,97 @@ mod tests {
         assert_eq!(block_on(store.commit_one(put(b"a", b"1"))), Ok(CommitOutcome::Committed));
         let stats = store.stats();
         assert_eq!((stats.failed_commit_calls, stats.batches_committed), (1, 1));
+        assert_eq!(stats.isolation_retries, 0, "a group of one request is not committed again");
         assert_eq!(
             block_on(store.execute(StorageOp::Get { key: b"b".to_vec() })),
             StorageResult::Value(None)
         );
+        store.close_blocking();
+    }
+
+    /// Refuses every commit call holding a batch that writes the key `poison` (as a database refuses
+    /// a key over its index limit); its first call waits for the test's signal.
+    struct Poisoned {
+        kv: MemoryKv,
+        entered: mpsc::Sender<()>,
+        gate: Option<mpsc::Receiver<()>>,
+    }
+
+    impl OrderedKv for Poisoned {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+            self.kv.get(key)
+        }
+        fn scan(&self, range: &ScanRange) -> Result<Vec<KvPair>, KvError> {
+            self.kv.scan(range)
+        }
+        fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<CommitOutcome>, KvError> {
+            let _ = self.entered.send(());
+            if let Some(gate) = self.gate.take() {
+                gate.recv().map_err(|_| KvError("gate dropped".into()))?;
+            }
+            if batches.iter().any(|batch| batch.puts.iter().any(|(key, _)| key == b"poison")) {
+                return Err(KvError("poison refused".into()));
+            }
+            self.kv.commit(batches)
+        }
+    }
+
+    #[test]
+    fn a_failing_request_fails_alone_and_the_others_of_its_group_commit_in_order() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (gate, gate_rx) = mpsc::channel();
+        let backend = Poisoned { kv: MemoryKv::new(), entered: entered_tx, gate: Some(gate_rx) };
+        let store = StoreHandle::spawn(backend, StoreConfig::default()).unwrap();
+        let first = {
+            let store = store.clone();
+            thread::spawn(move || block_on(store.commit_one(put(b"first", b"1"))))
+        };
+        entered.recv().unwrap();
+        let needs_a = WriteBatch {
+            preconditions: vec![Precondition::Equals { key: b"a".to_vec(), value: b"1".to_vec() }],
+            puts: vec![(b"b".to_vec(), b"2".to_vec())],
+            deletes: vec![],
+        };
+        let requests = [
+            vec![put(b"a", b"1")],
+            vec![put(b"poison", b"x")],
+            // Committed alone, it still sees the first request's write.
+            vec![needs_a],
+            // A request fails whole: its good batch is not written either.
+            vec![put(b"c", b"3"), put(b"poison", b"y")],
+            vec![put(b"d", b"4")],
+        ];
+        // Queued one after the other, so the group holds them in this order.
+        let mut callers = Vec::new();
+        for (i, batches) in requests.into_iter().enumerate() {
+            let store_clone = store.clone();
+            callers.push(thread::spawn(move || block_on(store_clone.commit(batches))));
+            wait_until("the request to queue", || store.queued_commits() == i + 1);
+        }
+        gate.send(()).unwrap();
+        assert_eq!(first.join().unwrap(), Ok(CommitOutcome::Committed));
+        let results: Vec<_> = callers.into_iter().map(|caller| caller.join().unwrap()).collect();
+        let refused = Err(KvError("poison refused".into()));
+        assert_eq!(
+            results,
+            [
+                Ok(vec![CommitOutcome::Committed]),
+                refused.clone(),
+                Ok(vec![CommitOutcome::Committed]),
+                refused,
+                Ok(vec![CommitOutcome::Committed]),
+            ]
+        );
+        for (key, value) in
+            [(&b"a"[..], Some(&b"1"[..])), (b"b", Some(b"2")), (b"c", None), (b"d", Some(b"4"))]
+        {
+            assert_eq!(block_on(store.get(key.to_vec())).unwrap().as_deref(), value);
+        }
+        let stats = store.stats();
+        assert_eq!(stats.isolation_retries, 1);
+        // The first request, the failed group, then its five requests one by one.
+        assert_eq!((stats.commit_requests, stats.commit_calls, stats.failed_commit_calls), (6, 7, 3));
+        assert_eq!(stats.batches_committed, 4);
         store.close_blocking();
     }
 

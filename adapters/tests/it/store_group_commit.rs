@@ -1,34 +1,14 @@
 //! Group commit on the durable redb store: concurrent commits share transactions, every caller gets
 //! its own outcome, and racing sequence writers never leave a gap or a duplicate.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use futures_lite::future::{block_on, poll_fn};
+use futures_lite::future::block_on;
 use streamkit::store::{RedbKv, RedbOptions, StoreConfig, StoreHandle, StoreStats};
 use streamkit_core::storage::{CommitOutcome, OrderedKv, Precondition, ScanRange, WriteBatch};
 
-/// Polls all `futures` concurrently on the current thread (a minimal `join_all`).
-fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    block_on(poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending { Poll::Pending } else { Poll::Ready(()) }
-    }));
-    outputs.into_iter().flatten().collect()
-}
+use crate::support::join_all;
 
 fn durable_store(dir: &tempfile::TempDir) -> StoreHandle {
     let kv = RedbKv::open(dir.path().join("streams.redb"), &RedbOptions::default()).unwrap();

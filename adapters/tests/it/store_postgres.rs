@@ -1,9 +1,10 @@
-//! The PostgreSQL store: group commit across callers and stores, conflicts between two "instances"
-//! (two connected databases racing on the same keys), store isolation, schema migration, and a
-//! database restart. Skipped with a printed reason when PostgreSQL is not reachable.
+//! The PostgreSQL store: group commit across callers and stores, a batch the database refuses failing
+//! alone rather than with its group, conflicts between two "instances" (two connected databases racing
+//! on the same keys), store isolation, schema migration, and a database restart. Skipped with a printed reason when PostgreSQL is not reachable.
 #![cfg(feature = "postgres")]
 
 use crate::scaleout_support;
+use crate::support::join_all;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -130,6 +131,116 @@ fn a_failed_batch_is_skipped_and_later_batches_see_earlier_ones() {
     .unwrap();
     assert_eq!(outcomes, [CommitOutcome::Conflict { index: 0 }, CommitOutcome::Committed]);
     assert_eq!(block_on(store.get(b"b".to_vec())).unwrap(), None);
+}
+
+/// What a client reads when its batch holds a key over PostgreSQL's btree index row limit (2704 bytes).
+const KEY_TOO_LONG: &str = "database error: program limit exceeded (SQLSTATE 54000)";
+
+/// `len` pseudo-random bytes: PostgreSQL compresses a long but repetitive key below the index limit.
+fn incompressible(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_be_bytes()[0]
+        })
+        .collect()
+}
+
+/// One tenant's batches that the database refuses (a 3,000-byte key, as a segment name or a lease key
+/// could make) share transactions with another tenant's commits, because the committer groups
+/// whatever is queued: the refused ones fail alone, every other commit goes through, and a request
+/// committed alone still sees the effects of the requests queued before it.
+#[test]
+fn a_batch_the_database_refuses_fails_alone_not_with_its_group() {
+    if !pg_available("a_batch_the_database_refuses_fails_alone") {
+        return;
+    }
+    let schema = TestSchema::new("isolation");
+    // One committer: everything queued behind a transaction in progress forms the next group.
+    let config = PgConfig { committers: 1, ..schema.config() };
+    let db = PgDatabase::connect_blocking(config).unwrap();
+    let (good, bad) = (db.store(Uuid::new_v4()), db.store(Uuid::new_v4()));
+    let long_key = incompressible(3000);
+    let head = |n: u32| n.to_be_bytes().to_vec();
+
+    // The good tenant appends 1..=200, each append guarded by the head the previous one wrote: they
+    // only all commit if their order is kept. Every 10th request is the bad tenant's, alternately a
+    // plain put of the long key and a lease-like put guarded by its absence.
+    enum Request {
+        Good(u32, WriteBatch),
+        Bad(WriteBatch),
+    }
+    let mut requests = Vec::new();
+    for n in 1..=200u32 {
+        let guard = match n {
+            1 => Precondition::Absent { key: b"head".to_vec() },
+            _ => Precondition::Equals { key: b"head".to_vec(), value: head(n - 1) },
+        };
+        let mut entry = b"entry/".to_vec();
+        entry.extend_from_slice(&head(n));
+        let batch = WriteBatch {
+            preconditions: vec![guard],
+            puts: vec![(entry, b"v".to_vec()), (b"head".to_vec(), head(n))],
+            deletes: vec![],
+        };
+        requests.push(Request::Good(n, batch));
+        if n % 10 == 5 {
+            let preconditions = match n % 20 {
+                5 => Vec::new(),
+                _ => vec![Precondition::Absent { key: long_key.clone() }],
+            };
+            requests.push(Request::Bad(WriteBatch {
+                preconditions,
+                puts: vec![(long_key.clone(), b"lease".to_vec())],
+                deletes: vec![],
+            }));
+        }
+    }
+    let started = Instant::now();
+    // Sent in this order on the first poll: the queue holds them in order.
+    let results = join_all(
+        requests
+            .into_iter()
+            .map(|request| {
+                let (good, bad) = (good.clone(), bad.clone());
+                async move {
+                    match request {
+                        Request::Good(n, batch) => (Some(n), good.commit_one(batch).await),
+                        Request::Bad(batch) => (None, bad.commit_one(batch).await),
+                    }
+                }
+            })
+            .collect(),
+    );
+    let elapsed = started.elapsed();
+    let mut failed = 0;
+    for (good_one, result) in results {
+        match good_one {
+            Some(n) => assert_eq!(result, Ok(CommitOutcome::Committed), "good append {n}"),
+            None => {
+                assert_eq!(result.unwrap_err().0, KEY_TOO_LONG);
+                failed += 1;
+            }
+        }
+    }
+    assert_eq!(failed, 20);
+    assert_eq!(block_on(good.get(b"head".to_vec())).unwrap(), Some(head(200)));
+    assert_eq!(block_on(good.scan(everything())).unwrap().len(), 201, "200 entries and the head");
+    assert_eq!(block_on(bad.scan(everything())).unwrap(), Vec::new());
+    let stats = db.stats();
+    assert!(stats.isolation_retries >= 1, "no group was retried one by one: {stats:?}");
+    // Each refused request failed once more alone, after its group.
+    assert!(stats.failed_transactions >= 20 + stats.isolation_retries, "{stats:?}");
+    assert_eq!((stats.commit_requests, stats.batches_committed), (220, 200), "{stats:?}");
+    eprintln!("isolation: 220 requests in {elapsed:?}: {stats:?}");
+
+    // Alone from the start, a refused batch gets the same text.
+    let err = block_on(bad.commit_one(put(&long_key, b"v"))).unwrap_err();
+    assert_eq!(err.0, KEY_TOO_LONG);
 }
 
 /// Two connected databases stand for two server instances. Each writer appends to one "segment":

@@ -7,7 +7,9 @@
 #![allow(dead_code)] // each test binary uses a different part of it
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
@@ -438,4 +440,24 @@ async fn drive(
         }
     }
     let _ = closed.try_send(reason);
+}
+
+/// Polls all `futures` concurrently on the current thread, each first poll in order (a minimal
+/// `join_all`: requests they send on their first poll are queued in order).
+pub fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { Poll::Pending } else { Poll::Ready(()) }
+    }));
+    outputs.into_iter().flatten().collect()
 }
