@@ -194,7 +194,8 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
         server.local_addr()
     );
     shutdown_signal().await;
-    eprintln!("shutting down");
+    // Logged rather than printed: with `--log-format json`, every line of stderr is a JSON object.
+    tracing::info!("shutdown signal received");
     server.shutdown().await;
     Ok(())
 }

@@ -38,6 +38,7 @@ mod scaleout_processes;
 mod server_durability;
 mod server_limits;
 mod server_load;
+mod server_logs;
 mod server_ops;
 mod server_runtimes;
 mod server_security;
