@@ -36,6 +36,7 @@ mod client_resilience;
 mod scaleout;
 mod scaleout_processes;
 mod server_durability;
+mod server_handshake_limits;
 mod server_limits;
 mod server_load;
 mod server_logs;
