@@ -19,6 +19,8 @@ pub mod client;
 pub mod clock;
 pub mod engine;
 pub mod http;
+#[cfg(feature = "cli")]
+pub mod logging;
 pub mod metrics;
 pub mod runtime;
 pub mod server;

@@ -136,8 +136,12 @@ impl Outcome {
 pub enum ErrorKind {
     /// A handshake refused with 401 (token missing, invalid, expired, no usable scope).
     Auth,
-    /// Any other refused or dropped handshake (bad request, not ready, timeout, too many pending).
+    /// Any other refused or dropped handshake (bad request, not ready, timeouts, too many pending).
     Handshake,
+    /// A connection closed before its request was read because `max_pending_handshakes_per_ip`
+    /// connections from its address were already pending (one client opening many sockets, or many
+    /// clients behind one proxy).
+    PendingPerIp,
     /// An upgrade refused (503) because `max_connections` were open.
     ConnectionLimit,
     /// A data frame naming a store outside the token's scopes (`access denied` error frame).
@@ -167,6 +171,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Auth => "auth",
             ErrorKind::Handshake => "handshake",
+            ErrorKind::PendingPerIp => "pending_per_ip",
             ErrorKind::ConnectionLimit => "connection_limit",
             ErrorKind::AccessDenied => "access_denied",
             ErrorKind::TooManyStreams => "too_many_streams",

@@ -15,14 +15,15 @@ use uuid::Uuid;
 use crate::auth::{JwtAlgorithm, JwtVerifier, TokenClaims, TokenSigner};
 use crate::client::{Client, ClientOptions, static_token};
 use crate::core::wire::Codec;
+use crate::logging::LogFormat;
 use crate::runtime::{Runtime, TokioRuntime};
 
 /// Entry point of the `streamkit` binary; returns the process exit code.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMKIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,streamkit=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Err(e) = crate::logging::init(cli.log_format) {
+        eprintln!("warning: logging is not set up: {e}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -50,6 +51,10 @@ pub type CliError = Box<dyn std::error::Error + Send + Sync>;
     about = "streamkit event-streaming store: server, tokens, client and benchmark"
 )]
 struct Cli {
+    /// Log lines on stderr: `text` (control characters escaped, long values cut, colours only on a
+    /// terminal) or `json` (one object per line). `STREAMKIT_LOG` sets the filter, e.g. `debug`.
+    #[arg(long, global = true, env = "STREAMKIT_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }

@@ -11,6 +11,7 @@ use streamkit_core::Millis;
 use super::{CliError, KeyArgs, algorithm_name, random_hex};
 use crate::auth::{JwtVerifier, TokenClaims, TokenSigner};
 use crate::bus::NatsConfig;
+use crate::http;
 use crate::runtime::Runtime;
 use crate::server::{BusKind, ClusterMode, ServerConfig, start};
 use crate::store::{CommitDurability, PgConfig, RedbOptions, StoreFactory};
@@ -125,6 +126,26 @@ pub(super) struct ServeArgs {
     /// with `too many active streams`.
     #[arg(long, default_value_t = crate::server::DEFAULT_MAX_STREAMS_PER_CONNECTION)]
     max_streams_per_connection: usize,
+    /// Connections not yet upgraded (request not read or not answered) allowed at once; more are
+    /// closed at once.
+    #[arg(long, default_value_t = http::DEFAULT_MAX_PENDING_HANDSHAKES)]
+    max_pending_handshakes: usize,
+    /// Connections not yet upgraded allowed at once from one address (an IPv4 address or an IPv6 /64;
+    /// 0 = no per-address cap, e.g. behind a reverse proxy); more are closed at once.
+    #[arg(long, default_value_t = http::DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP)]
+    max_pending_handshakes_per_ip: usize,
+    /// Milliseconds from accept within which a connection must have sent its complete request head.
+    #[arg(
+        long,
+        default_value_t = millis(http::DEFAULT_HEADER_TIMEOUT),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    header_timeout_ms: u64,
+}
+
+/// A default duration as whole milliseconds, for `default_value_t`.
+const fn millis(duration: Duration) -> u64 {
+    duration.as_millis() as u64
 }
 
 pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<(), CliError> {
@@ -179,6 +200,9 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
     config.node.presence_sweep_interval = Millis(args.presence_sweep_ms.max(1));
     config.max_connections = args.max_connections;
     config.max_streams_per_connection = args.max_streams_per_connection;
+    config.http.max_pending_handshakes = args.max_pending_handshakes;
+    config.http.max_pending_handshakes_per_ip = args.max_pending_handshakes_per_ip;
+    config.http.header_timeout = Duration::from_millis(args.header_timeout_ms);
     config.idle_eviction = match args.idle_evict_secs {
         0 => None,
         secs => Some(streamkit_core::manager::IdleEviction {
@@ -194,7 +218,8 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
         server.local_addr()
     );
     shutdown_signal().await;
-    eprintln!("shutting down");
+    // Logged rather than printed: with `--log-format json`, every line of stderr is a JSON object.
+    tracing::info!("shutdown signal received");
     server.shutdown().await;
     Ok(())
 }

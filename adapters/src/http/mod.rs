@@ -25,17 +25,32 @@
 //! written, so a client over the server's limit gets `503 Service Unavailable` (with `Retry-After`) and
 //! can tell "busy" from "broken", instead of an upgrade closed at once.
 //!
-//! Abuse bounds: the head size and time limits above, and at most
-//! [`HttpConfig::max_pending_handshakes`] connections still in the pre-upgrade phase (more are closed
-//! at once), so a slowloris client holds at most a few KiB and one task per slot, never unbounded.
+//! Abuse bounds, all on connections still in the pre-upgrade phase (not yet authenticated, so nothing
+//! tells tenants apart but their address):
+//!
+//! * at most [`HttpConfig::max_pending_handshakes`] of them at once, and at most
+//!   [`HttpConfig::max_pending_handshakes_per_ip`] from one source address (an IPv4 address or an
+//!   IPv6 /64): one client opening idle sockets fills its own share, not the server's, so `/healthz`
+//!   and other clients still get in. A connection over either cap is closed at once, reported to
+//!   [`ConnectionHandler::on_rejected`] and not answered;
+//! * the complete request head within [`HttpConfig::header_timeout`] (5 s) and the whole
+//!   negotiation within [`HttpConfig::handshake_timeout`] (10 s), so a slot held by a silent or
+//!   trickling client is freed soon;
+//! * at most [`HttpConfig::max_head_bytes`] of head. A socket that sent nothing costs its task (a
+//!   few KiB, fixed): the read buffer is allocated when the first bytes arrive.
+//!
+//! Behind a reverse proxy every connection comes from the proxy's address: raise
+//! `max_pending_handshakes_per_ip` or set it to 0 (no per-address cap), and let the proxy limit
+//! per client.
 
 mod request;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
@@ -52,15 +67,35 @@ use request::{HeadError, RequestHead, read_head};
 /// The WebSocket endpoint's path.
 pub const STREAMZ_PATH: &str = "/streamz";
 
+/// Default [`HttpConfig::header_timeout`].
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`HttpConfig::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`HttpConfig::max_pending_handshakes`].
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Default [`HttpConfig::max_pending_handshakes_per_ip`].
+pub const DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP: usize = 32;
+
 /// Settings of the HTTP front.
 #[derive(Clone, Copy, Debug)]
 pub struct HttpConfig {
     /// Largest accepted request head (request line and headers); larger heads get 431.
     pub max_head_bytes: usize,
-    /// Time allowed from accept until the request is answered or upgraded; slower clients are dropped.
+    /// Time allowed from accept until the complete request head has arrived (default
+    /// [`DEFAULT_HEADER_TIMEOUT`]); slower clients are dropped ([`Rejection::HeaderTimeout`]).
+    pub header_timeout: Duration,
+    /// Time allowed from accept until the request is answered or upgraded (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]); slower clients are dropped ([`Rejection::Timeout`]).
     pub handshake_timeout: Duration,
-    /// Connections allowed in the pre-upgrade phase at once; further ones are closed immediately.
+    /// Connections allowed in the pre-upgrade phase at once (default
+    /// [`DEFAULT_MAX_PENDING_HANDSHAKES`]); further ones are closed immediately
+    /// ([`Rejection::TooManyPending`]).
     pub max_pending_handshakes: usize,
+    /// Connections from one source allowed in the pre-upgrade phase at once (default
+    /// [`DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP`]; 0 = no per-source cap); further ones are closed
+    /// immediately ([`Rejection::TooManyPendingFromIp`]). A source is an IPv4 address (an
+    /// IPv4-mapped IPv6 address counts as IPv4) or an IPv6 /64, the block one host usually has.
+    pub max_pending_handshakes_per_ip: usize,
     /// Settings of upgraded connections (default [`default_websocket_config`]: 8 MiB frame cap).
     pub websocket: WebSocketConfig,
 }
@@ -69,8 +104,10 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_head_bytes: 16 * 1024,
-            handshake_timeout: Duration::from_secs(10),
-            max_pending_handshakes: 1024,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+            max_pending_handshakes_per_ip: DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP,
             websocket: default_websocket_config(),
         }
     }
@@ -188,12 +225,19 @@ pub enum Rejection {
     /// 431: the request head is over the size or header-count limit.
     #[error("request head too large")]
     HeadTooLarge,
-    /// Dropped: the request was not complete within the handshake timeout.
+    /// Dropped: the request head was not complete within [`HttpConfig::header_timeout`].
+    #[error("request head timed out")]
+    HeaderTimeout,
+    /// Dropped: the request was not answered or upgraded within [`HttpConfig::handshake_timeout`].
     #[error("handshake timed out")]
     Timeout,
     /// Dropped: too many connections were already in the pre-upgrade phase.
     #[error("too many pending handshakes")]
     TooManyPending,
+    /// Dropped: too many connections from the same source were already in the pre-upgrade phase
+    /// ([`HttpConfig::max_pending_handshakes_per_ip`]).
+    #[error("too many pending handshakes from one address")]
+    TooManyPendingFromIp,
     /// 503: the handler's connection limit is reached ([`ConnectionHandler::admit`]).
     #[error("connection limit reached")]
     ConnectionLimit,
@@ -235,7 +279,7 @@ struct Inner {
     handler: Arc<dyn ConnectionHandler>,
     readiness: Readiness,
     config: HttpConfig,
-    pending: AtomicUsize,
+    pending: PendingHandshakes,
 }
 
 impl fmt::Debug for HttpFront {
@@ -259,7 +303,9 @@ impl HttpFront {
         mut config: HttpConfig,
     ) -> Self {
         config.websocket = sanitize_config(config.websocket);
-        let inner = Inner { runtime, verifier, handler, readiness, config, pending: AtomicUsize::new(0) };
+        let pending =
+            PendingHandshakes::new(config.max_pending_handshakes, config.max_pending_handshakes_per_ip);
+        let inner = Inner { runtime, verifier, handler, readiness, config, pending };
         Self { inner: Arc::new(inner) }
     }
 
@@ -270,7 +316,7 @@ impl HttpFront {
 
     /// Connections currently in the pre-upgrade phase (reading the request or writing the answer).
     pub fn pending_handshakes(&self) -> usize {
-        self.inner.pending.load(Ordering::Acquire)
+        self.inner.pending.total.load(Ordering::Acquire)
     }
 
     /// Accepts connections until `shutdown` completes, each served on its own task. Connections
@@ -314,9 +360,12 @@ impl HttpFront {
     /// handshake): answers a plain route, or upgrades and runs the handler until it returns.
     pub async fn serve_connection(&self, mut stream: BoxedStream, peer: SocketAddr) {
         let inner = &self.inner;
-        let Some(slot) = PendingSlot::acquire(&inner.pending, inner.config.max_pending_handshakes) else {
-            inner.handler.on_rejected(peer, &Rejection::TooManyPending);
-            return;
+        let slot = match inner.pending.acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(rejection) => {
+                inner.handler.on_rejected(peer, &rejection);
+                return;
+            }
         };
         let negotiation =
             inner.runtime.timeout(inner.config.handshake_timeout, self.negotiate(&mut stream, peer));
@@ -345,7 +394,14 @@ impl HttpFront {
     /// already written).
     async fn negotiate(&self, stream: &mut BoxedStream, peer: SocketAddr) -> Option<Upgrade> {
         let inner = &self.inner;
-        let (head, leftover) = match read_head(stream, inner.config.max_head_bytes).await {
+        let reading = inner
+            .runtime
+            .timeout(inner.config.header_timeout, read_head(stream, inner.config.max_head_bytes));
+        let Ok(read) = reading.await else {
+            inner.handler.on_rejected(peer, &Rejection::HeaderTimeout);
+            return None;
+        };
+        let (head, leftover) = match read {
             Ok(read) => read,
             Err(HeadError::Disconnected) => return None,
             Err(HeadError::Malformed) => {
@@ -482,19 +538,84 @@ struct Upgrade {
     permit: ConnectionPermit,
 }
 
-/// Counts a connection in the pre-upgrade phase while alive.
-struct PendingSlot<'a>(&'a AtomicUsize);
+/// The connections in the pre-upgrade phase: how many in all, and how many from each source.
+struct PendingHandshakes {
+    total: AtomicUsize,
+    max_total: usize,
+    /// Only sources with at least one pending connection have an entry, so the map never holds more
+    /// entries than there are pending connections (entries at zero are removed).
+    by_source: Mutex<HashMap<IpAddr, usize>>,
+    /// 0: no per-source cap (and no map upkeep).
+    max_per_source: usize,
+}
 
-impl<'a> PendingSlot<'a> {
-    fn acquire(pending: &'a AtomicUsize, max: usize) -> Option<Self> {
-        pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
-        Some(Self(pending))
+impl PendingHandshakes {
+    fn new(max_total: usize, max_per_source: usize) -> Self {
+        Self { total: AtomicUsize::new(0), max_total, by_source: Mutex::default(), max_per_source }
     }
+
+    /// A place for a connection from `ip`, or why there is none.
+    fn acquire(&self, ip: IpAddr) -> Result<PendingSlot<'_>, Rejection> {
+        // The source's share first: a client over it must not take (even briefly) a place of the
+        // shared total.
+        let source = (self.max_per_source > 0).then(|| source_of(ip));
+        if let Some(source) = source {
+            let mut counts = self.counts();
+            let count = counts.entry(source).or_insert(0);
+            if *count >= self.max_per_source {
+                return Err(Rejection::TooManyPendingFromIp);
+            }
+            *count += 1;
+        }
+        // From here on, dropping `slot` gives the source's place back.
+        let mut slot = PendingSlot { pending: self, source, counted_in_total: false };
+        let max = self.max_total;
+        self.total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .map_err(|_| Rejection::TooManyPending)?;
+        slot.counted_in_total = true;
+        Ok(slot)
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // The map is consistent whenever the lock is released (no code in between can panic).
+        self.by_source.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The unit the per-source cap counts: an IPv4 address, or an IPv6 /64 (a host usually has a whole
+/// /64, so counting single IPv6 addresses would give it 2^64 shares).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+/// A connection's place among the [`PendingHandshakes`], given back when dropped.
+struct PendingSlot<'a> {
+    pending: &'a PendingHandshakes,
+    source: Option<IpAddr>,
+    counted_in_total: bool,
 }
 
 impl Drop for PendingSlot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.counted_in_total {
+            self.pending.total.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(source) = self.source {
+            let mut counts = self.pending.counts();
+            if let Some(count) = counts.get_mut(&source) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&source);
+                }
+            }
+        }
     }
 }
 
@@ -531,7 +652,10 @@ impl Response {
             Rejection::HeadTooLarge => {
                 Self::text(431, "Request Header Fields Too Large", "Request Header Fields Too Large\n")
             }
-            Rejection::Timeout | Rejection::TooManyPending => {
+            Rejection::HeaderTimeout
+            | Rejection::Timeout
+            | Rejection::TooManyPending
+            | Rejection::TooManyPendingFromIp => {
                 Self::text(503, "Service Unavailable", "Service Unavailable\n")
             }
             Rejection::ConnectionLimit => {
@@ -568,5 +692,57 @@ impl Response {
             let _ = stream.close().await;
         }
         written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn pending_handshakes_are_capped_per_source_and_in_total() {
+        let pending = PendingHandshakes::new(5, 2);
+        let a1 = pending.acquire(ip("10.0.0.1")).unwrap();
+        let a2 = pending.acquire(ip("10.0.0.1")).unwrap();
+        assert_eq!(pending.acquire(ip("10.0.0.1")).err(), Some(Rejection::TooManyPendingFromIp));
+        let b1 = pending.acquire(ip("10.0.0.2")).unwrap();
+        let b2 = pending.acquire(ip("10.0.0.2")).unwrap();
+        let c1 = pending.acquire(ip("10.0.0.3")).unwrap();
+        // The total is full: a fresh source is refused, and its refusal leaves no entry behind.
+        assert_eq!(pending.acquire(ip("10.0.0.4")).err(), Some(Rejection::TooManyPending));
+        assert_eq!(pending.total.load(Ordering::Acquire), 5);
+        assert_eq!(pending.counts().len(), 3);
+        drop(a1);
+        assert_eq!(pending.counts().get(&ip("10.0.0.1")), Some(&1));
+        let a3 = pending.acquire(ip("10.0.0.1")).unwrap();
+        drop((a2, a3, b1, b2, c1));
+        assert_eq!(pending.total.load(Ordering::Acquire), 0);
+        assert!(pending.counts().is_empty(), "entries at zero are removed");
+    }
+
+    #[test]
+    fn zero_means_no_per_source_cap() {
+        let pending = PendingHandshakes::new(3, 0);
+        let slots: Vec<_> = (0..3).map(|_| pending.acquire(ip("10.0.0.1")).unwrap()).collect();
+        assert_eq!(pending.acquire(ip("10.0.0.1")).err(), Some(Rejection::TooManyPending));
+        assert!(pending.counts().is_empty());
+        drop(slots);
+        assert_eq!(pending.total.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        assert_eq!(source_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")), ip("2001:db8:1:2::"));
+        assert_eq!(source_of(ip("2001:db8:1:2::1")), source_of(ip("2001:db8:1:2:ffff::9")));
+        assert_ne!(source_of(ip("2001:db8:1:2::1")), source_of(ip("2001:db8:1:3::1")));
+        let pending = PendingHandshakes::new(10, 1);
+        let _held = pending.acquire(ip("2001:db8::1")).unwrap();
+        assert_eq!(pending.acquire(ip("2001:db8::2")).err(), Some(Rejection::TooManyPendingFromIp));
     }
 }

@@ -59,7 +59,8 @@ pub(crate) async fn read_head<S>(
 where
     S: AsyncRead + Unpin + ?Sized,
 {
-    let mut buf = Vec::with_capacity(1024);
+    // Nothing allocated until bytes arrive: an idle connection costs only its (fixed-size) task.
+    let mut buf = Vec::new();
     let mut chunk = [0u8; 2048];
     loop {
         let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Disconnected)?;

@@ -259,7 +259,8 @@ pub struct ServerConfig {
     /// Per-node tunables (produce chunking, read batches, stream credit, subscription queues; default
     /// [`NodeConfig::default`], the spec's values).
     pub node: NodeConfig,
-    /// HTTP front tunables (request head limits, handshake timeout, pending handshakes; default
+    /// HTTP front tunables (request head limits, header and handshake timeouts, pending handshakes in
+    /// all and per source address; default
     /// [`HttpConfig::default`]). Its WebSocket message cap is set from `max_frame_bytes`.
     pub http: HttpConfig,
 }
@@ -519,6 +520,12 @@ impl ConnectionHandler for Handler {
             Rejection::ConnectionLimit => {
                 self.metrics.error(ErrorKind::ConnectionLimit);
                 tracing::warn!(%peer, max = self.max_connections, "connection limit reached: upgrade refused");
+            }
+            // Debug only, like the other handshake failures: they come one per socket, so at info a
+            // flood of sockets would be a flood of log lines.
+            Rejection::TooManyPendingFromIp => {
+                self.metrics.error(ErrorKind::PendingPerIp);
+                tracing::debug!(%peer, "handshake refused: too many pending from this address");
             }
             other => {
                 self.metrics.error(ErrorKind::Handshake);
