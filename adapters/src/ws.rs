@@ -20,6 +20,8 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::client::IntoClientRequest;
@@ -172,6 +174,20 @@ impl WsReader {
     pub async fn recv(&mut self) -> Result<Option<Bytes>, WsError> {
         recv_from(&mut self.receiver).await
     }
+
+    /// [`recv`](Self::recv) for poll-based drivers: `Pending` until a data message (or the end)
+    /// arrived. Nothing is lost when a driver stops polling between messages.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, WsError>> {
+        loop {
+            let item = match Pin::new(&mut self.receiver).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(item) => item,
+            };
+            if let Some(result) = data_of(item) {
+                return Poll::Ready(result);
+            }
+        }
+    }
 }
 
 /// The sending half of a [`WsConnection`].
@@ -184,6 +200,23 @@ impl WsWriter {
     /// The codec of this connection.
     pub fn codec(&self) -> Codec {
         self.codec
+    }
+
+    /// For poll-based drivers: `Ready(Ok)` once [`start_send`](Self::start_send) may be called (the
+    /// write buffer has room; a full buffer is written out first).
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Pin::new(&mut self.sender).poll_ready(cx).map_err(WsError::from)
+    }
+
+    /// Queues one frame after [`poll_ready`](Self::poll_ready) said so.
+    pub fn start_send(&mut self, frame: impl Into<Bytes>) -> Result<(), WsError> {
+        let message = message_of(self.codec, frame.into())?;
+        Pin::new(&mut self.sender).start_send(message).map_err(WsError::from)
+    }
+
+    /// For poll-based drivers: writes every queued frame to the socket.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Pin::new(&mut self.sender).poll_flush(cx).map_err(WsError::from)
     }
 
     /// Queues one frame without flushing.
@@ -222,38 +255,48 @@ fn close_sink(result: Result<(), tungstenite::Error>) -> Result<(), WsError> {
     }
 }
 
+/// What one item read from a WebSocket means to a receiver: a data message's payload, the end
+/// (`Ok(None)`), an error, or `None` for control messages to skip.
+fn data_of(item: Option<Result<Message, tungstenite::Error>>) -> Option<Result<Option<Bytes>, WsError>> {
+    match item {
+        None => Some(Ok(None)),
+        Some(Ok(Message::Text(text))) => Some(Ok(Some(Bytes::from(text)))),
+        Some(Ok(Message::Binary(bytes))) => Some(Ok(Some(bytes))),
+        // Ping: tungstenite queued the pong, and the next read flushes it.
+        // Close: tungstenite queued the reply; reading on sends it and then ends the stream.
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_))) => None,
+        Some(Err(error)) => Some(match WsError::from(error) {
+            WsError::Closed => Ok(None),
+            other => Err(other),
+        }),
+    }
+}
+
 async fn recv_from<S>(stream: &mut S) -> Result<Option<Bytes>, WsError>
 where
     S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     loop {
-        match stream.next().await {
-            None => return Ok(None),
-            Some(Ok(Message::Text(text))) => return Ok(Some(Bytes::from(text))),
-            Some(Ok(Message::Binary(bytes))) => return Ok(Some(bytes)),
-            // Ping: tungstenite queued the pong, and the next read (this loop) flushes it.
-            // Close: tungstenite queued the reply; reading on sends it and then ends the stream.
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_))) => {}
-            Some(Err(error)) => {
-                return match WsError::from(error) {
-                    WsError::Closed => Ok(None),
-                    other => Err(other),
-                };
-            }
+        if let Some(result) = data_of(stream.next().await) {
+            return result;
         }
     }
+}
+
+/// A frame as the WebSocket message of its codec: binary for CBOR, text for JSON.
+fn message_of(codec: Codec, frame: Bytes) -> Result<Message, WsError> {
+    Ok(if codec.is_binary() {
+        Message::Binary(frame)
+    } else {
+        Message::Text(Utf8Bytes::try_from(frame).map_err(|_| WsError::InvalidUtf8)?)
+    })
 }
 
 async fn feed_to<S>(sink: &mut S, codec: Codec, frame: Bytes) -> Result<(), WsError>
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    let message = if codec.is_binary() {
-        Message::Binary(frame)
-    } else {
-        Message::Text(Utf8Bytes::try_from(frame).map_err(|_| WsError::InvalidUtf8)?)
-    };
-    Ok(sink.feed(message).await?)
+    Ok(sink.feed(message_of(codec, frame)?).await?)
 }
 
 /// `base` with trailing `/` trimmed and `/streamz` appended, like the Go provider

@@ -1,51 +1,55 @@
 //! One accepted WebSocket connection: the core's [`ServerConnection`] driven on its own task.
 //!
-//! A reader task turns socket messages into a bounded channel (so a slow engine slows the socket, not
-//! memory); the connection task waits on that channel, its outbox from the engine and its timer, and
-//! after every input forwards engine inputs and writes every pending frame with one flush.
+//! The driver is one hand-written future that polls every source of the connection in turn: the
+//! socket (read only while the connection's memory budget allows, [`ServerConnection::wants_input`]),
+//! its outbox from the engine, its timer, the socket's write side and the forwarding of inputs to the
+//! engine. Nothing waits for anything else: a peer that stops reading fills the socket and then the
+//! connection's output budget, while the connection keeps taking the engine's outputs, returning
+//! credit and running its timers; a peer that sends faster than the engine takes finds its socket
+//! unread until the engine caught up. Reads and engine outputs are handled in batches and every batch
+//! of frames costs one flush.
 //!
 //! The connection ends when the peer closes or fails, on a protocol violation (the mux decides), when
-//! the token expires, or when the engine stops (server shutdown): then its `close` frame and whatever
-//! was queued before it are flushed and the socket is closed.
+//! the token expires, when its output outgrows its memory budget, or when the engine stops (server
+//! shutdown): then its `close` frame and whatever was queued before it are flushed and the socket is
+//! closed.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::future::{Either, select};
+use async_channel::Receiver;
+use futures_util::{Stream, future::poll_fn};
+use streamkit_core::Millis;
 use streamkit_core::mux::{MUXER_CLOSED, MuxConfig, MuxCounters, MuxSession, Role};
-use streamkit_core::server::{EngineOutput, ServerConnection};
+use streamkit_core::server::{ConnectionConfig, EngineOutput, ServerConnection};
 
 use crate::clock::WallClock;
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, EngineStopped};
 use crate::http::AcceptedWebSocket;
 use crate::metrics::{ErrorKind, Metrics};
-use crate::runtime::{Runtime, RuntimeExt};
-use crate::ws::{WsError, WsWriter};
+use crate::runtime::{AsyncTimer, BoxFuture, Runtime, RuntimeExt};
+use crate::ws::{WsReader, WsWriter};
 
 /// Why a connection whose token expired is closed (invariant 5: no request outlives its authorization).
 pub const TOKEN_EXPIRED: &str = "token expired";
 /// Why connections are closed when the server shuts down.
 pub const SERVER_SHUTDOWN: &str = "server shutting down";
 
-/// Frames buffered between the reader task and the connection task.
-const READ_AHEAD: usize = 64;
-
-/// Frames handled from the reader or the outbox before the connection writes (and so returns credit):
-/// large enough to batch, small enough that writes are never starved by a busy peer.
+/// Frames read, or engine outputs handled, in one go before the driver writes (and so returns
+/// credit): large enough to batch, small enough that writes are never starved by a busy peer.
 const MAX_BATCH: usize = 256;
+
+/// Rounds of progress the driver makes before it yields to the executor, so that one busy connection
+/// cannot keep a worker thread from every other task.
+const MAX_ROUNDS: usize = 32;
 
 /// How long a connection the server closes keeps reading (and discarding) after its close frame,
 /// waiting for the peer's close. Dropping a socket with unread input makes the kernel answer with a
 /// reset, which can destroy the close frame (and the last statuses) before the peer has read them: a
 /// client that was still producing would see a broken connection instead of a clean close.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-
-enum Event {
-    Frame(Result<Option<Bytes>, WsError>),
-    Output(Option<EngineOutput>),
-    Timer,
-}
 
 /// How a connection ended, for the error metrics.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -58,113 +62,56 @@ enum Ending {
     Server,
 }
 
+/// What a connection needs from its server besides the socket.
+#[derive(Clone)]
+pub struct ConnectionContext {
+    /// The engine.
+    pub engine: EngineHandle,
+    /// The runtime the connection runs on.
+    pub runtime: Arc<dyn Runtime>,
+    /// Mux configuration.
+    pub mux: MuxConfig,
+    /// The memory budget.
+    pub connection: ConnectionConfig,
+    /// Where to count.
+    pub metrics: Arc<Metrics>,
+}
+
 /// Runs `accepted` until the connection ends.
-pub async fn run_connection(
-    accepted: AcceptedWebSocket,
-    engine: EngineHandle,
-    runtime: Arc<dyn Runtime>,
-    mux: MuxConfig,
-    metrics: Arc<Metrics>,
-    seed: u64,
-) {
+pub async fn run_connection(accepted: AcceptedWebSocket, context: ConnectionContext, seed: u64) {
+    let ConnectionContext { engine, runtime, mux, connection: budget, metrics } = context;
     let Ok((conn_id, outbox)) = engine.register().await else { return };
     let clock = WallClock::default();
     // `_permit` holds this connection's place under the connection limit until the connection ends.
     let AcceptedWebSocket { connection, principal, codec, peer, permit: _permit } = accepted;
-    let expires_at = principal.expires_at;
     let session = MuxSession::new(Role::Server { scopes: principal.scopes }, codec, mux, clock.now(), seed);
-    let mut conn = ServerConnection::new(conn_id, session);
-    let (mut reader, mut writer) = connection.split();
-    let (frames_tx, frames_rx) = async_channel::bounded(READ_AHEAD);
-    runtime
-        .spawn(async move {
-            loop {
-                let frame = reader.recv().await;
-                let last = !matches!(frame, Ok(Some(_)));
-                if frames_tx.send(frame).await.is_err() || last {
-                    break;
-                }
-            }
-        })
-        .detach();
+    let (reader, writer) = connection.split();
     tracing::debug!(conn = conn_id, %peer, ?codec, "connection opened");
-    let mut counters = MuxCounters::default();
-    let mut ending = Ending::Mux;
-    // Whether the reader saw the end of the input (the peer's close, EOF or a read error).
-    let mut input_ended = false;
-    let mut timer = runtime.sleep(Duration::from_secs(3600));
-    loop {
-        let now = clock.now();
-        let deadline = conn.poll_timeout().map_or(expires_at, |(at, _)| at.min(expires_at));
-        timer.as_mut().reset(clock.instant_of(deadline));
-        let inputs = select(Box::pin(frames_rx.recv()), Box::pin(outbox.recv()));
-        let event = match select(inputs, timer.as_mut()).await {
-            Either::Left((Either::Left((frame, _)), _)) => Event::Frame(frame.unwrap_or(Ok(None))),
-            Either::Left((Either::Right((output, _)), _)) => Event::Output(output.ok()),
-            Either::Right(_) => Event::Timer,
-        };
-        let now = clock.now().max(now);
-        match event {
-            Event::Frame(Ok(Some(bytes))) => {
-                let (mut frames, mut size) = (1, bytes.len());
-                conn.handle_frame(now, &bytes);
-                // Take what else the reader has ready before writing: batching.
-                while frames < MAX_BATCH {
-                    let Ok(Ok(Some(bytes))) = frames_rx.try_recv() else { break };
-                    frames += 1;
-                    size += bytes.len();
-                    conn.handle_frame(now, &bytes);
-                }
-                metrics.received(frames as u64, size as u64);
-            }
-            Event::Frame(Ok(None)) => {
-                input_ended = true;
-                conn.handle_transport_closed(now, MUXER_CLOSED);
-            }
-            Event::Frame(Err(e)) => {
-                input_ended = true;
-                ending = Ending::Transport;
-                conn.handle_transport_closed(now, &e.to_string());
-            }
-            Event::Output(Some(output)) => {
-                conn.handle_engine(now, output);
-                for _ in 1..MAX_BATCH {
-                    let Ok(output) = outbox.try_recv() else { break };
-                    conn.handle_engine(now, output);
-                }
-            }
-            Event::Output(None) => {
-                ending = Ending::Server;
-                conn.shutdown(now, SERVER_SHUTDOWN);
-            }
-            Event::Timer => {
-                if now >= expires_at {
-                    tracing::info!(conn = conn_id, %peer, "closing connection: token expired");
-                    metrics.error(ErrorKind::TokenExpired);
-                    ending = Ending::Server;
-                    conn.shutdown(now, TOKEN_EXPIRED);
-                } else {
-                    conn.handle_timeout(now);
-                }
-            }
-        }
-        record_refusals(&conn, &mut counters, &metrics);
-        if flush(&mut conn, &engine, &mut writer, &clock, &metrics).await.is_err() {
-            if conn.shutdown_reason().is_none() {
-                ending = Ending::Transport;
-            }
-            conn.handle_transport_closed(clock.now(), "write failed");
-            let _ = forward(&mut conn, &engine).await;
-            break;
-        }
-        if conn.shutdown_reason().is_some() && !conn.has_transmit() {
-            let _ = writer.close().await;
-            if !input_ended {
-                let drain = async { while let Ok(Ok(Some(_))) = frames_rx.recv().await {} };
-                let _ = runtime.timeout(CLOSE_LINGER, drain).await;
-            }
-            break;
-        }
+    let mut driver = Driver {
+        conn: ServerConnection::with_config(conn_id, session, budget),
+        engine: engine.clone(),
+        outbox: Box::pin(outbox),
+        reader,
+        writer,
+        timer: runtime.sleep(Duration::from_secs(3600)),
+        clock,
+        expires_at: principal.expires_at,
+        metrics: metrics.clone(),
+        counters: MuxCounters::default(),
+        forwarding: None,
+        unflushed: (0, 0),
+        input_ended: false,
+        write_failed: false,
+        ending: Ending::Mux,
+    };
+    poll_fn(|cx| driver.poll_drive(cx)).await;
+    let Driver { mut reader, mut writer, conn, ending, input_ended, write_failed, .. } = driver;
+    if !write_failed {
+        let _ = writer.close().await;
+    }
+    if !input_ended {
+        let drain = async { while let Ok(Some(_)) = reader.recv().await {} };
+        let _ = runtime.timeout(CLOSE_LINGER, drain).await;
     }
     let reason = conn.shutdown_reason().unwrap_or("");
     match ending {
@@ -179,54 +126,231 @@ pub async fn run_connection(
     engine.unregister(conn_id).await;
 }
 
-/// Counts what the mux refused since the last call (denied frames, refused and overloaded streams).
-fn record_refusals(conn: &ServerConnection, seen: &mut MuxCounters, metrics: &Metrics) {
-    let now = conn.mux().counters();
-    if now == *seen {
-        return;
-    }
-    metrics.error_n(ErrorKind::AccessDenied, now.denied_frames - seen.denied_frames);
-    metrics.error_n(ErrorKind::TooManyStreams, now.refused_streams - seen.refused_streams);
-    metrics.error_n(ErrorKind::StreamOverload, now.overloaded_streams - seen.overloaded_streams);
-    *seen = now;
+/// The state of one connection's driver (see the module docs).
+struct Driver {
+    conn: ServerConnection,
+    engine: EngineHandle,
+    /// Pinned: polling a receiver registers a listener inside it.
+    outbox: Pin<Box<Receiver<EngineOutput>>>,
+    reader: WsReader,
+    writer: WsWriter,
+    timer: Pin<Box<dyn AsyncTimer>>,
+    clock: WallClock,
+    expires_at: Millis,
+    metrics: Arc<Metrics>,
+    /// What the mux had refused at the last look (for the metrics).
+    counters: MuxCounters,
+    /// Engine inputs on their way (the engine's inbox was full).
+    forwarding: Option<BoxFuture<'static, Result<(), EngineStopped>>>,
+    /// Frames and bytes written since the last flush.
+    unflushed: (u64, u64),
+    /// The reader saw the end of the input (the peer's close, EOF or a read error).
+    input_ended: bool,
+    /// A write failed: nothing more can be written.
+    write_failed: bool,
+    ending: Ending,
 }
 
-/// Forwards queued engine inputs.
-async fn forward(
-    conn: &mut ServerConnection,
-    engine: &EngineHandle,
-) -> Result<(), crate::engine::EngineStopped> {
-    let mut inputs = Vec::new();
-    while let Some(input) = conn.poll_engine_input() {
-        inputs.push(input);
+impl Driver {
+    /// Polls every source until none makes progress; `Ready` once the connection is over and flushed.
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..MAX_ROUNDS {
+            let mut progress = self.poll_forward(cx);
+            progress |= self.poll_write(cx);
+            progress |= self.poll_outbox(cx);
+            progress |= self.poll_read(cx);
+            progress |= self.poll_timer(cx);
+            self.record_refusals();
+            if self.is_done() {
+                return Poll::Ready(());
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        // Still busy: come back after the other tasks had their turn.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
-    engine.send(inputs).await
-}
 
-/// Forwards engine inputs and writes every pending frame, flushing once.
-async fn flush(
-    conn: &mut ServerConnection,
-    engine: &EngineHandle,
-    writer: &mut WsWriter,
-    clock: &WallClock,
-    metrics: &Metrics,
-) -> Result<(), WsError> {
-    if forward(conn, engine).await.is_err() {
-        conn.shutdown(clock.now(), SERVER_SHUTDOWN);
+    /// Whether the connection is over: shut down, its last frames written and its last inputs
+    /// delivered to the engine.
+    fn is_done(&self) -> bool {
+        self.conn.shutdown_reason().is_some()
+            && (self.write_failed || (!self.conn.has_transmit() && self.unflushed == (0, 0)))
+            && self.forwarding.is_none()
+            && !self.conn.has_engine_input()
     }
-    let (mut frames, mut bytes) = (0u64, 0u64);
-    while let Some(frame) = conn.poll_transmit() {
-        frames += 1;
-        bytes += frame.len() as u64;
-        writer.feed(frame).await?;
+
+    fn now(&self) -> Millis {
+        self.clock.now()
     }
-    if frames > 0 {
-        writer.flush().await?;
-        metrics.sent(frames, bytes);
+
+    /// Hands queued inputs to the engine; waits (without blocking the rest) while its inbox is full.
+    fn poll_forward(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        loop {
+            if let Some(forwarding) = &mut self.forwarding {
+                match forwarding.as_mut().poll(cx) {
+                    Poll::Pending => return progress,
+                    Poll::Ready(result) => {
+                        self.forwarding = None;
+                        progress = true;
+                        if result.is_err() {
+                            self.engine_stopped();
+                        }
+                    }
+                }
+            }
+            if !self.conn.has_engine_input() {
+                return progress;
+            }
+            let inputs: Vec<_> = std::iter::from_fn(|| self.conn.poll_engine_input()).collect();
+            let engine = self.engine.clone();
+            self.forwarding = Some(Box::pin(async move { engine.send(inputs).await }));
+        }
     }
-    // Taking frames produced send credit for the engine.
-    if forward(conn, engine).await.is_err() {
-        conn.shutdown(clock.now(), SERVER_SHUTDOWN);
+
+    /// Writes what the socket takes and flushes it.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.write_failed {
+            return false;
+        }
+        let mut progress = false;
+        let result = loop {
+            if !self.conn.has_transmit() {
+                break Ok(());
+            }
+            match self.writer.poll_ready(cx) {
+                Poll::Pending => break Ok(()),
+                Poll::Ready(Err(e)) => break Err(e),
+                Poll::Ready(Ok(())) => {}
+            }
+            let Some(frame) = self.conn.poll_transmit() else { break Ok(()) };
+            self.unflushed.0 += 1;
+            self.unflushed.1 += frame.len() as u64;
+            progress = true;
+            if let Err(e) = self.writer.start_send(frame) {
+                break Err(e);
+            }
+        };
+        let result = result.and_then(|()| {
+            if self.unflushed == (0, 0) {
+                return Ok(());
+            }
+            match self.writer.poll_flush(cx) {
+                Poll::Pending => Ok(()),
+                Poll::Ready(Ok(())) => {
+                    let (frames, bytes) = std::mem::take(&mut self.unflushed);
+                    self.metrics.sent(frames, bytes);
+                    progress = true;
+                    Ok(())
+                }
+                Poll::Ready(Err(e)) => Err(e),
+            }
+        });
+        if result.is_err() {
+            self.write_failed = true;
+            self.unflushed = (0, 0);
+            if self.conn.shutdown_reason().is_none() {
+                self.ending = Ending::Transport;
+            }
+            self.conn.handle_transport_closed(self.now(), "write failed");
+            progress = true;
+        }
+        progress
     }
-    Ok(())
+
+    /// Handles what the engine sent this connection.
+    fn poll_outbox(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = self.now();
+        for handled in 0..MAX_BATCH {
+            match self.outbox.as_mut().poll_next(cx) {
+                Poll::Pending => return handled > 0,
+                Poll::Ready(Some(output)) => self.conn.handle_engine(now, output),
+                Poll::Ready(None) => {
+                    self.engine_stopped();
+                    return true;
+                }
+            }
+        }
+        true
+    }
+
+    /// Reads frames while the connection's budget allows.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        let now = self.now();
+        while !self.input_ended && frames < MAX_BATCH as u64 && self.conn.wants_input() {
+            match self.reader.poll_recv(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Ok(Some(frame))) => {
+                    frames += 1;
+                    bytes += frame.len() as u64;
+                    self.conn.handle_frame(now, &frame);
+                }
+                Poll::Ready(Ok(None)) => {
+                    self.input_ended = true;
+                    self.conn.handle_transport_closed(now, MUXER_CLOSED);
+                    return true;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.input_ended = true;
+                    self.ending = Ending::Transport;
+                    self.conn.handle_transport_closed(now, &e.to_string());
+                    return true;
+                }
+            }
+        }
+        if frames > 0 {
+            self.metrics.received(frames, bytes);
+        }
+        frames > 0
+    }
+
+    /// Runs the connection's timers: heartbeats, idle timeout, token expiry.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = self.conn.poll_timeout().map_or(self.expires_at, |(at, _)| at.min(self.expires_at));
+        self.timer.as_mut().reset(self.clock.instant_of(deadline));
+        let now = self.now();
+        // Timers may fire late or (tokio's budget) report Pending past their deadline: the clock decides.
+        if now < deadline && self.timer.as_mut().poll_elapsed(cx).is_pending() {
+            return false;
+        }
+        if self.conn.shutdown_reason().is_some() {
+            return false;
+        }
+        if now >= self.expires_at {
+            tracing::info!(conn = self.conn.id(), "closing connection: token expired");
+            self.metrics.error(ErrorKind::TokenExpired);
+            self.ending = Ending::Server;
+            self.conn.shutdown(now, TOKEN_EXPIRED);
+        } else {
+            self.conn.handle_timeout(now);
+        }
+        true
+    }
+
+    /// The engine is gone (server shutdown).
+    fn engine_stopped(&mut self) {
+        if self.conn.shutdown_reason().is_none() {
+            self.ending = Ending::Server;
+            self.conn.shutdown(self.now(), SERVER_SHUTDOWN);
+        }
+        // Nothing can reach the engine any more.
+        while self.conn.poll_engine_input().is_some() {}
+    }
+
+    /// Counts what the mux refused since the last look (denied frames, refused and overloaded streams).
+    fn record_refusals(&mut self) {
+        let now = self.conn.mux().counters();
+        let seen = &mut self.counters;
+        if now == *seen {
+            return;
+        }
+        self.metrics.error_n(ErrorKind::AccessDenied, now.denied_frames - seen.denied_frames);
+        self.metrics.error_n(ErrorKind::TooManyStreams, now.refused_streams - seen.refused_streams);
+        self.metrics.error_n(ErrorKind::StreamOverload, now.overloaded_streams - seen.overloaded_streams);
+        *seen = now;
+    }
 }

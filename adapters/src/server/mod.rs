@@ -21,7 +21,7 @@
 
 mod connection;
 
-pub use connection::{SERVER_SHUTDOWN, TOKEN_EXPIRED, run_connection};
+pub use connection::{ConnectionContext, SERVER_SHUTDOWN, TOKEN_EXPIRED, run_connection};
 
 use std::fmt;
 use std::io;
@@ -35,9 +35,9 @@ use std::time::Duration;
 use async_channel::{Receiver, Sender};
 use streamkit_core::Millis;
 use streamkit_core::manager::{IdleEviction, ManagerConfig};
-use streamkit_core::mux::MuxConfig;
+use streamkit_core::mux::{MuxConfig, OverloadPolicy};
 use streamkit_core::node::NodeConfig;
-use streamkit_core::server::EngineConfig;
+use streamkit_core::server::{ConnectionConfig, DEFAULT_MEMORY_BUDGET, EngineConfig};
 use streamkit_core::wire::{DEFAULT_MAX_FRAME, DEFAULT_MAX_PAYLOAD, Limits};
 
 use crate::auth::JwtVerifier;
@@ -241,6 +241,12 @@ pub struct ServerConfig {
     pub max_frame_bytes: usize,
     /// Largest inner message (decoded payload) accepted or sent (default 6 MiB).
     pub max_payload_bytes: usize,
+    /// Memory the server may hold for one connection: its queued input, the input the engine has not
+    /// released yet and its queued output (default [`DEFAULT_MEMORY_BUDGET`], 64 MiB). Past half of it
+    /// the connection's socket is left unread and its streams' send credit is held back; a connection
+    /// whose output outgrows all of it (its peer does not read) loses its largest stream, with
+    /// `connection memory budget exceeded`.
+    pub connection_memory_budget: usize,
     /// Period of the application-level ping (default 30 s; zero disables heartbeats and the idle
     /// timeout).
     pub heartbeat_interval: Duration,
@@ -308,6 +314,7 @@ impl ServerConfig {
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             max_frame_bytes: DEFAULT_MAX_FRAME,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD,
+            connection_memory_budget: DEFAULT_MEMORY_BUDGET,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_jitter: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(90),
@@ -349,7 +356,17 @@ impl ServerConfig {
             heartbeat_jitter: millis(self.heartbeat_jitter),
             idle_timeout: millis(self.idle_timeout),
             max_streams: self.max_streams_per_connection,
+            // A peer faster than the engine is slowed down through its socket, not cut off.
+            overload: OverloadPolicy::Wait,
             ..MuxConfig::default()
+        }
+    }
+
+    /// The configuration of every connection: its memory budget, at least twice the largest frame so
+    /// that a frame of each direction always fits.
+    pub fn connection_config(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            memory_budget: self.connection_memory_budget.max(self.max_frame_bytes.saturating_mul(2)),
         }
     }
 
@@ -466,9 +483,7 @@ impl ConnectionTracker {
 }
 
 struct Handler {
-    engine: EngineHandle,
-    runtime: Arc<dyn Runtime>,
-    mux: MuxConfig,
+    context: ConnectionContext,
     metrics: Arc<Metrics>,
     connections: Arc<AtomicUsize>,
     max_connections: usize,
@@ -478,9 +493,7 @@ struct Handler {
 
 impl ConnectionHandler for Handler {
     fn on_websocket(&self, accepted: AcceptedWebSocket) -> BoxFuture<'static, ()> {
-        let engine = self.engine.clone();
-        let runtime = self.runtime.clone();
-        let mux = self.mux.clone();
+        let context = self.context.clone();
         let metrics = self.metrics.clone();
         let seed = self.seeds.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         let token = self.tracker.enter();
@@ -492,7 +505,7 @@ impl ConnectionHandler for Handler {
                 return;
             };
             let gauge = metrics.connection_opened();
-            run_connection(accepted, engine, runtime, mux, metrics, seed).await;
+            run_connection(accepted, context, seed).await;
             drop(gauge);
             drop(token);
         })
@@ -653,10 +666,15 @@ pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> io::R
     let readiness = Readiness::new();
     let connections = Arc::new(AtomicUsize::new(0));
     let tracker = Arc::new(ConnectionTracker::new());
-    let handler = Arc::new(Handler {
+    let context = ConnectionContext {
         engine: engine.clone(),
         runtime: runtime.clone(),
         mux,
+        connection: config.connection_config(),
+        metrics: metrics.clone(),
+    };
+    let handler = Arc::new(Handler {
+        context,
         metrics: metrics.clone(),
         connections: connections.clone(),
         max_connections: config.max_connections,
