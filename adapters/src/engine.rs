@@ -250,9 +250,12 @@ impl EngineTask {
             match select(inputs, timer.as_mut()).await {
                 Either::Left((Either::Left((Ok(msg), _)), _)) => {
                     self.handle(msg);
-                    // Take whatever else is already waiting before flushing effects: batching.
+                    // Take whatever else is already waiting, applying the effects of each message before
+                    // the next: what the engine produced reaches its connections (and their memory
+                    // budgets) at once, instead of piling up behind a thousand inputs.
                     for _ in 0..1024 {
                         let Ok(msg) = rx.try_recv() else { break };
+                        self.drain(&bus_rx);
                         self.handle(msg);
                     }
                 }

@@ -18,6 +18,7 @@
 //! | `record metadata exceeds maximum of 128 entries`, `record metadata exceeds maximum of 32768 bytes` | the produce stream is closed with it; chunks committed before stay committed |
 //! | `worker metadata exceeds maximum of 128 entries`, `worker metadata exceeds maximum of 4096 bytes` | the worker stream is closed with it |
 //! | `consume exceeds maximum of 256 spaces` | the stream is closed with it |
+//! | `worker inventory exceeds maximum of 262144 bytes` | the registering worker stream is closed with it (the workers of this server instance, with their metadata and 64 bytes each, would exceed the bound) |
 //!
 //! Metadata is counted as the bytes of its keys and values. Decoders refuse more than
 //! [`MAX_DECODED_METADATA_ENTRIES`] entries in any request map whatever the configuration, so that the
@@ -43,6 +44,11 @@ pub const DEFAULT_MAX_METADATA_BYTES: usize = 32 << 10;
 pub const DEFAULT_MAX_WORKER_METADATA_BYTES: usize = 4 << 10;
 /// Default [`RequestLimits::max_consume_spaces`].
 pub const DEFAULT_MAX_CONSUME_SPACES: usize = 256;
+/// Default [`RequestLimits::max_inventory_bytes`].
+pub const DEFAULT_MAX_INVENTORY_BYTES: usize = 256 << 10;
+/// What one worker counts towards [`RequestLimits::max_inventory_bytes`] besides its metadata (its id,
+/// timestamp and encoding).
+pub const WORKER_INVENTORY_OVERHEAD: usize = 64;
 
 /// What one request may contain. [`Default`] gives the documented defaults; every field can be raised
 /// or lowered by the operator (`streamkit serve --max-name-bytes …`).
@@ -62,6 +68,10 @@ pub struct RequestLimits {
     pub max_worker_metadata_bytes: usize,
     /// Most spaces one `Consume` merges (256).
     pub max_consume_spaces: usize,
+    /// Most bytes of the workers registered with one store on this server instance (1 MiB): their
+    /// metadata plus [`WORKER_INVENTORY_OVERHEAD`] each (256 KiB). Every change of the inventory is sent whole
+    /// to every observer, so it must stay small; this also bounds the number of workers.
+    pub max_inventory_bytes: usize,
 }
 
 impl Default for RequestLimits {
@@ -72,6 +82,7 @@ impl Default for RequestLimits {
             max_metadata_bytes: DEFAULT_MAX_METADATA_BYTES,
             max_worker_metadata_bytes: DEFAULT_MAX_WORKER_METADATA_BYTES,
             max_consume_spaces: DEFAULT_MAX_CONSUME_SPACES,
+            max_inventory_bytes: DEFAULT_MAX_INVENTORY_BYTES,
         }
     }
 }
@@ -89,16 +100,19 @@ pub enum LimitKind {
     WorkerMetadata,
     /// The spaces of a consume.
     ConsumeSpaces,
+    /// The workers of a store.
+    WorkerInventory,
 }
 
 impl LimitKind {
     /// Every kind.
-    pub const ALL: [LimitKind; 5] = [
+    pub const ALL: [LimitKind; 6] = [
         LimitKind::Name,
         LimitKind::LeaseField,
         LimitKind::RecordMetadata,
         LimitKind::WorkerMetadata,
         LimitKind::ConsumeSpaces,
+        LimitKind::WorkerInventory,
     ];
 
     /// The metrics label value.
@@ -109,6 +123,7 @@ impl LimitKind {
             LimitKind::RecordMetadata => "record_metadata",
             LimitKind::WorkerMetadata => "worker_metadata",
             LimitKind::ConsumeSpaces => "consume_spaces",
+            LimitKind::WorkerInventory => "worker_inventory",
         }
     }
 }
@@ -203,10 +218,30 @@ impl RequestLimits {
         }
     }
 
+    /// Checks that a store whose workers count `current` bytes (see
+    /// [`max_inventory_bytes`](Self::max_inventory_bytes)) may register one more with `metadata`.
+    pub fn check_inventory(&self, current: usize, metadata: &Metadata) -> Result<(), LimitExceeded> {
+        let after = current.saturating_add(worker_inventory_bytes(metadata));
+        if after > self.max_inventory_bytes {
+            return Err(exceeded(
+                LimitKind::WorkerInventory,
+                "worker inventory",
+                self.max_inventory_bytes,
+                "bytes",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks one record of a produce.
     pub fn check_record(&self, record: &Record) -> Result<(), LimitExceeded> {
         self.metadata(LimitKind::RecordMetadata, "record metadata", &record.metadata, self.max_metadata_bytes)
     }
+}
+
+/// What one worker with `metadata` counts towards [`RequestLimits::max_inventory_bytes`].
+pub fn worker_inventory_bytes(metadata: &Metadata) -> usize {
+    WORKER_INVENTORY_OVERHEAD.saturating_add(metadata_bytes(metadata))
 }
 
 /// Bytes of a metadata map's keys and values.

@@ -262,7 +262,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
         1 => segment_notification().prop_map(Envelope::SegmentNotification),
         1 => segment_status().prop_map(Envelope::SegmentStatus),
         1 => lease_result().prop_map(Envelope::LeaseResult),
-        1 => worker_inventory().prop_map(Envelope::WorkerInventory),
+        1 => worker_inventory().prop_map(|i| Envelope::WorkerInventory(std::sync::Arc::new(i))),
         1 => presence().prop_map(Envelope::Presence),
         1 => worker_inventory_notification().prop_map(Envelope::WorkerInventoryNotification),
     ]

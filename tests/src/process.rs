@@ -24,10 +24,17 @@ impl ChildServer {
     /// Runs `bin serve --listen 127.0.0.1:0 --data <data> --durability fsync` with the suite's HS256
     /// secret and waits for the line announcing its address.
     pub fn spawn(bin: &Path, data: &Path) -> ChildServer {
+        let data = data.to_str().expect("utf-8 data path");
+        Self::spawn_with(bin, &["--durability", "fsync", "--data", data])
+    }
+
+    /// Runs `bin serve --listen 127.0.0.1:0 <args>` with the suite's HS256 secret and waits for the
+    /// line announcing its address.
+    pub fn spawn_with(bin: &Path, args: &[&str]) -> ChildServer {
         let secret = String::from_utf8(crate::SECRET.to_vec()).expect("ascii secret");
         let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--durability", "fsync", "--data"])
-            .arg(data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .env("STREAMKIT_JWT_SECRET", secret)
             .env("STREAMKIT_LOG", "warn")
             .stdin(Stdio::null())
@@ -55,6 +62,37 @@ impl ChildServer {
             other => panic!("the child server did not announce its address: {other:?}"),
         }
         server
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child's resident memory now, in bytes (`VmRSS`).
+    pub fn rss(&self) -> u64 {
+        self.status_kib("VmRSS:") * 1024
+    }
+
+    /// The child's peak resident memory so far, in bytes (`VmHWM`).
+    pub fn peak_rss(&self) -> u64 {
+        self.status_kib("VmHWM:") * 1024
+    }
+
+    /// Resets the peak resident memory to the current one (`/proc/<pid>/clear_refs`), so that
+    /// [`peak_rss`](Self::peak_rss) measures from now on.
+    pub fn reset_peak_rss(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Kills the child with SIGKILL (`kill -9`) and reaps it.

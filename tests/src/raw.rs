@@ -83,6 +83,11 @@ impl RawSocket {
         Ok(Self { stream, codec, mask: 0x1234_5678 })
     }
 
+    /// Makes writes fail after `timeout` instead of blocking while the server does not read.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) {
+        self.stream.set_write_timeout(timeout).expect("write timeout");
+    }
+
     /// Sends one WebSocket frame with `opcode` and `payload` (FIN set, masked).
     pub fn send_raw(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
         let mut frame = Vec::with_capacity(payload.len() + 14);

@@ -51,6 +51,7 @@ mod parity {
     pub mod common;
     pub mod hostile;
     pub mod invariants;
+    pub mod isolation;
     pub mod resilience;
     pub mod scenarios;
 }

@@ -205,7 +205,9 @@ pub(crate) fn live_status(message: Message) -> Mapped<SegmentStatus> {
 /// Worker stream answers: inventories; server presence heartbeats only prove the stream is alive.
 pub(crate) fn inventory(message: Message) -> Mapped<WorkerInventory> {
     match message {
-        Message::Envelope(Envelope::WorkerInventory(inventory)) => Mapped::Item(inventory),
+        Message::Envelope(Envelope::WorkerInventory(inventory)) => {
+            Mapped::Item(Arc::unwrap_or_clone(inventory))
+        }
         Message::Envelope(Envelope::Presence(_)) => Mapped::Skip,
         other => Mapped::Fail(Error::unexpected(kind_name(&other))),
     }

@@ -45,6 +45,10 @@ const MAX_BATCH: usize = 256;
 /// cannot keep a worker thread from every other task.
 const MAX_ROUNDS: usize = 32;
 
+/// How long a connection that is over keeps trying to write its last frames (its close frame among
+/// them) to a peer that does not read, before the socket is dropped with them.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
 /// How long a connection the server closes keeps reading (and discarding) after its close frame,
 /// waiting for the peer's close. Dropping a socket with unread input makes the kernel answer with a
 /// reset, which can destroy the close frame (and the last statuses) before the peer has read them: a
@@ -102,6 +106,7 @@ pub async fn run_connection(accepted: AcceptedWebSocket, context: ConnectionCont
         unflushed: (0, 0),
         input_ended: false,
         write_failed: false,
+        over_since: None,
         ending: Ending::Mux,
     };
     poll_fn(|cx| driver.poll_drive(cx)).await;
@@ -146,8 +151,10 @@ struct Driver {
     unflushed: (u64, u64),
     /// The reader saw the end of the input (the peer's close, EOF or a read error).
     input_ended: bool,
-    /// A write failed: nothing more can be written.
+    /// A write failed (or the last frames could not be written in time): nothing more is written.
     write_failed: bool,
+    /// When the connection was found over (shut down), for [`SHUTDOWN_FLUSH`].
+    over_since: Option<Millis>,
     ending: Ending,
 }
 
@@ -308,16 +315,32 @@ impl Driver {
         frames > 0
     }
 
-    /// Runs the connection's timers: heartbeats, idle timeout, token expiry.
+    /// Runs the connection's timers: heartbeats, idle timeout, token expiry, and the deadline of the
+    /// last writes once the connection is over.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = self.conn.poll_timeout().map_or(self.expires_at, |(at, _)| at.min(self.expires_at));
-        self.timer.as_mut().reset(self.clock.instant_of(deadline));
+        let mut deadline =
+            self.conn.poll_timeout().map_or(self.expires_at, |(at, _)| at.min(self.expires_at));
         let now = self.now();
+        if self.conn.shutdown_reason().is_some() {
+            let since = *self.over_since.get_or_insert(now);
+            deadline = since + Millis(SHUTDOWN_FLUSH.as_millis() as u64);
+        }
+        self.timer.as_mut().reset(self.clock.instant_of(deadline));
         // Timers may fire late or (tokio's budget) report Pending past their deadline: the clock decides.
         if now < deadline && self.timer.as_mut().poll_elapsed(cx).is_pending() {
             return false;
         }
         if self.conn.shutdown_reason().is_some() {
+            if !self.write_failed {
+                // The peer does not read: drop the socket with what it did not take.
+                tracing::debug!(
+                    conn = self.conn.id(),
+                    "last frames not written in time; dropping the socket"
+                );
+                self.write_failed = true;
+                self.unflushed = (0, 0);
+                return true;
+            }
             return false;
         }
         if now >= self.expires_at {

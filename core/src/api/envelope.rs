@@ -5,6 +5,7 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize};
 
@@ -103,7 +104,8 @@ envelope_types! {
     LeaseRelease(LeaseRelease) = "lease_release",
     LeaseResult(LeaseResult) = "lease_result",
     SubscribeWorkers(SubscribeWorkers) = "subscribe_workers",
-    WorkerInventory(WorkerInventory) = "worker_inventory",
+    // Shared: one inventory goes to every observer of a store.
+    WorkerInventory(Arc<WorkerInventory>) = "worker_inventory",
     Presence(Presence) = "presence",
     WorkerInventoryNotification(WorkerInventoryNotification) = "worker_inventory_notification",
 }

@@ -73,7 +73,7 @@ impl StreamLog {
         self.sent
             .iter()
             .filter_map(|m| match m {
-                Message::Envelope(Envelope::WorkerInventory(i)) => Some(i.clone()),
+                Message::Envelope(Envelope::WorkerInventory(i)) => Some(WorkerInventory::clone(i)),
                 _ => None,
             })
             .collect()

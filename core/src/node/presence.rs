@@ -297,7 +297,7 @@ fn flush(sv: &mut Services, stream: StreamId) {
         if let Some(sub) = sv.presence.subscribers.get_mut(&stream) {
             sub.sent_version = Some(version);
         }
-        let message = Envelope::WorkerInventory(WorkerInventory::clone(&inventory));
+        let message = Envelope::WorkerInventory(inventory);
         sv.io.send(stream, Message::Envelope(message));
     }
     let Some(sub) = sv.presence.subscribers.get_mut(&stream) else { return };
@@ -392,6 +392,21 @@ impl PresenceOp {
     ) -> Option<Box<dyn StreamOp>> {
         let heartbeat_seconds = clamp_heartbeat_seconds(request.heartbeat_interval_seconds);
         let worker = (!request.worker_id.is_nil()).then_some(request.worker_id);
+        if let Some(id) = worker {
+            // The inventory every observer is sent stays bounded (a re-registration replaces its entry).
+            let current: usize = sv
+                .presence
+                .workers
+                .iter()
+                .filter(|(other, _)| **other != id)
+                .map(|(_, w)| crate::limits::worker_inventory_bytes(&w.metadata))
+                .sum();
+            if let Err(refused) = sv.config.limits.check_inventory(current, &request.metadata) {
+                sv.io.refused(super::Refusal::Limit(refused.kind));
+                sv.io.close(stream, Some(refused.message));
+                return None;
+            }
+        }
         sv.presence.subscribers.insert(stream, Subscriber { worker, ..Subscriber::default() });
         cluster_join(sv);
         let mut heartbeat = None;

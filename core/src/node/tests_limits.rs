@@ -20,6 +20,7 @@ fn harness() -> NodeHarness {
         max_metadata_bytes: 64,
         max_worker_metadata_bytes: 16,
         max_consume_spaces: 2,
+        max_inventory_bytes: 200,
     };
     NodeHarness::new(NodeConfig { limits, ..NodeConfig::default() })
 }
@@ -115,4 +116,32 @@ fn worker_metadata_and_consume_spaces_are_limited() {
         h.refusals,
         vec![Refusal::Limit(LimitKind::WorkerMetadata), Refusal::Limit(LimitKind::ConsumeSpaces)]
     );
+}
+
+#[test]
+fn the_workers_of_a_store_are_bounded_in_bytes() {
+    let mut h = harness();
+    let worker = |id: u128, value: &str| {
+        let mut metadata = Metadata::new();
+        metadata.insert("k".into(), value.into());
+        Request::SubscribeWorkers(SubscribeWorkers {
+            worker_id: uuid::Uuid::from_u128(id),
+            metadata,
+            heartbeat_interval_seconds: 0,
+        })
+    };
+    // 64 + 3 bytes each: two fit in 200 bytes, a third does not.
+    let first = h.open(worker(1, "ab"));
+    let second = h.open(worker(2, "ab"));
+    let third = h.open(worker(3, "ab"));
+    assert!(h.log(first).closed.is_none() && h.log(second).closed.is_none());
+    assert_eq!(h.log(third).close_error(), Some("worker inventory exceeds maximum of 200 bytes"));
+    // Re-registering an id replaces its entry rather than adding one.
+    let again = h.open(worker(2, "abc"));
+    assert!(h.log(again).closed.is_none());
+    // Once a worker left, there is room again.
+    h.end(first, StreamEnd::Finished);
+    let fourth = h.open(worker(4, "ab"));
+    assert!(h.log(fourth).closed.is_none());
+    assert_eq!(h.refusals, vec![Refusal::Limit(LimitKind::WorkerInventory)]);
 }

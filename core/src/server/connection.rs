@@ -35,6 +35,10 @@ use crate::stream::StreamId;
 use crate::time::Millis;
 use crate::wire::{Codec, MessageKind};
 
+/// Requests a connection may have forwarded to the engine and not yet seen started: a burst of new
+/// streams cannot make the engine produce more first answers at once than this many.
+pub const MAX_STARTING: usize = 16;
+
 /// Default [`ConnectionConfig::memory_budget`]: 64 MiB.
 pub const DEFAULT_MEMORY_BUDGET: usize = 64 << 20;
 
@@ -72,6 +76,8 @@ struct ConnStream {
     deferred: (u32, u64),
     /// A [`EngineInput::Pressure`] was sent and no input was released since.
     pressured: bool,
+    /// The request was forwarded and the engine has not reported it started yet.
+    starting: bool,
 }
 
 impl ConnStream {
@@ -84,6 +90,7 @@ impl ConnStream {
             input_held: 0,
             deferred: (0, 0),
             pressured: false,
+            starting: false,
         }
     }
 }
@@ -102,6 +109,8 @@ pub struct ServerConnection {
     streams: BTreeMap<Uuid, ConnStream>,
     /// Sum of the streams' `input_held`.
     engine_held: u64,
+    /// Streams whose request is forwarded and not started yet (at most [`MAX_STARTING`]).
+    starting: usize,
     to_engine: VecDeque<EngineInput>,
     shutdown: Option<String>,
     /// The latest time an input brought.
@@ -123,6 +132,7 @@ impl ServerConnection {
             config,
             streams: BTreeMap::new(),
             engine_held: 0,
+            starting: 0,
             to_engine: VecDeque::new(),
             shutdown: None,
             now: Millis::ZERO,
@@ -203,6 +213,9 @@ impl ServerConnection {
     fn forget(&mut self, channel: Uuid) -> Option<ConnStream> {
         let stream = self.streams.remove(&channel)?;
         self.engine_held = self.engine_held.saturating_sub(stream.input_held);
+        if stream.starting {
+            self.starting -= 1;
+        }
         Some(stream)
     }
 
@@ -241,6 +254,10 @@ impl ServerConnection {
             }
             EngineOutput::InputCredit { messages, bytes, .. } => {
                 if let Some(s) = self.streams.get_mut(&channel) {
+                    // The first credit of a stream tells its request started.
+                    if core::mem::take(&mut s.starting) {
+                        self.starting -= 1;
+                    }
                     s.window = s.window.saturating_add(messages);
                     let released = bytes.min(s.input_held);
                     s.input_held -= released;
@@ -361,10 +378,12 @@ impl ServerConnection {
         let codec = self.mux.codec();
         let half = self.half_budget();
         loop {
-            let output_over = self.output_held() >= half;
+            // New requests wait while the output is over half the budget, or while enough others
+            // have not started yet: their first answers would come on top.
+            let opening_blocked = self.output_held() >= half || self.starting >= MAX_STARTING;
             let engine_over = self.engine_held >= half;
             let Some(state) = self.streams.get_mut(&channel) else { return };
-            if state.window == 0 || engine_over || (!state.opened && output_over) {
+            if state.window == 0 || engine_over || (!state.opened && opening_blocked) {
                 return;
             }
             let Some(item) = self.mux.recv(channel) else { return };
@@ -372,10 +391,16 @@ impl ServerConnection {
                 StreamInput::End(end) => self.to_engine.push_back(EngineInput::End { stream, end }),
                 StreamInput::Payload(bytes) if !state.opened => {
                     state.opened = true;
+                    state.starting = true;
+                    self.starting += 1;
                     state.window = INPUT_WINDOW;
                     let request = match codec.decode_message(MessageKind::Envelope, &bytes) {
                         Ok(crate::wire::Message::Envelope(env)) => {
                             state.inbound = env.clone().into_request().ok().and_then(|r| r.inbound_kind());
+                            // Held until the engine started the request (a store may be opening).
+                            let footprint = crate::wire::envelope_footprint(&env) as u64;
+                            state.input_held += footprint;
+                            self.engine_held += footprint;
                             Ok(env)
                         }
                         Ok(_) => Err(String::from("invalid envelope")),

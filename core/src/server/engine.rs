@@ -162,7 +162,9 @@ impl Engine {
     fn open(&mut self, stream: StreamId, store: Uuid, request: Result<Envelope, String>) {
         self.slots.insert(stream, Slot { store, inbox: VecDeque::new() });
         match self.manager.get_or_create(self.now, store, (stream, request)) {
-            Access::Ready(node, (stream, request)) => Self::start(node, self.now, stream, request),
+            Access::Ready(node, (stream, request)) => {
+                Self::start(node, &mut self.effects, self.now, stream, request);
+            }
             Access::Queued => {}
             // Go turns every failure to get the store's node into "store unavailable" (spec §2.5.1).
             Access::Refused((stream, _), _) => self.reject(stream),
@@ -175,9 +177,22 @@ impl Engine {
         self.effects.push_back(EngineEffect::Output(EngineOutput::Reject { stream, error }));
     }
 
-    fn start(node: &mut Node, now: Millis, stream: StreamId, request: Result<Envelope, String>) {
+    /// Starts a stream's request on its node; the request's footprint goes back to the connection,
+    /// which held it against its memory budget until now.
+    fn start(
+        node: &mut Node,
+        effects: &mut VecDeque<EngineEffect>,
+        now: Millis,
+        stream: StreamId,
+        request: Result<Envelope, String>,
+    ) {
         match request {
-            Ok(envelope) => node.handle_request(now, stream, envelope),
+            Ok(envelope) => {
+                let bytes = crate::wire::envelope_footprint(&envelope) as u64;
+                node.handle_request(now, stream, envelope);
+                let credit = EngineOutput::InputCredit { stream, messages: 0, bytes };
+                effects.push_back(EngineEffect::Output(credit));
+            }
             Err(error) => node.handle_bad_request(now, stream, error),
         }
     }
@@ -254,7 +269,7 @@ impl Engine {
                             continue;
                         }
                         if let Some(node) = self.manager.node_mut(self.now, store_id) {
-                            Self::start(node, self.now, stream, request);
+                            Self::start(node, &mut self.effects, self.now, stream, request);
                         }
                         self.deliver(stream);
                     }

@@ -334,7 +334,7 @@ fn worker_presence_fan_out_and_store_isolation() {
         log.messages
             .iter()
             .filter_map(|m| match m {
-                Message::Envelope(Envelope::WorkerInventory(inv)) => Some(inv.clone()),
+                Message::Envelope(Envelope::WorkerInventory(inv)) => Some(WorkerInventory::clone(inv)),
                 _ => None,
             })
             .collect()
@@ -658,7 +658,7 @@ fn inventories(log: &super::system::OpLog) -> Vec<WorkerInventory> {
     log.messages
         .iter()
         .filter_map(|m| match m {
-            Message::Envelope(Envelope::WorkerInventory(inv)) => Some(inv.clone()),
+            Message::Envelope(Envelope::WorkerInventory(inv)) => Some(WorkerInventory::clone(inv)),
             _ => None,
         })
         .collect()

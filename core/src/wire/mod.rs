@@ -278,8 +278,9 @@ pub enum Message {
 
 /// Fixed part of [`Message::footprint`]: the value itself, its allocations and its frame.
 const MESSAGE_OVERHEAD: usize = 64;
-/// Per metadata entry (or worker) in [`Message::footprint`]: two strings and a map node.
-const ENTRY_OVERHEAD: usize = 32;
+/// Per metadata entry (or worker) in [`Message::footprint`]: two strings (headers and allocations) and
+/// their share of a map node, as a map of short keys and values takes them on the heap.
+const ENTRY_OVERHEAD: usize = 96;
 
 fn metadata_footprint(metadata: &crate::api::Metadata) -> usize {
     metadata.iter().map(|(k, v)| ENTRY_OVERHEAD + k.len() + v.len()).sum()
@@ -305,7 +306,7 @@ impl Message {
                 Message::Status(s) => s.space.len() + s.segment.len(),
                 Message::LeaseResult(r) => r.message.len(),
                 Message::Name(name) => name.len(),
-                Message::Envelope(envelope) => envelope_footprint(envelope),
+                Message::Envelope(envelope) => return envelope_footprint(envelope),
             }
     }
 
@@ -322,32 +323,34 @@ impl Message {
     }
 }
 
-fn envelope_footprint(envelope: &Envelope) -> usize {
-    match envelope {
-        Envelope::WorkerInventory(inventory) => {
-            inventory.workers.iter().map(|w| ENTRY_OVERHEAD + metadata_footprint(&w.metadata)).sum()
+/// [`Message::footprint`] of `Message::Envelope(envelope)`, for holders of bare envelopes.
+pub fn envelope_footprint(envelope: &Envelope) -> usize {
+    MESSAGE_OVERHEAD
+        + match envelope {
+            Envelope::WorkerInventory(inventory) => {
+                inventory.workers.iter().map(|w| ENTRY_OVERHEAD + metadata_footprint(&w.metadata)).sum()
+            }
+            Envelope::SubscribeWorkers(r) => metadata_footprint(&r.metadata),
+            Envelope::Consume(r) => {
+                r.offsets.iter().map(|(space, offset)| ENTRY_OVERHEAD + space.len() + offset.0.len()).sum()
+            }
+            Envelope::Produce(r) => r.space.len() + r.segment.len(),
+            Envelope::Peek(r) => r.space.len() + r.segment.len(),
+            Envelope::ConsumeSegment(r) => r.space.len() + r.segment.len(),
+            Envelope::ConsumeSpace(r) => r.space.len() + r.offset.0.len(),
+            Envelope::GetSegments(r) => r.space.len(),
+            Envelope::SubscribeToSegmentStatus(r) => r.space.len() + r.segment.len(),
+            Envelope::SegmentStatus(s) => s.space.len() + s.segment.len(),
+            Envelope::SegmentNotification(n) => n.segment_status.space.len() + n.segment_status.segment.len(),
+            Envelope::LeaseAcquire(r) => r.key.len() + r.holder.len(),
+            Envelope::LeaseRenew(r) => r.key.len() + r.holder.len(),
+            Envelope::LeaseRelease(r) => r.key.len() + r.holder.len(),
+            Envelope::LeaseResult(r) => r.message.len(),
+            Envelope::GetSpaces(_)
+            | Envelope::GetStatus(_)
+            | Envelope::Presence(_)
+            | Envelope::WorkerInventoryNotification(_) => 0,
         }
-        Envelope::SubscribeWorkers(r) => metadata_footprint(&r.metadata),
-        Envelope::Consume(r) => {
-            r.offsets.iter().map(|(space, offset)| ENTRY_OVERHEAD + space.len() + offset.0.len()).sum()
-        }
-        Envelope::Produce(r) => r.space.len() + r.segment.len(),
-        Envelope::Peek(r) => r.space.len() + r.segment.len(),
-        Envelope::ConsumeSegment(r) => r.space.len() + r.segment.len(),
-        Envelope::ConsumeSpace(r) => r.space.len() + r.offset.0.len(),
-        Envelope::GetSegments(r) => r.space.len(),
-        Envelope::SubscribeToSegmentStatus(r) => r.space.len() + r.segment.len(),
-        Envelope::SegmentStatus(s) => s.space.len() + s.segment.len(),
-        Envelope::SegmentNotification(n) => n.segment_status.space.len() + n.segment_status.segment.len(),
-        Envelope::LeaseAcquire(r) => r.key.len() + r.holder.len(),
-        Envelope::LeaseRenew(r) => r.key.len() + r.holder.len(),
-        Envelope::LeaseRelease(r) => r.key.len() + r.holder.len(),
-        Envelope::LeaseResult(r) => r.message.len(),
-        Envelope::GetSpaces(_)
-        | Envelope::GetStatus(_)
-        | Envelope::Presence(_)
-        | Envelope::WorkerInventoryNotification(_) => 0,
-    }
 }
 
 /// What a receiver expects the next inner message to be.
