@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod limits;
 mod serve;
 
 use std::path::PathBuf;
@@ -62,7 +63,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Mint a token with the configured secret or private key.
     Token(TokenArgs),
     /// Append lines of stdin (or of files) to a segment, one record per line.
@@ -83,7 +84,7 @@ enum Command {
 
 async fn run(cli: Cli, runtime: Arc<dyn Runtime>) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve(args) => serve::run(runtime, args).await,
+        Command::Serve(args) => serve::run(runtime, *args).await,
         Command::Token(args) => token(args),
         Command::Produce(args) => commands::produce(runtime, args).await,
         Command::Consume(args) => commands::consume(runtime, args).await,

@@ -141,6 +141,8 @@ pub(super) struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     header_timeout_ms: u64,
+    #[command(flatten)]
+    limits: super::limits::LimitArgs,
 }
 
 /// A default duration as whole milliseconds, for `default_value_t`.
@@ -203,6 +205,7 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
     config.http.max_pending_handshakes = args.max_pending_handshakes;
     config.http.max_pending_handshakes_per_ip = args.max_pending_handshakes_per_ip;
     config.http.header_timeout = Duration::from_millis(args.header_timeout_ms);
+    args.limits.apply(&mut config);
     config.idle_eviction = match args.idle_evict_secs {
         0 => None,
         secs => Some(streamkit_core::manager::IdleEviction {

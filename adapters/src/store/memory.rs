@@ -41,4 +41,8 @@ impl OrderedKv for SharedMemoryKv {
     fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<CommitOutcome>, KvError> {
         self.lock()?.commit(batches)
     }
+
+    fn usage(&self) -> Result<u64, KvError> {
+        self.lock()?.usage()
+    }
 }

@@ -238,6 +238,7 @@ fn add(counter: &AtomicU64, n: usize) {
 #[derive(Debug)]
 struct Statements {
     get: String,
+    usage: String,
     scan_forward: String,
     scan_backward: String,
     /// Scans with a byte bound (`$5`): the running size of the rows decides where the answer stops, so
@@ -274,6 +275,9 @@ impl Statements {
         };
         Self {
             get: format!("SELECT value FROM {kv} WHERE store_id = $1 AND key = $2"),
+            usage: format!(
+                "SELECT COALESCE(sum(octet_length(key) + octet_length(value)), 0)::int8 FROM {kv} WHERE store_id = $1"
+            ),
             scan_forward: scan("ASC"),
             scan_backward: scan("DESC"),
             scan_forward_bounded: bounded("ASC"),
@@ -738,8 +742,32 @@ impl PgStore {
             StorageOp::Get { key } => self.get(key).await.map(StorageResult::Value),
             StorageOp::Scan(range) => self.scan(range).await.map(StorageResult::Pairs),
             StorageOp::Commit(batch) => self.commit_one(batch).await.map(StorageResult::Commit),
+            StorageOp::Usage => self.usage().await.map(StorageResult::Usage),
         };
         result.unwrap_or_else(StorageResult::Failed)
+    }
+
+    /// Bytes of the store's keys and values (a scan of the store's rows: for storage quotas, which
+    /// ask rarely).
+    pub async fn usage(&self) -> Result<u64, KvError> {
+        let token = self.enter()?;
+        let shared = Arc::clone(&self.db.shared);
+        let store = self.store;
+        let result = sidecar::run(async move {
+            add(&shared.counters.reads, 1);
+            with_retry_on_broken(&shared.pool, "usage", store, |client| {
+                let sql = &shared.sql.usage;
+                async move {
+                    let statement = client.prepare_cached(sql).await?;
+                    let row = client.query_one(&statement, &[&store]).await?;
+                    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+                }
+            })
+            .await
+        })
+        .await;
+        drop(token);
+        result.map_err(KvError)?
     }
 
     /// Reads one key.
@@ -1181,6 +1209,10 @@ impl OrderedKv for PgKv {
 
     fn scan(&self, range: &ScanRange) -> Result<Vec<KvPair>, KvError> {
         sidecar::block_on(self.store.scan(range.clone()))
+    }
+
+    fn usage(&self) -> Result<u64, KvError> {
+        sidecar::block_on(self.store.usage())
     }
 
     fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<CommitOutcome>, KvError> {

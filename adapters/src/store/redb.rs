@@ -258,6 +258,14 @@ impl OrderedKv for RedbKv {
         }
         self.guarded("commit", |db| self.apply(db, batches))
     }
+
+    /// The size of the database file: what the store takes on disk.
+    fn usage(&self) -> Result<u64, KvError> {
+        std::fs::metadata(self.path.as_path()).map(|meta| meta.len()).map_err(|e| {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot read the size of a store file");
+            KvError(format!("storage usage failed: {}", e.kind()))
+        })
+    }
 }
 
 /// A redb error as a [`KvError`] for clients (the operation and redb's reason, no path), logged in

@@ -213,6 +213,7 @@ struct CommitRequest {
 enum ReadRequest {
     Get { key: Vec<u8>, reply: Reply<Option<Vec<u8>>> },
     Scan { range: ScanRange, reply: Reply<Vec<KvPair>> },
+    Usage { reply: Reply<u64> },
 }
 
 /// The commit side of a backend, as the writer thread sees it.
@@ -224,6 +225,7 @@ trait WriteSide: Send {
 trait ReadSide: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
     fn scan(&self, range: &ScanRange) -> Result<Vec<KvPair>, KvError>;
+    fn usage(&self) -> Result<u64, KvError>;
 }
 
 /// A backend with separate read and write handles.
@@ -241,6 +243,9 @@ impl<K: OrderedKv + Send + Sync> ReadSide for Own<K> {
     }
     fn scan(&self, range: &ScanRange) -> Result<Vec<KvPair>, KvError> {
         self.0.scan(range)
+    }
+    fn usage(&self) -> Result<u64, KvError> {
+        self.0.usage()
     }
 }
 
@@ -266,6 +271,9 @@ impl<K: OrderedKv + Send> ReadSide for Locked<K> {
     }
     fn scan(&self, range: &ScanRange) -> Result<Vec<KvPair>, KvError> {
         self.lock()?.scan(range)
+    }
+    fn usage(&self) -> Result<u64, KvError> {
+        self.lock()?.usage()
     }
 }
 
@@ -381,6 +389,7 @@ impl StoreHandle {
             StorageOp::Get { key } => self.get(key).await.map(StorageResult::Value),
             StorageOp::Scan(range) => self.scan(range).await.map(StorageResult::Pairs),
             StorageOp::Commit(batch) => self.commit_one(batch).await.map(StorageResult::Commit),
+            StorageOp::Usage => self.usage().await.map(StorageResult::Usage),
         };
         result.unwrap_or_else(StorageResult::Failed)
     }
@@ -389,6 +398,12 @@ impl StoreHandle {
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError> {
         let (reply, answer) = oneshot::channel();
         self.read(ReadRequest::Get { key, reply }, answer).await
+    }
+
+    /// Bytes the store holds (see [`OrderedKv::usage`]).
+    pub async fn usage(&self) -> Result<u64, KvError> {
+        let (reply, answer) = oneshot::channel();
+        self.read(ReadRequest::Usage { reply }, answer).await
     }
 
     /// Reads up to `range.limit` pairs of `range` (see [`OrderedKv::scan`]).
@@ -693,6 +708,9 @@ fn read_loop(requests: Receiver<ReadRequest>, backend: &dyn ReadSide, counters: 
             }
             ReadRequest::Scan { range, reply } => {
                 let _ = reply.send(run(|| backend.scan(&range)));
+            }
+            ReadRequest::Usage { reply } => {
+                let _ = reply.send(run(|| backend.usage()));
             }
         }
     }

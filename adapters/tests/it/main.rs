@@ -41,6 +41,7 @@ mod server_limits;
 mod server_load;
 mod server_logs;
 mod server_ops;
+mod server_quotas;
 mod server_runtimes;
 mod server_security;
 mod server_smoke;

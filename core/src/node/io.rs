@@ -69,18 +69,22 @@ pub enum NodeOutput {
 pub enum Refusal {
     /// A request limit ([`RequestLimits`](crate::limits::RequestLimits)).
     Limit(crate::limits::LimitKind),
+    /// A store quota ([`StoreQuotas`](super::quota::StoreQuotas)).
+    Quota(super::quota::QuotaKind),
 }
 
 impl Refusal {
     /// Every refusal.
     pub fn all() -> impl Iterator<Item = Refusal> {
-        crate::limits::LimitKind::ALL.into_iter().map(Refusal::Limit)
+        let limits = crate::limits::LimitKind::ALL.into_iter().map(Refusal::Limit);
+        limits.chain(super::quota::QuotaKind::ALL.into_iter().map(Refusal::Quota))
     }
 
     /// The metrics label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::Limit(kind) => kind.as_str(),
+            Refusal::Quota(kind) => kind.as_str(),
         }
     }
 }

@@ -22,6 +22,8 @@ pub(crate) enum Owner {
     Presence(u32),
     /// The lease table.
     Leases(u32),
+    /// The store's quotas (usage measurements).
+    Quota,
 }
 
 /// A stream's send credit: messages and bytes ([`Message::footprint`]) it may still send. Both may go

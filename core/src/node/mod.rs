@@ -36,6 +36,7 @@ mod io_queue;
 pub mod lease;
 pub mod presence;
 mod produce;
+pub mod quota;
 mod read;
 pub mod subscribe;
 #[cfg(test)]
@@ -48,6 +49,8 @@ mod tests_leases;
 mod tests_limits;
 #[cfg(test)]
 mod tests_presence;
+#[cfg(test)]
+mod tests_quota;
 #[cfg(test)]
 mod tests_subscribe;
 pub mod watermark;
@@ -154,6 +157,8 @@ pub struct NodeConfig {
     pub presence_sweep_interval: Millis,
     /// What one request may contain (name lengths, metadata, consume spaces).
     pub limits: RequestLimits,
+    /// Per-store quotas (none by default).
+    pub quotas: quota::QuotaConfig,
 }
 
 impl Default for NodeConfig {
@@ -179,6 +184,7 @@ impl Default for NodeConfig {
             lease_sweep_interval: lease::DEFAULT_LEASE_SWEEP_INTERVAL,
             presence_sweep_interval: presence::DEFAULT_PRESENCE_SWEEP_INTERVAL,
             limits: RequestLimits::default(),
+            quotas: quota::QuotaConfig::default(),
         }
     }
 }
@@ -282,6 +288,7 @@ pub(crate) struct Services {
     pub subscriptions: subscribe::Routers,
     pub presence: presence::PresenceRouter,
     pub leases: lease::Leases,
+    pub quotas: quota::Quotas,
     waits: Vec<(Owner, Wait)>,
 }
 
@@ -355,6 +362,7 @@ impl Node {
         let clocks = produce::ClockCache::new(config.head_cache_capacity);
         let mut rng = Rng::new(seed);
         let instance = rng.uuid_v4();
+        let quotas = quota::Quotas::new(config.quotas.of(&store_id), now);
         Self {
             sv: Services {
                 io: Io::default(),
@@ -371,6 +379,7 @@ impl Node {
                 subscriptions: subscribe::Routers::default(),
                 presence: presence::PresenceRouter::default(),
                 leases: lease::Leases::default(),
+                quotas,
                 waits: Vec::new(),
             },
             streams: BTreeMap::new(),
@@ -439,6 +448,7 @@ impl Node {
             self.finish_input();
             return;
         }
+        quota::ensure_measured(&mut self.sv);
         if let Some(op) = self.start(stream, request) {
             self.streams.insert(stream, op);
         }
@@ -524,8 +534,12 @@ impl Node {
     /// A storage effect completed.
     pub fn handle_storage(&mut self, now: Millis, op: OpId, result: StorageResult) {
         self.advance(now);
-        if let Some(Owner::Stream(stream, tag)) = self.sv.io.complete(op) {
-            self.dispatch(stream, |o, sv| o.on_storage(sv, stream, tag, result));
+        match self.sv.io.complete(op) {
+            Some(Owner::Stream(stream, tag)) => {
+                self.dispatch(stream, |o, sv| o.on_storage(sv, stream, tag, result));
+            }
+            Some(Owner::Quota) => quota::on_usage(&mut self.sv, result),
+            _ => {}
         }
         self.finish_input();
     }
@@ -550,7 +564,7 @@ impl Node {
                         }
                     }
                     Some(Owner::Presence(tag)) => presence::on_bus(&mut self.sv, tag, result),
-                    Some(Owner::Leases(_)) | None => {}
+                    Some(Owner::Leases(_) | Owner::Quota) | None => {}
                 }
             }
             BusEvent::Notification { route, notification } => {
@@ -588,6 +602,7 @@ impl Node {
             Owner::Stream(stream, tag) => self.dispatch(stream, |o, sv| o.on_wake(sv, stream, tag)),
             Owner::Presence(tag) => presence::on_timer(&mut self.sv, tag),
             Owner::Leases(_) => lease::on_sweep(&mut self.sv),
+            Owner::Quota => quota::measure(&mut self.sv),
             Owner::Subscriptions(_) => {}
         }
     }

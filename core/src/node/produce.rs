@@ -215,6 +215,11 @@ pub(crate) struct ProduceOp {
     detached: bool,
     /// The connection is over its memory budget: seal the building chunk now instead of when full.
     flush: bool,
+    /// A quota refused a record: what was accepted before is committed, then the stream closes with
+    /// this text.
+    stopped: Option<String>,
+    /// Bytes written by the commit in flight (for the storage quota).
+    committing_bytes: u64,
 }
 
 impl ProduceOp {
@@ -237,6 +242,8 @@ impl ProduceOp {
             failure: None,
             detached: false,
             flush: false,
+            stopped: None,
+            committing_bytes: 0,
             key,
         };
         match sv.heads.get(&op.key) {
@@ -321,7 +328,8 @@ impl ProduceOp {
     fn finish(&mut self, sv: &mut Services, stream: StreamId) -> Step {
         let lock = self.lock_key(sv);
         sv.locks.release(&lock, stream);
-        sv.io.close(stream, self.failure.take());
+        let error = self.failure.take().or_else(|| self.stopped.take());
+        sv.io.close(stream, error);
         Step::Done
     }
 
@@ -408,6 +416,7 @@ impl ProduceOp {
             batch.puts.push((key, ts.to_le_bytes().to_vec()));
         }
         let token = sv.watermarks.begin(space, ts);
+        self.committing_bytes = batch.byte_size() as u64;
         sv.io.storage(Owner::Stream(stream, TAG_COMMIT), StorageOp::Commit(batch));
         self.phase = Phase::Committing { token, ts, new_head, retries, clock_retries };
     }
@@ -427,6 +436,7 @@ impl ProduceOp {
             sv.clocks.put(&self.key.0, Some(ts));
         }
         self.release_lock(sv, stream);
+        sv.quotas.committed(self.committing_bytes);
         if let Some(chunk) = self.committing.take() {
             sv.io.release_input(stream, chunk.footprint as u64);
         }
@@ -555,6 +565,14 @@ impl StreamOp for ProduceOp {
         if let Err(refused) = sv.config.limits.check_record(&record) {
             sv.io.refused(super::Refusal::Limit(refused.kind));
             self.fail(refused.message);
+            return self.pump(sv, stream);
+        }
+        let payload = record.payload.as_ref().map_or(0, Vec::len) as u64;
+        if let Err(refused) = sv.quotas.admit(payload, sv.now) {
+            // What the producer sent before is within its quota: commit it, then refuse.
+            sv.io.refused(refused.refusal);
+            self.stopped = Some(refused.message);
+            self.input = Input::Finished;
             return self.pump(sv, stream);
         }
         self.accept(sv, stream, record)

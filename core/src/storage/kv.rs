@@ -143,6 +143,8 @@ pub enum StorageOp {
     Scan(ScanRange),
     /// Commit one batch (adapters may merge concurrent commits of a store into one transaction).
     Commit(WriteBatch),
+    /// Measure how many bytes the store holds (for storage quotas).
+    Usage,
 }
 
 /// The completion of a [`StorageOp`].
@@ -154,6 +156,8 @@ pub enum StorageResult {
     Pairs(Vec<(Vec<u8>, Vec<u8>)>),
     /// Answer to [`StorageOp::Commit`].
     Commit(CommitOutcome),
+    /// Answer to [`StorageOp::Usage`]: bytes the store holds.
+    Usage(u64),
     /// The backend failed.
     Failed(KvError),
 }
@@ -167,6 +171,12 @@ pub trait OrderedKv {
     /// Applies `batches` in order in one atomic (and, for durable backends, durable) transaction; see the
     /// module documentation for the group-commit semantics. Returns one outcome per batch.
     fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<CommitOutcome>, KvError>;
+    /// Bytes the store holds, as this backend counts them (its keys and values, or its file): what
+    /// storage quotas are checked against. It may be approximate, and is asked for rarely. Backends
+    /// that cannot tell keep this default, and storage quotas cannot be enforced on them.
+    fn usage(&self) -> Result<u64, KvError> {
+        Err(KvError(String::from("this storage backend does not report its usage")))
+    }
 
     /// Executes one effect (convenience for synchronous drivers).
     fn execute(&mut self, op: &StorageOp) -> StorageResult {
@@ -176,6 +186,7 @@ pub trait OrderedKv {
             StorageOp::Commit(batch) => self.commit(core::slice::from_ref(batch)).map(|mut outcomes| {
                 StorageResult::Commit(outcomes.pop().unwrap_or(CommitOutcome::Committed))
             }),
+            StorageOp::Usage => self.usage().map(StorageResult::Usage),
         };
         result.unwrap_or_else(StorageResult::Failed)
     }

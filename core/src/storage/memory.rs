@@ -118,6 +118,11 @@ impl OrderedKv for MemoryKv {
         if range.reverse { range.collect(pairs.rev()) } else { range.collect(pairs) }
     }
 
+    fn usage(&self) -> Result<u64, KvError> {
+        self.check_available()?;
+        Ok(self.map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())
+    }
+
     fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<CommitOutcome>, KvError> {
         self.commit_calls += 1;
         self.check_available()?;
