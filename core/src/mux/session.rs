@@ -351,17 +351,14 @@ impl MuxSession {
     }
 
     /// Forgets `channel` (Go `CloseLocal`): drops its inbound queue and sends nothing. Frames it already
-    /// queued (such as a `mux::close` from `close_send`) are still transmitted. If the peer has not ended
-    /// its side yet, the channel is tombstoned so its late frames do not open a new stream.
+    /// queued (such as a `mux::close` from `close_send`) are still transmitted. Like Go, no tombstone is
+    /// left (spec §2.6): the channel is free at once, and a later data frame with its id opens a new
+    /// stream (a peer may reuse a channel id as soon as it has the close).
     pub fn release(&mut self, channel: Uuid) {
         if self.shut_down {
             return;
         }
-        if let Some(stream) = self.remove_stream(channel)
-            && !stream.peer_closed
-        {
-            self.tombstones.insert(channel, self.now);
-        }
+        self.remove_stream(channel);
     }
 
     /// Rejects `channel` (server: e.g. `store unavailable`): queues an `error` control frame

@@ -7,7 +7,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use streamkit::core::api::{Entry, Envelope, GetStatus, Peek, Presence, Request, SubscribeToSegmentStatus};
+use streamkit::core::api::{
+    ConsumeSegment, Entry, Envelope, GetSegments, GetSpaces, GetStatus, LeaseAcquire, Peek, Presence,
+    Request, SubscribeToSegmentStatus,
+};
 use streamkit::core::wire::{Codec, ControlType, Frame, Message, MessageKind, StreamControl};
 use streamkit::server::{RunningServer, ServerConfig};
 use streamkit_tests::raw::{RawSocket, json_data, json_frame};
@@ -368,8 +371,8 @@ fn random_mutations_of_valid_frames_never_break_the_server() {
     for codec in [Codec::Json, Codec::Cbor] {
         let requests: Vec<Vec<u8>> = [
             Request::Peek(Peek { space: "sp".into(), segment: "sg".into() }),
-            Request::GetSpaces(streamkit::core::api::GetSpaces {}),
-            Request::ConsumeSegment(streamkit::core::api::ConsumeSegment {
+            Request::GetSpaces(GetSpaces {}),
+            Request::ConsumeSegment(ConsumeSegment {
                 space: "sp".into(),
                 segment: "sg".into(),
                 max_sequence: 5,
@@ -437,4 +440,60 @@ fn random_mutations_of_valid_frames_never_break_the_server() {
 /// Reads whatever is immediately available; false if the connection is closed.
 fn drain(socket: &mut RawSocket) -> bool {
     socket.poll_open(Duration::from_millis(2))
+}
+
+/// A stream the server ended frees its channel at once (Go's close-send-and-release; spec §2.6): a
+/// client that sends its next request on the same channel id, without a `mux::close` of its own, gets
+/// an answer every time, whatever operation the server ended before, with both codecs.
+#[test]
+fn a_channel_the_server_closed_serves_the_next_request_at_once() {
+    let target = Target::start(|_| {});
+    for codec in [Codec::Json, Codec::Cbor] {
+        let mut socket = target.connect(codec);
+        let channel = Uuid::new_v4();
+        let request = |socket: &mut RawSocket, request: Request| {
+            let envelope = codec.encode_message(&Message::Envelope(request.into_envelope()));
+            socket.send_data(target.store, channel, envelope).unwrap();
+        };
+        // Reads what the server sends on the channel up to its close; the messages before it.
+        let answer = |socket: &mut RawSocket, what: &str| -> (usize, Option<String>) {
+            let mut messages = 0;
+            loop {
+                let frame =
+                    socket.recv_on(channel).unwrap().unwrap_or_else(|| panic!("{codec:?} {what}: closed"));
+                let payload = frame.payload.as_deref().unwrap_or_default();
+                match StreamControl::parse(codec, payload) {
+                    Some(StreamControl::Close { err }) => return (messages, err),
+                    Some(other) => panic!("{codec:?} {what}: {other:?}"),
+                    None => messages += 1,
+                }
+            }
+        };
+        let space = format!("reuse-{codec:?}");
+        let peek = || Request::Peek(Peek { space: space.clone(), segment: "sg".into() });
+        request(&mut socket, peek());
+        assert_eq!(answer(&mut socket, "peek"), (1, None));
+        request(&mut socket, Request::GetSpaces(GetSpaces {}));
+        answer(&mut socket, "get_spaces");
+        request(&mut socket, Request::GetSegments(GetSegments { space: space.clone() }));
+        assert_eq!(answer(&mut socket, "get_segments"), (0, None));
+        request(
+            &mut socket,
+            Request::LeaseAcquire(LeaseAcquire { key: "k".into(), holder: "h".into(), ttl_seconds: 5 }),
+        );
+        assert_eq!(answer(&mut socket, "lease_acquire"), (1, None));
+        let consume =
+            ConsumeSegment { space: space.clone(), segment: "sg".into(), limit: 1, ..Default::default() };
+        request(&mut socket, Request::ConsumeSegment(consume));
+        assert_eq!(answer(&mut socket, "consume_segment"), (0, None));
+        // A request the server refuses (a name over the limit) frees the channel too.
+        request(&mut socket, Request::Peek(Peek { space: "s".repeat(300), segment: "sg".into() }));
+        assert_eq!(
+            answer(&mut socket, "refused peek"),
+            (0, Some("space exceeds maximum of 256 bytes".into()))
+        );
+        request(&mut socket, peek());
+        assert_eq!(answer(&mut socket, "peek again"), (1, None));
+    }
+    target.assert_serves_new_connections();
 }
