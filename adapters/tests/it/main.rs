@@ -35,6 +35,7 @@ mod client_operations;
 mod client_resilience;
 mod scaleout;
 mod scaleout_processes;
+mod server_backpressure;
 mod server_durability;
 mod server_handshake_limits;
 mod server_limits;
