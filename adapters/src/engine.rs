@@ -13,7 +13,9 @@
 //!
 //! The task also keeps a small record per stream (store, operation, space, segment) for metrics and
 //! logs: operations by outcome, produced records and bytes, live subscriptions and workers. Nothing is
-//! logged per record.
+//! logged per record, and the lines a client can cause once per stream or per storage operation (a
+//! stream closed with an error or rejected, a failed storage operation, a store that cannot be opened)
+//! are rate limited ([`LogLimit`]): the metrics count every one.
 //!
 //! **Shutdown** ([`EngineHandle::drain_and_shutdown`]): new streams are refused with
 //! [`SHUTTING_DOWN`]; in-flight commits get up to the grace period to finish (their producers get
@@ -40,6 +42,7 @@ use uuid::Uuid;
 
 use crate::bus::{BusDelivery, MemoryBus, MessageBus};
 use crate::clock::WallClock;
+use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit};
 use crate::metrics::{ErrorKind, GaugeGuard, Metrics, Operation, Outcome};
 use crate::runtime::{BoxFuture, Runtime, RuntimeExt};
 use crate::store::{Store, StoreFactory};
@@ -145,6 +148,12 @@ impl EngineTaskConfig {
         Self { engine, stores, bus: Arc::new(MemoryBus::new()), metrics: Arc::new(Metrics::new()), seed }
     }
 }
+
+// Rate limits of the lines a client can trigger once per request (see the module docs).
+static STREAM_ERROR_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
+static STREAM_REJECTED_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
+static STORAGE_FAILED_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
+static STORE_OPEN_FAILED_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
 
 /// Distinguishes the engines of one process on a shared bus.
 static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
@@ -341,7 +350,10 @@ impl EngineTask {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(store_id = %store, error = %e, "store cannot be opened");
+                        if let Some(admitted) = STORE_OPEN_FAILED_LOG.admit() {
+                            let suppressed = admitted.suppressed();
+                            tracing::warn!(store_id = %store, error = %e, suppressed, "store cannot be opened");
+                        }
                         self.metrics.error(ErrorKind::StoreOpen);
                         self.engine.handle_store_opened(now, store, Err(e.0));
                     }
@@ -353,7 +365,10 @@ impl EngineTask {
                     self.metrics.commit_latency(latency);
                 }
                 if let StorageResult::Failed(e) = &result {
-                    tracing::warn!(store_id = %store, error = %e, "storage operation failed");
+                    if let Some(admitted) = STORAGE_FAILED_LOG.admit() {
+                        let suppressed = admitted.suppressed();
+                        tracing::warn!(store_id = %store, error = %e, suppressed, "storage operation failed");
+                    }
                     self.metrics.error(ErrorKind::Storage);
                 }
                 self.engine.handle_storage(now, store, op, result);
@@ -471,7 +486,15 @@ impl EngineTask {
                             Ok(result) => result,
                             // A panic message may quote paths and debug dumps: the log's, not clients'.
                             Err(e) => {
-                                tracing::warn!(store_id = %store, error = %e, "opening a store panicked");
+                                if let Some(admitted) = STORE_OPEN_FAILED_LOG.admit() {
+                                    let suppressed = admitted.suppressed();
+                                    tracing::warn!(
+                                        store_id = %store,
+                                        error = %e,
+                                        suppressed,
+                                        "opening a store panicked"
+                                    );
+                                }
                                 Err(KvError("store open failed: internal error".to_owned()))
                             }
                         };
@@ -545,15 +568,18 @@ impl EngineTask {
                                 Outcome::Cancelled
                             };
                             self.metrics.operation(meta.op, outcome);
-                            tracing::info!(
-                                store_id = %meta.store,
-                                channel_id = %stream.channel,
-                                op = meta.op.as_str(),
-                                space = %meta.space,
-                                segment = %meta.segment,
-                                %error,
-                                "stream closed with error"
-                            );
+                            if let Some(admitted) = STREAM_ERROR_LOG.admit() {
+                                tracing::info!(
+                                    store_id = %meta.store,
+                                    channel_id = %stream.channel,
+                                    op = meta.op.as_str(),
+                                    space = %meta.space,
+                                    segment = %meta.segment,
+                                    %error,
+                                    suppressed = admitted.suppressed(),
+                                    "stream closed with error"
+                                );
+                            }
                         }
                     }
                 }
@@ -564,13 +590,16 @@ impl EngineTask {
                     if error == STORE_UNAVAILABLE {
                         self.metrics.error(ErrorKind::StoreUnavailable);
                     }
-                    tracing::warn!(
-                        store_id = %meta.store,
-                        channel_id = %stream.channel,
-                        op = meta.op.as_str(),
-                        %error,
-                        "stream rejected"
-                    );
+                    if let Some(admitted) = STREAM_REJECTED_LOG.admit() {
+                        tracing::warn!(
+                            store_id = %meta.store,
+                            channel_id = %stream.channel,
+                            op = meta.op.as_str(),
+                            %error,
+                            suppressed = admitted.suppressed(),
+                            "stream rejected"
+                        );
+                    }
                 }
             }
             _ => {}

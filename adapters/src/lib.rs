@@ -3,7 +3,8 @@
 //! This crate owns everything with I/O: the [`runtime`] abstraction (tokio, smol, deprecated
 //! async-std), JWT verification and minting ([`auth`]), the HTTP front with the WebSocket upgrade and
 //! the probe/metrics endpoints ([`http`]), the WebSocket connection wrapper and client dial ([`ws`]) and
-//! the Prometheus registry ([`metrics`]), the storage backends ([`store`]), the message bus ([`bus`]),
+//! the Prometheus registry ([`metrics`]), rate limits for the log lines remote peers trigger
+//! ([`log_limit`]), the storage backends ([`store`]), the message bus ([`bus`]),
 //! the engine task ([`engine`]) and the server ([`server`]). The protocol itself lives in the sans-IO core, re-exported as
 //! [`core`].
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod client;
 pub mod clock;
 pub mod engine;
 pub mod http;
+pub mod log_limit;
 #[cfg(feature = "cli")]
 pub mod logging;
 pub mod metrics;

@@ -30,6 +30,8 @@ use std::sync::{Arc, OnceLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use streamkit_core::storage::{CommitOutcome, KvError, KvPair, OrderedKv, ScanRange, WriteBatch};
 
+use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit};
+
 /// The one table of a store database. Keys are the storage model's keys (spec §5.2), values its
 /// encodings; the table name is part of the file format.
 const ENTRIES: TableDefinition<'static, &'static [u8], &'static [u8]> = TableDefinition::new("streamkit");
@@ -167,7 +169,12 @@ impl RedbKv {
     /// The error of every operation once the database panicked: the client learns that the store is
     /// out of service, the log why (the panic message may quote paths and debug dumps).
     fn disabled(&self, reason: &str) -> KvError {
-        tracing::warn!(path = %self.path.display(), %reason, "operation refused: the store is disabled");
+        // Every later request of the store's clients ends here.
+        static LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
+        if let Some(admitted) = LOG.admit() {
+            let suppressed = admitted.suppressed();
+            tracing::warn!(path = %self.path.display(), %reason, suppressed, "operation refused: the store is disabled");
+        }
         KvError("store disabled after an internal error".to_owned())
     }
 
@@ -272,7 +279,12 @@ impl OrderedKv for RedbKv {
 /// full with the file's path.
 fn error(what: &str, path: &Path, e: impl Into<redb::Error>) -> KvError {
     let e = e.into();
-    tracing::warn!(path = %path.display(), operation = what, error = %e, "redb operation failed");
+    // A failing disk fails every request: one line per request would follow.
+    static LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
+    if let Some(admitted) = LOG.admit() {
+        let suppressed = admitted.suppressed();
+        tracing::warn!(path = %path.display(), operation = what, error = %e, suppressed, "redb operation failed");
+    }
     KvError(format!("storage {what} failed: {}", client_text(&e)))
 }
 

@@ -51,4 +51,5 @@ mod store_durability;
 mod store_group_commit;
 mod store_model;
 mod store_postgres;
+mod tenant_postgres;
 mod transport;

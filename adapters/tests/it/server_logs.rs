@@ -1,7 +1,7 @@
 //! The real `streamkit serve` binary logging attacker-controlled text to a file: a token header
 //! (logged before authentication) and a space name (logged after it) that try to forge log lines and
 //! colour the terminal. Text logs must hold them escaped, JSON logs as valid JSON, and neither may
-//! contain an escape character.
+//! contain an escape character. A flood of refused tokens must not become a flood of log lines.
 #![cfg(feature = "cli")]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -197,4 +197,50 @@ fn json_logs_are_one_object_per_line() {
     // The attacker's strings come back intact from the JSON: escaped in the file, not altered.
     assert!(field("handshake refused: unauthorized", "error").contains("HS256\n<forged line>\u{1b}[31m"));
     assert_eq!(field("stream closed with error", "space"), FORGED_SPACE);
+}
+
+/// The `suppressed=N` of a text log line, 0 without one.
+fn suppressed(line: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("suppressed="))
+        .map_or(0, |count| count.parse().unwrap_or_else(|_| panic!("bad suppressed count in {line}")))
+}
+
+#[test]
+fn refused_tokens_are_rate_limited_in_the_log() {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 125;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let server = Server::start(&log, &[]);
+    let addr = server.addr;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            scope.spawn(move || {
+                for _ in 0..PER_THREAD {
+                    assert_eq!(send_forged_token(addr), "HTTP/1.1 401 Unauthorized");
+                }
+            });
+        }
+    });
+    let flood = started.elapsed();
+    // Past the limit's one-second window: this one gets a line, which reports the rest of the flood.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(send_forged_token(addr), "HTTP/1.1 401 Unauthorized");
+    server.stop();
+
+    let text = String::from_utf8(std::fs::read(&log).unwrap()).unwrap();
+    let lines: Vec<&str> =
+        text.lines().filter(|line| line.contains("handshake refused: unauthorized")).collect();
+    let reported: u64 = lines.iter().map(|line| suppressed(line)).sum();
+    let refused = (THREADS * PER_THREAD + 1) as u64;
+    eprintln!("{refused} refusals in {flood:?}: {} lines, {reported} reported suppressed", lines.len());
+    // 10 lines per one-second window: the flood touches at most `secs + 2` windows, the last one 1.
+    let bound = 10 * (flood.as_secs() as usize + 2) + 1;
+    assert!(lines.len() <= bound, "{} lines (at most {bound}) for {refused} refusals:\n{text}", lines.len());
+    assert!(lines.len() < 100, "{} lines for {refused} refusals", lines.len());
+    assert!(lines.iter().any(|line| suppressed(line) > 0), "no line reports suppressed refusals:\n{text}");
+    assert!(lines.last().is_some_and(|line| suppressed(line) > 0), "the last line reports the rest");
+    assert_eq!(lines.len() as u64 + reported, refused, "every refusal is a line or counted in one");
 }
