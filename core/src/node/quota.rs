@@ -13,7 +13,7 @@
 //!
 //! Rates are token buckets refilled continuously from the node's clock, holding one second's worth:
 //! a store may write a second's quota at once, then its rate. Stored bytes are the size the store's
-//! backend reports ([`StorageOp::Usage`](crate::storage::StorageOp::Usage)), measured when the node
+//! backend reports ([`StorageOp::Usage`](crate::storage::StorageOp)), measured when the node
 //! opens and again every [`USAGE_REFRESH`], plus what the node committed since: a store shared by
 //! several server instances may overshoot by what the others wrote since the last measurement.
 

@@ -1,27 +1,6 @@
 //! One server-side physical connection: a server-role mux session plus the codec work, translating
-//! between frames and the engine's typed inputs and outputs, within the connection's memory budget.
-//!
-//! # Memory budget
-//!
-//! Everything the server holds for a connection is charged to one budget ([`ConnectionConfig`],
-//! 64 MiB by default), so that no client can make the server hold more for it, whatever it sends or
-//! fails to read:
-//!
-//! * **input**: the frames queued in the mux (encoded bytes) and the messages forwarded to the engine
-//!   and not yet released ([`Message::footprint`](crate::wire::Message::footprint); a producer's
-//!   records until their chunk is committed). While input holds half the budget, the driver stops
-//!   reading the socket ([`ServerConnection::wants_input`]), no message is forwarded, and the streams
-//!   holding input are asked to release it ([`EngineInput::Pressure`]: producers commit the records
-//!   they have). TCP then slows the peer down; nothing is dropped.
-//! * **output**: the frames waiting to be written. While they hold half the budget, the send credit of
-//!   every stream is held back (the engine stops producing answers) and new requests wait in the mux.
-//!   Streams already sending can still finish their credit; if the output then holds more than the
-//!   whole budget, the stream with the most queued bytes is ended with [`MEMORY_BUDGET_EXCEEDED`] (an
-//!   `error` frame), and if the bytes belong to streams already finished, the connection is closed
-//!   with that reason.
-//!
-//! So a connection holds at most about the budget plus half of it plus one frame, and only a peer that
-//! does not read its socket can make it end a stream.
+//! between frames and the engine's typed inputs and outputs, within the connection's memory budget
+//! (see [`ServerConnection`]).
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
@@ -49,7 +28,7 @@ pub const MEMORY_BUDGET_EXCEEDED: &str = "connection memory budget exceeded";
 /// Tunables of a [`ServerConnection`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionConfig {
-    /// Bytes the server may hold for the connection (see the [module](self) docs); at least twice the
+    /// Bytes the server may hold for the connection (see [`ServerConnection`]); at least twice the
     /// largest frame is sensible, so that one frame of each direction always fits.
     pub memory_budget: usize,
 }
@@ -95,7 +74,32 @@ impl ConnStream {
     }
 }
 
-/// A server connection; see the [module](self) docs for the memory budget.
+/// A server connection.
+///
+/// # Memory budget
+///
+/// Everything the server holds for a connection is charged to one budget ([`ConnectionConfig`],
+/// 64 MiB by default), so that no client can make the server hold more for it, whatever it sends or
+/// fails to read:
+///
+/// * **input**: the frames queued in the mux (encoded bytes) and the messages forwarded to the engine
+///   and not yet released ([`Message::footprint`](crate::wire::Message::footprint); a producer's
+///   records until their chunk is committed). While input holds half the budget, the driver stops
+///   reading the socket ([`ServerConnection::wants_input`]), no message is forwarded, and the streams
+///   holding input are asked to release it ([`EngineInput::Pressure`]: producers commit the records
+///   they have). TCP then slows the peer down; nothing is dropped.
+/// * **output**: the frames waiting to be written. While they hold half the budget, the send credit of
+///   every stream is held back (the engine stops producing answers) and new requests wait in the mux.
+///   Streams already sending can still finish their credit; if the output then holds more than the
+///   whole budget, the stream with the most queued bytes is ended with [`MEMORY_BUDGET_EXCEEDED`] (an
+///   `error` frame), and if the bytes belong to streams already finished, the connection is closed
+///   with that reason.
+///
+/// * **requests**: at most [`MAX_STARTING`] requests are forwarded and not yet started by the engine,
+///   so a burst of new streams cannot produce a burst of first answers beyond the budget.
+///
+/// So a connection holds at most about the budget plus half of it plus one frame, and only a peer that
+/// does not read its socket can make it end a stream.
 ///
 /// Driver contract: feed frames with [`handle_frame`](Self::handle_frame) (only while
 /// [`wants_input`](Self::wants_input)), engine outputs for this connection with
