@@ -27,7 +27,9 @@ mod engine;
 #[cfg(test)]
 mod tests;
 
-pub use connection::{ConnectionConfig, DEFAULT_MEMORY_BUDGET, MEMORY_BUDGET_EXCEEDED, ServerConnection};
+pub use connection::{
+    ConnectionConfig, DEFAULT_MEMORY_BUDGET, MAX_STARTING, MEMORY_BUDGET_EXCEEDED, ServerConnection,
+};
 pub use engine::{Engine, EngineConfig, EngineEffect, STORE_UNAVAILABLE};
 
 use alloc::string::String;
