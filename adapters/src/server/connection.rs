@@ -108,6 +108,7 @@ pub async fn run_connection(accepted: AcceptedWebSocket, context: ConnectionCont
         input_ended: false,
         write_failed: false,
         over_since: None,
+        armed: None,
         ending: Ending::Mux,
     };
     poll_fn(|cx| driver.poll_drive(cx)).await;
@@ -161,6 +162,8 @@ struct Driver {
     write_failed: bool,
     /// When the connection was found over (shut down), for [`SHUTDOWN_FLUSH`].
     over_since: Option<Millis>,
+    /// The deadline the timer is armed for.
+    armed: Option<Millis>,
     ending: Ending,
 }
 
@@ -331,7 +334,11 @@ impl Driver {
             let since = *self.over_since.get_or_insert(now);
             deadline = since + Millis(SHUTDOWN_FLUSH.as_millis() as u64);
         }
-        self.timer.as_mut().reset(self.clock.instant_of(deadline));
+        // Re-arming costs a trip through the runtime's timer wheel: only when the deadline moved.
+        if self.armed != Some(deadline) {
+            self.armed = Some(deadline);
+            self.timer.as_mut().reset(self.clock.instant_of(deadline));
+        }
         // Timers may fire late or (tokio's budget) report Pending past their deadline: the clock decides.
         if now < deadline && self.timer.as_mut().poll_elapsed(cx).is_pending() {
             return false;
