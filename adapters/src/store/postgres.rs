@@ -753,90 +753,88 @@ impl PgStore {
         result.unwrap_or_else(StorageResult::Failed)
     }
 
-    /// Bytes of the store's keys and values (a scan of the store's rows: for storage quotas, which
-    /// ask rarely).
-    pub async fn usage(&self) -> Result<u64, KvError> {
+    /// Runs one read of this store on the I/O runtime: refused once the store is closed (and waited
+    /// for by `close`), counted, and repeated once on a fresh connection if its connection was found
+    /// broken. `query` runs the statement on a pooled connection.
+    async fn read<T, F, Fut>(&self, operation: &'static str, query: F) -> Result<T, KvError>
+    where
+        T: Send + 'static,
+        F: Fn(deadpool_postgres::Client, Arc<Shared>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send,
+    {
         let token = self.enter()?;
         let shared = Arc::clone(&self.db.shared);
         let store = self.store;
         let result = sidecar::run(async move {
             add(&shared.counters.reads, 1);
-            with_retry_on_broken(&shared.pool, "usage", store, |client| {
-                let sql = &shared.sql.usage;
-                async move {
-                    let statement = client.prepare_cached(sql).await?;
-                    let row = client.query_one(&statement, &[&store]).await?;
-                    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
-                }
-            })
-            .await
+            with_retry_on_broken(&shared.pool, operation, store, |client| query(client, Arc::clone(&shared)))
+                .await
         })
         .await;
         drop(token);
         result.map_err(KvError)?
+    }
+
+    /// Bytes of the store's keys and values (a scan of the store's rows: for storage quotas, which
+    /// ask rarely).
+    pub async fn usage(&self) -> Result<u64, KvError> {
+        let store = self.store;
+        self.read("usage", move |client, shared| async move {
+            let statement = client.prepare_cached(&shared.sql.usage).await?;
+            let row = client.query_one(&statement, &[&store]).await?;
+            Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+        })
+        .await
     }
 
     /// Reads one key.
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError> {
-        let token = self.enter()?;
-        let shared = Arc::clone(&self.db.shared);
         let store = self.store;
-        let result = sidecar::run(async move {
-            add(&shared.counters.reads, 1);
-            with_retry_on_broken(&shared.pool, "get", store, |client| {
-                let sql = &shared.sql.get;
-                let key = &key;
-                async move {
-                    let statement = client.prepare_cached(sql).await?;
-                    let row = client.query_opt(&statement, &[&store, key]).await?;
-                    Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
-                }
-            })
-            .await
+        let key = Arc::new(key);
+        self.read("get", move |client, shared| {
+            let key = Arc::clone(&key);
+            async move {
+                let statement = client.prepare_cached(&shared.sql.get).await?;
+                let row = client.query_opt(&statement, &[&store, &*key]).await?;
+                Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
+            }
         })
-        .await;
-        drop(token);
-        result.map_err(KvError)?
+        .await
     }
 
     /// Reads up to `range.limit` pairs of `range` (see [`OrderedKv::scan`]).
     pub async fn scan(&self, range: ScanRange) -> Result<Vec<KvPair>, KvError> {
-        let token = self.enter()?;
         if range.limit == 0 || range.start >= range.end {
+            // Still refused on a closed store, like every operation.
+            self.enter()?;
             return Ok(Vec::new());
         }
-        let shared = Arc::clone(&self.db.shared);
         let store = self.store;
-        let result = sidecar::run(async move {
-            add(&shared.counters.reads, 1);
-            let limit = i64::try_from(range.limit).unwrap_or(i64::MAX);
-            let max_bytes = i64::try_from(range.max_bytes).ok();
-            let sql = match (range.reverse, max_bytes.is_some()) {
-                (false, false) => &shared.sql.scan_forward,
-                (true, false) => &shared.sql.scan_backward,
-                (false, true) => &shared.sql.scan_forward_bounded,
-                (true, true) => &shared.sql.scan_backward_bounded,
-            };
-            with_retry_on_broken(&shared.pool, "scan", store, |client| {
-                let range = &range;
-                async move {
-                    let statement = client.prepare_cached(sql).await?;
-                    let rows = match &max_bytes {
-                        None => client.query(&statement, &[&store, &range.start, &range.end, &limit]).await?,
-                        Some(max_bytes) => {
-                            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-                                [&store, &range.start, &range.end, &limit, max_bytes];
-                            client.query(&statement, &params).await?
-                        }
-                    };
-                    Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
-                }
-            })
-            .await
+        let range = Arc::new(range);
+        self.read("scan", move |client, shared| {
+            let range = Arc::clone(&range);
+            async move {
+                let limit = i64::try_from(range.limit).unwrap_or(i64::MAX);
+                let max_bytes = i64::try_from(range.max_bytes).ok();
+                let sql = match (range.reverse, max_bytes.is_some()) {
+                    (false, false) => &shared.sql.scan_forward,
+                    (true, false) => &shared.sql.scan_backward,
+                    (false, true) => &shared.sql.scan_forward_bounded,
+                    (true, true) => &shared.sql.scan_backward_bounded,
+                };
+                let statement = client.prepare_cached(sql).await?;
+                let rows = match &max_bytes {
+                    None => client.query(&statement, &[&store, &range.start, &range.end, &limit]).await?,
+                    Some(max_bytes) => {
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                            [&store, &range.start, &range.end, &limit, max_bytes];
+                        client.query(&statement, &params).await?
+                    }
+                };
+                Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+            }
         })
-        .await;
-        drop(token);
-        result.map_err(KvError)?
+        .await
     }
 
     /// Commits `batches` atomically, possibly in one transaction with other callers' batches (of any
