@@ -115,6 +115,11 @@ pub struct ServerConnection {
     engine_held: u64,
     /// Streams whose request is forwarded and not started yet (at most [`MAX_STARTING`]).
     starting: usize,
+    /// A stream stopped forwarding because of the budget (not its own window): when the budget frees
+    /// up, every stream is pumped again. Otherwise only the stream concerned is.
+    budget_blocked: bool,
+    /// Some stream holds credit taken back while the output was over half the budget.
+    credit_deferred: bool,
     to_engine: VecDeque<EngineInput>,
     shutdown: Option<String>,
     /// The latest time an input brought.
@@ -137,6 +142,8 @@ impl ServerConnection {
             streams: BTreeMap::new(),
             engine_held: 0,
             starting: 0,
+            budget_blocked: false,
+            credit_deferred: false,
             to_engine: VecDeque::new(),
             shutdown: None,
             now: Millis::ZERO,
@@ -270,11 +277,10 @@ impl ServerConnection {
                         s.pressured = false;
                     }
                 }
+                self.pump(channel);
                 if bytes > 0 {
-                    // Released input may unblock any stream waiting for the budget.
-                    self.pump_all();
-                } else {
-                    self.pump(channel);
+                    // Released input may unblock the streams waiting for the budget.
+                    self.pump_blocked();
                 }
             }
         }
@@ -297,6 +303,7 @@ impl ServerConnection {
                         if over {
                             s.deferred.0 = s.deferred.0.saturating_add(frames);
                             s.deferred.1 = s.deferred.1.saturating_add(charge);
+                            self.credit_deferred = true;
                         } else {
                             self.to_engine.push_back(EngineInput::Credit { stream, frames, bytes: charge });
                         }
@@ -327,20 +334,19 @@ impl ServerConnection {
             return;
         }
         let half = self.half_budget();
-        if self.output_held() < half {
-            let mut released = false;
+        if self.credit_deferred && self.output_held() < half {
+            self.credit_deferred = false;
             for (channel, s) in &mut self.streams {
                 let (frames, bytes) = core::mem::take(&mut s.deferred);
                 if frames > 0 || bytes > 0 {
                     let stream = StreamId { conn: self.conn, channel: *channel };
                     self.to_engine.push_back(EngineInput::Credit { stream, frames, bytes });
-                    released = true;
                 }
             }
-            if released {
-                // New requests may have been waiting for the output to drain.
-                self.pump_all();
-            }
+        }
+        if self.output_held() < half {
+            // New requests may have been waiting for the output to drain.
+            self.pump_blocked();
         }
         if self.input_held() >= half {
             for (channel, s) in &mut self.streams {
@@ -368,8 +374,11 @@ impl ServerConnection {
         }
     }
 
-    /// Forwards what every stream can forward now (after the budget freed up).
-    fn pump_all(&mut self) {
+    /// Forwards what the streams the budget held back can forward now.
+    fn pump_blocked(&mut self) {
+        if !core::mem::take(&mut self.budget_blocked) {
+            return;
+        }
         let channels: Vec<Uuid> = self.streams.keys().copied().collect();
         for channel in channels {
             self.pump(channel);
@@ -387,7 +396,11 @@ impl ServerConnection {
             let opening_blocked = self.output_held() >= half || self.starting >= MAX_STARTING;
             let engine_over = self.engine_held >= half;
             let Some(state) = self.streams.get_mut(&channel) else { return };
-            if state.window == 0 || engine_over || (!state.opened && opening_blocked) {
+            if state.window == 0 {
+                return;
+            }
+            if engine_over || (!state.opened && opening_blocked) {
+                self.budget_blocked = true;
                 return;
             }
             let Some(item) = self.mux.recv(channel) else { return };
