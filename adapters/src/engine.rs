@@ -80,6 +80,15 @@ impl std::fmt::Debug for EngineHandle {
     }
 }
 
+/// Why [`EngineHandle::try_send`] did not deliver.
+#[derive(Debug)]
+pub enum TrySendInputs {
+    /// The inbox is full: the inputs, to send again (and wait) later.
+    Full(Vec<EngineInput>),
+    /// The engine task is gone.
+    Stopped,
+}
+
 /// The engine task is gone (server shut down).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("engine stopped")]
@@ -105,6 +114,15 @@ impl EngineHandle {
             return Ok(());
         }
         self.tx.send(EngineMsg::Inputs(inputs)).await.map_err(|_| EngineStopped)
+    }
+
+    /// Delivers inputs if the inbox has room; gives them back if it is full.
+    pub fn try_send(&self, inputs: Vec<EngineInput>) -> Result<(), TrySendInputs> {
+        match self.tx.try_send(EngineMsg::Inputs(inputs)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(EngineMsg::Inputs(inputs))) => Err(TrySendInputs::Full(inputs)),
+            Err(_) => Err(TrySendInputs::Stopped),
+        }
     }
 
     /// Shuts the engine down at once: every stream is closed, every store flushed and closed.

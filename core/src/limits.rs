@@ -142,18 +142,16 @@ fn exceeded(kind: LimitKind, what: &str, limit: usize, unit: &str) -> LimitExcee
 }
 
 impl RequestLimits {
-    fn name(&self, what: &str, name: &str) -> Result<(), LimitExceeded> {
-        if name.len() > self.max_name_bytes {
-            return Err(exceeded(LimitKind::Name, what, self.max_name_bytes, "bytes"));
+    /// Checks a name-like string (space, segment, lease key or holder) against `max_name_bytes`.
+    fn short(&self, kind: LimitKind, what: &str, value: &str) -> Result<(), LimitExceeded> {
+        if value.len() > self.max_name_bytes {
+            return Err(exceeded(kind, what, self.max_name_bytes, "bytes"));
         }
         Ok(())
     }
 
-    fn lease_field(&self, what: &str, value: &str) -> Result<(), LimitExceeded> {
-        if value.len() > self.max_name_bytes {
-            return Err(exceeded(LimitKind::LeaseField, what, self.max_name_bytes, "bytes"));
-        }
-        Ok(())
+    fn name(&self, what: &str, name: &str) -> Result<(), LimitExceeded> {
+        self.short(LimitKind::Name, what, name)
     }
 
     fn metadata(
@@ -177,6 +175,10 @@ impl RequestLimits {
         let space_and_segment = |space: &str, segment: &str| {
             self.name("space", space)?;
             self.name("segment", segment)
+        };
+        let lease = |key: &str, holder: &str| {
+            self.short(LimitKind::LeaseField, "lease key", key)?;
+            self.short(LimitKind::LeaseField, "lease holder", holder)
         };
         match request {
             Request::Produce(r) => space_and_segment(&r.space, &r.segment),
@@ -203,18 +205,9 @@ impl RequestLimits {
                 &r.metadata,
                 self.max_worker_metadata_bytes,
             ),
-            Request::LeaseAcquire(r) => {
-                self.lease_field("lease key", &r.key)?;
-                self.lease_field("lease holder", &r.holder)
-            }
-            Request::LeaseRenew(r) => {
-                self.lease_field("lease key", &r.key)?;
-                self.lease_field("lease holder", &r.holder)
-            }
-            Request::LeaseRelease(r) => {
-                self.lease_field("lease key", &r.key)?;
-                self.lease_field("lease holder", &r.holder)
-            }
+            Request::LeaseAcquire(r) => lease(&r.key, &r.holder),
+            Request::LeaseRenew(r) => lease(&r.key, &r.holder),
+            Request::LeaseRelease(r) => lease(&r.key, &r.holder),
         }
     }
 

@@ -26,7 +26,7 @@ use streamkit_core::mux::{MUXER_CLOSED, MuxConfig, MuxCounters, MuxSession, Role
 use streamkit_core::server::{ConnectionConfig, EngineOutput, ServerConnection};
 
 use crate::clock::WallClock;
-use crate::engine::{EngineHandle, EngineStopped};
+use crate::engine::{EngineHandle, EngineStopped, TrySendInputs};
 use crate::http::AcceptedWebSocket;
 use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit};
 use crate::metrics::{ErrorKind, Metrics};
@@ -222,8 +222,18 @@ impl Driver {
                 return progress;
             }
             let inputs: Vec<_> = std::iter::from_fn(|| self.conn.poll_engine_input()).collect();
-            let engine = self.engine.clone();
-            self.forwarding = Some(Box::pin(async move { engine.send(inputs).await }));
+            match self.engine.try_send(inputs) {
+                Ok(()) => return true,
+                Err(TrySendInputs::Stopped) => {
+                    self.engine_stopped();
+                    return true;
+                }
+                // Only a full inbox costs a future that waits for room.
+                Err(TrySendInputs::Full(inputs)) => {
+                    let engine = self.engine.clone();
+                    self.forwarding = Some(Box::pin(async move { engine.send(inputs).await }));
+                }
+            }
         }
     }
 
