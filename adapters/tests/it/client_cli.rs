@@ -2,10 +2,11 @@
 //! `produce`, `consume`, `peek`, `spaces`, `segments`, and a graceful stop on SIGTERM.
 #![cfg(feature = "cli")]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+
+use crate::support::{announced_address, stdout_lines, terminate};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamkit");
 
@@ -28,42 +29,18 @@ impl Server {
             command.env("STREAMKIT_JWT_SECRET", secret);
         }
         let mut child = command.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let lines = stdout_lines(&mut child);
         Self { child, lines }
     }
 
     /// Stdout lines up to and including the "listening" line; the address it names.
     fn wait_listening(&self) -> (String, Vec<String>) {
-        let mut seen = Vec::new();
-        loop {
-            let line = self.lines.recv_timeout(Duration::from_secs(20)).expect("server printed its address");
-            if let Some(rest) = line.strip_prefix("streamkit listening on ") {
-                let addr = rest.split_whitespace().next().unwrap().to_owned();
-                return (format!("ws://{addr}"), seen);
-            }
-            seen.push(line);
-        }
+        let (addr, before) = announced_address(&self.lines);
+        (format!("ws://{addr}"), before)
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut self.child)
     }
 }
 

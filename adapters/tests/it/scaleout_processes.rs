@@ -8,7 +8,6 @@
 use crate::scaleout_support;
 use crate::support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +27,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_streamkit");
 struct Instance {
     child: Child,
     url: String,
+    /// Its stdout, drained by a thread.
+    stdout: std::sync::mpsc::Receiver<String>,
 }
 
 impl Instance {
@@ -42,26 +43,12 @@ impl Instance {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take();
+        let lines = support::stdout_lines(&mut child);
         // Owned from here on: dropped (killed and reaped) on every path, a failed start included.
-        let mut instance = Self { child, url: String::new() };
-        let stdout = stdout.expect("piped stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        loop {
-            let line = lines.recv_timeout(PATIENCE).expect("the server printed its address");
-            if let Some(rest) = line.strip_prefix("streamkit listening on ") {
-                let addr = rest.split_whitespace().next().unwrap();
-                instance.url = format!("ws://{addr}");
-                return instance;
-            }
-        }
+        let mut instance = Self { child, url: String::new(), stdout: lines };
+        let (addr, _) = support::announced_address(&instance.stdout);
+        instance.url = format!("ws://{addr}");
+        instance
     }
 
     fn kill(&mut self) {

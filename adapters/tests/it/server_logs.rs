@@ -4,7 +4,7 @@
 //! contain an escape character. A flood of refused tokens must not become a flood of log lines.
 #![cfg(feature = "cli")]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -18,6 +18,8 @@ use futures_util::StreamExt;
 use streamkit::client::{Client, ClientOptions, static_token};
 use streamkit::core::api::Record;
 use streamkit::runtime::{Runtime, TokioRuntime};
+
+use crate::support::{announced_address, stdout_lines, terminate};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamkit");
 const SECRET: &str = "server-logs-secret";
@@ -36,6 +38,8 @@ const FORGED_SPACE_ESCAPED: &str = r"orders\n<forged space>\x1b[31m";
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// Its stdout, drained by a thread.
+    _stdout: mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -51,31 +55,14 @@ impl Server {
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let addr = lines.by_ref().map_while(Result::ok).find_map(|line| {
-                line.strip_prefix("streamkit listening on ")
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|addr| addr.parse::<SocketAddr>().ok())
-            });
-            let _ = tx.send(addr);
-            for _ in lines {}
-        });
-        let addr =
-            rx.recv_timeout(Duration::from_secs(60)).ok().flatten().expect("server printed its address");
-        Self { child, addr }
+        let lines = stdout_lines(&mut child);
+        let (addr, _) = announced_address(&lines);
+        Self { child, addr, _stdout: lines }
     }
 
     /// SIGTERM, then waits for the exit, so everything logged is in the file.
     fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut self.child);
     }
 }
 

@@ -461,3 +461,50 @@ pub fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     }));
     outputs.into_iter().flatten().collect()
 }
+
+// -------------------------------------------------------------------------------------------------
+// the `streamkit` binary as a child process
+
+/// The lines a child prints on stdout, read on a thread of their own that keeps draining the pipe
+/// (also once nobody listens any more), so the child never blocks on it.
+pub fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    lines
+}
+
+/// Reads `lines` up to `streamkit serve`'s `streamkit listening on ADDR …` line: the address, and the
+/// lines printed before it.
+pub fn announced_address(lines: &std::sync::mpsc::Receiver<String>) -> (SocketAddr, Vec<String>) {
+    let mut before = Vec::new();
+    loop {
+        let line = lines.recv_timeout(Duration::from_secs(60)).expect("the server printed its address");
+        let addr = line
+            .strip_prefix("streamkit listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.parse().ok());
+        match addr {
+            Some(addr) => return (addr, before),
+            None => before.push(line),
+        }
+    }
+}
+
+/// Stops a child with SIGTERM and waits (up to 30 s) for it to exit.
+pub fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
