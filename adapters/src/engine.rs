@@ -426,7 +426,7 @@ impl EngineTask {
                 }
                 self.opened(*stream, *store, request);
             }
-            EngineInput::Message { stream, message: Message::Record(record) } => {
+            EngineInput::Message { stream, message: Message::Record(record), .. } => {
                 if let Some(pending) = self.streams.get_mut(stream).and_then(|m| m.unacknowledged.as_mut()) {
                     let bytes = record.payload.as_ref().map_or(0, |p| p.len() as u64);
                     pending.push_back((record.sequence, bytes));
@@ -555,7 +555,7 @@ impl EngineTask {
     /// Routes an output to its connection, after the bookkeeping it implies.
     fn output(&mut self, output: EngineOutput) {
         match &output {
-            EngineOutput::Send { stream, message: Message::Status(status) } => {
+            EngineOutput::Send { stream, message: Message::Status(status), .. } => {
                 if let Some(pending) = self.streams.get_mut(stream).and_then(|m| m.unacknowledged.as_mut()) {
                     let (mut records, mut bytes) = (0, 0);
                     while let Some(&(sequence, size)) = pending.front() {

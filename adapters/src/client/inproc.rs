@@ -50,7 +50,8 @@ pub(crate) async fn spawn_driver(
 
 /// An answer waiting for room in the operation's channel (at most the engine's send credit of them).
 enum Pending {
-    Message(Message),
+    /// An answer and what it cost the engine's send credit.
+    Message(Message, u64),
     End(Result<(), Error>),
 }
 
@@ -156,7 +157,9 @@ impl Driver {
         let channel = output.stream().channel;
         let Some(stream) = self.streams.get_mut(&channel) else { return };
         match output {
-            EngineOutput::Send { message, .. } => stream.pending.push_back(Pending::Message(message)),
+            EngineOutput::Send { message, charge, .. } => {
+                stream.pending.push_back(Pending::Message(message, charge));
+            }
             EngineOutput::Close { error, .. } => stream.pending.push_back(Pending::End(match error {
                 None => Ok(()),
                 Some(error) => Err(Error::from_stream_end(&format!("remote closed stream: {error}"))),
@@ -175,15 +178,15 @@ impl Driver {
         let (mut delivered, mut bytes) = (0u32, 0u64);
         let mut ended = None;
         while let Some(front) = stream.pending.front() {
-            if matches!(front, Pending::Message(_)) && !stream.handle.has_room() {
+            if matches!(front, Pending::Message(..)) && !stream.handle.has_room() {
                 if stream.handle.mark_stalled() {
                     continue;
                 }
                 break;
             }
             match stream.pending.pop_front() {
-                Some(Pending::Message(message)) => {
-                    bytes += message.footprint() as u64;
+                Some(Pending::Message(message, charge)) => {
+                    bytes += charge;
                     stream.handle.deliver(message);
                     delivered += 1;
                 }
@@ -212,7 +215,8 @@ impl Driver {
             }
             Command::Send { channel, message } => {
                 if self.streams.contains_key(&channel) {
-                    inputs.push(EngineInput::Message { stream: self.stream_id(channel), message });
+                    let charge = message.footprint() as u64;
+                    inputs.push(EngineInput::Message { stream: self.stream_id(channel), message, charge });
                 }
             }
             Command::CloseSend { channel, err } => {

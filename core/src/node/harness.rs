@@ -412,15 +412,15 @@ impl NodeHarness {
 
     fn apply(&mut self, out: NodeOutput) {
         match out {
-            NodeOutput::Send { stream, message } => {
+            NodeOutput::Send { stream, message, charge } => {
                 let log = self.logs.entry(stream).or_default();
                 assert!(log.closed.is_none(), "message after close on {stream:?}: {message:?}");
-                let footprint = message.footprint() as u64;
+                assert_eq!(charge, message.footprint() as u64, "a message is charged its footprint");
                 log.sent.push(message);
                 if self.manual_credit {
-                    self.unacked.entry(stream).or_default().push_back(footprint);
+                    self.unacked.entry(stream).or_default().push_back(charge);
                 } else {
-                    self.node.handle_credit(self.now, stream, 1, footprint);
+                    self.node.handle_credit(self.now, stream, 1, charge);
                 }
             }
             NodeOutput::Close { stream, error } => {

@@ -25,6 +25,9 @@ pub enum NodeOutput {
         stream: StreamId,
         /// The message.
         message: Message,
+        /// What the message cost the stream's send credit ([`Message::footprint`]): the transport
+        /// gives exactly this back once the message left.
+        charge: u64,
     },
     /// End the stream: send `mux::close` (with `error` if any) and forget it (Go `closeSendAndRelease`).
     /// The node emits nothing more for this stream and ignores later inputs for it.

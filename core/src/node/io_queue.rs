@@ -62,12 +62,13 @@ impl Io {
         if !self.open.contains(&stream) {
             return;
         }
+        let charge = message.footprint() as u64;
         if let Some(c) = self.credit.get_mut(&stream) {
             c.messages -= 1;
-            c.bytes = c.bytes.saturating_sub(i64::try_from(message.footprint()).unwrap_or(i64::MAX));
+            c.bytes = c.bytes.saturating_sub(i64::try_from(charge).unwrap_or(i64::MAX));
             c.in_flight += 1;
         }
-        self.out.push_back(NodeOutput::Send { stream, message });
+        self.out.push_back(NodeOutput::Send { stream, message, charge });
     }
 
     /// Messages the stream may send now: its message credit while it has byte credit left, else

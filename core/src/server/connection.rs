@@ -234,12 +234,11 @@ impl ServerConnection {
     pub fn handle_engine(&mut self, now: Millis, output: EngineOutput) {
         let channel = output.stream().channel;
         match output {
-            EngineOutput::Send { message, .. } => {
+            EngineOutput::Send { message, charge, .. } => {
                 if !self.streams.contains_key(&channel) {
                     return;
                 }
                 let payload = self.mux.codec().encode_message(&message);
-                let charge = message.footprint() as u64;
                 match self.mux.send_charged(now, channel, payload, charge) {
                     Ok(()) => {}
                     Err(MuxError::PayloadTooLarge { .. }) => {
@@ -433,10 +432,10 @@ impl ServerConnection {
                     state.window -= 1;
                     let input = match codec.decode_message(kind, &bytes) {
                         Ok(message) => {
-                            let footprint = message.footprint() as u64;
-                            state.input_held += footprint;
-                            self.engine_held += footprint;
-                            EngineInput::Message { stream, message }
+                            let charge = message.footprint() as u64;
+                            state.input_held += charge;
+                            self.engine_held += charge;
+                            EngineInput::Message { stream, message, charge }
                         }
                         Err(e) => EngineInput::Invalid { stream, error: format!("{e}") },
                     };

@@ -70,7 +70,8 @@ pub enum EngineEffect {
 }
 
 enum Inbound {
-    Message(Message),
+    /// A message and what the connection charged for it.
+    Message(Message, u64),
     Invalid(String),
     End(StreamEnd),
 }
@@ -132,7 +133,9 @@ impl Engine {
         self.advance(now);
         match input {
             EngineInput::Open { stream, store, request } => self.open(stream, store, request),
-            EngineInput::Message { stream, message } => self.enqueue(stream, Inbound::Message(message)),
+            EngineInput::Message { stream, message, charge } => {
+                self.enqueue(stream, Inbound::Message(message, charge));
+            }
             EngineInput::Invalid { stream, error } => self.enqueue(stream, Inbound::Invalid(error)),
             EngineInput::End { stream, end } => self.enqueue(stream, Inbound::End(end)),
             EngineInput::Aborted { stream } => {
@@ -221,14 +224,13 @@ impl Engine {
         let (mut taken, mut released) = (0u32, 0u64);
         loop {
             match slot.inbox.front() {
-                Some(Inbound::Message(_)) if node.accepts_input(&stream) => {
-                    if let Some(Inbound::Message(message)) = slot.inbox.pop_front() {
-                        let footprint = message.footprint() as u64;
+                Some(Inbound::Message(..)) if node.accepts_input(&stream) => {
+                    if let Some(Inbound::Message(message, charge)) = slot.inbox.pop_front() {
                         node.handle_message(self.now, stream, message);
                         taken += 1;
                         // An operation that keeps its input (a producer) releases it itself.
                         if !node.holds_input(&stream) {
-                            released += footprint;
+                            released += charge;
                         }
                     }
                 }
@@ -283,8 +285,8 @@ impl Engine {
                 }
                 ManagerOutput::Node { store_id: store, output } => {
                     let effect = match output {
-                        NodeOutput::Send { stream, message } => {
-                            EngineEffect::Output(EngineOutput::Send { stream, message })
+                        NodeOutput::Send { stream, message, charge } => {
+                            EngineEffect::Output(EngineOutput::Send { stream, message, charge })
                         }
                         NodeOutput::Close { stream, error } => {
                             self.slots.remove(&stream);

@@ -60,6 +60,9 @@ pub enum EngineInput {
         stream: StreamId,
         /// The message.
         message: Message,
+        /// What it counts against the connection's memory budget ([`Message::footprint`]): the
+        /// engine gives exactly this back in [`EngineOutput::InputCredit`] once released.
+        charge: u64,
     },
     /// A later message that could not be decoded; the operation fails with this text.
     Invalid {
@@ -122,6 +125,8 @@ pub enum EngineOutput {
         stream: StreamId,
         /// The message.
         message: Message,
+        /// Its cost to the stream's send credit, given back in [`EngineInput::Credit`] once sent.
+        charge: u64,
     },
     /// End the stream with `mux::close` (and `error` if any), then forget it.
     Close {

@@ -110,7 +110,8 @@ fn a_peer_that_does_not_read_holds_back_credit_then_loses_its_largest_stream() {
     assert_eq!(engine_inputs(&mut server).len(), 3, "three requests forwarded");
     let sized = |stream: &StreamId, bytes: usize| {
         let entry = Entry { payload: Some(vec![5u8; bytes]), space: "s".into(), ..Entry::default() };
-        EngineOutput::Send { stream: *stream, message: Message::Entry(entry) }
+        let message = Message::Entry(entry);
+        EngineOutput::Send { stream: *stream, charge: message.footprint() as u64, message }
     };
     let entry = |stream: &StreamId| sized(stream, 30_000);
     // The socket takes the first frames, then nothing more.
