@@ -685,9 +685,8 @@ impl MuxSession {
             self.abort_stream(victim, OVERLOAD_REASON);
         }
     }
-}
 
-impl MuxSession {
+    /// Whether `channel`'s inbound queue holds more than its bounds allow.
     fn is_over_bound(&self, channel: Uuid) -> bool {
         self.streams.get(&channel).is_some_and(|s| {
             s.queued_payloads() > self.config.stream_queue_messages
