@@ -416,7 +416,7 @@ impl EngineTask {
     /// One input from a connection: bookkeeping, then the engine.
     fn input(&mut self, now: streamkit_core::Millis, input: EngineInput) {
         match &input {
-            EngineInput::Open { stream, store, request } => {
+            EngineInput::Open { stream, store, request, .. } => {
                 if !matches!(self.phase, Phase::Running) {
                     let operation = request.as_ref().map_or(Operation::Invalid, |e| describe(e).0);
                     self.metrics.operation(operation, Outcome::Rejected);

@@ -215,8 +215,8 @@ impl Driver {
             }
             Command::Send { channel, message } => {
                 if self.streams.contains_key(&channel) {
-                    let charge = message.footprint() as u64;
-                    inputs.push(EngineInput::Message { stream: self.stream_id(channel), message, charge });
+                    let stream = self.stream_id(channel);
+                    inputs.push(EngineInput::Message { stream, message, charge: 0 });
                 }
             }
             Command::CloseSend { channel, err } => {
@@ -258,7 +258,9 @@ impl Driver {
             new_stream(channel, self.options.stream_buffer, INPUT_WINDOW, commands, self.signals.clone());
         self.streams.insert(channel, Stream { handle, pending: VecDeque::new() });
         let envelope = request.into_envelope();
-        inputs.push(EngineInput::Open { stream: self.stream_id(channel), store, request: Ok(envelope) });
+        // No memory budget here: the operation's own channel bounds what it sends.
+        let stream = self.stream_id(channel);
+        inputs.push(EngineInput::Open { stream, store, request: Ok(envelope), charge: 0 });
         Ok(op)
     }
 

@@ -413,17 +413,18 @@ impl ServerConnection {
                     let request = match codec.decode_message(MessageKind::Envelope, &bytes) {
                         Ok(crate::wire::Message::Envelope(env)) => {
                             state.inbound = env.clone().into_request().ok().and_then(|r| r.inbound_kind());
-                            // Held until the engine started the request (a store may be opening).
-                            let footprint = crate::wire::envelope_footprint(&env) as u64;
-                            state.input_held += footprint;
-                            self.engine_held += footprint;
                             Ok(env)
                         }
                         Ok(_) => Err(String::from("invalid envelope")),
                         Err(e) => Err(format!("{e}")),
                     };
+                    // Held until the engine started the request (its store may be opening).
+                    let charge =
+                        request.as_ref().map_or(0, |env| crate::wire::envelope_footprint(env) as u64);
+                    state.input_held += charge;
+                    self.engine_held += charge;
                     let store = state.store;
-                    self.to_engine.push_back(EngineInput::Open { stream, store, request });
+                    self.to_engine.push_back(EngineInput::Open { stream, store, request, charge });
                 }
                 StreamInput::Payload(bytes) => {
                     // Operations that read nothing after their request never see more data (Go never

@@ -78,6 +78,8 @@ enum Inbound {
 
 struct Slot {
     store: Uuid,
+    /// What the connection charged for the request, given back when it starts.
+    request_charge: u64,
     /// Messages forwarded by the connection that the operation has not taken yet (at most INPUT_WINDOW).
     inbox: VecDeque<Inbound>,
 }
@@ -132,7 +134,7 @@ impl Engine {
     pub fn handle_input(&mut self, now: Millis, input: EngineInput) {
         self.advance(now);
         match input {
-            EngineInput::Open { stream, store, request } => self.open(stream, store, request),
+            EngineInput::Open { stream, store, request, charge } => self.open(stream, store, request, charge),
             EngineInput::Message { stream, message, charge } => {
                 self.enqueue(stream, Inbound::Message(message, charge));
             }
@@ -162,11 +164,11 @@ impl Engine {
         self.drain();
     }
 
-    fn open(&mut self, stream: StreamId, store: Uuid, request: Result<Envelope, String>) {
-        self.slots.insert(stream, Slot { store, inbox: VecDeque::new() });
+    fn open(&mut self, stream: StreamId, store: Uuid, request: Result<Envelope, String>, charge: u64) {
+        self.slots.insert(stream, Slot { store, request_charge: charge, inbox: VecDeque::new() });
         match self.manager.get_or_create(self.now, store, (stream, request)) {
             Access::Ready(node, (stream, request)) => {
-                Self::start(node, &mut self.effects, self.now, stream, request);
+                Self::start(node, &mut self.effects, self.now, stream, request, charge);
             }
             Access::Queued => {}
             // Go turns every failure to get the store's node into "store unavailable" (spec §2.5.1).
@@ -180,20 +182,20 @@ impl Engine {
         self.effects.push_back(EngineEffect::Output(EngineOutput::Reject { stream, error }));
     }
 
-    /// Starts a stream's request on its node; the request's footprint goes back to the connection,
-    /// which held it against its memory budget until now.
+    /// Starts a stream's request on its node; its `charge` goes back to the connection, which held it
+    /// against its memory budget until now.
     fn start(
         node: &mut Node,
         effects: &mut VecDeque<EngineEffect>,
         now: Millis,
         stream: StreamId,
         request: Result<Envelope, String>,
+        charge: u64,
     ) {
         match request {
             Ok(envelope) => {
-                let bytes = crate::wire::envelope_footprint(&envelope) as u64;
                 node.handle_request(now, stream, envelope);
-                let credit = EngineOutput::InputCredit { stream, messages: 0, bytes };
+                let credit = EngineOutput::InputCredit { stream, messages: 0, bytes: charge };
                 effects.push_back(EngineEffect::Output(credit));
             }
             Err(error) => node.handle_bad_request(now, stream, error),
@@ -267,11 +269,11 @@ impl Engine {
                 ManagerOutput::StoreOpened { store_id, work } => {
                     for (stream, request) in work {
                         // Streams aborted while their store opened have no slot any more.
-                        if !self.slots.contains_key(&stream) {
+                        let Some(charge) = self.slots.get(&stream).map(|s| s.request_charge) else {
                             continue;
-                        }
+                        };
                         if let Some(node) = self.manager.node_mut(self.now, store_id) {
-                            Self::start(node, &mut self.effects, self.now, stream, request);
+                            Self::start(node, &mut self.effects, self.now, stream, request, charge);
                         }
                         self.deliver(stream);
                     }

@@ -53,6 +53,10 @@ pub enum EngineInput {
         store: Uuid,
         /// The decoded envelope, or the decode error text.
         request: Result<Envelope, String>,
+        /// What the request counts against the connection's memory budget
+        /// ([`envelope_footprint`](crate::wire::envelope_footprint); 0 when nothing is charged): the
+        /// engine gives exactly this back in [`EngineOutput::InputCredit`] once the request started.
+        charge: u64,
     },
     /// A later message of the stream.
     Message {
@@ -60,8 +64,9 @@ pub enum EngineInput {
         stream: StreamId,
         /// The message.
         message: Message,
-        /// What it counts against the connection's memory budget ([`Message::footprint`]): the
-        /// engine gives exactly this back in [`EngineOutput::InputCredit`] once released.
+        /// What it counts against the connection's memory budget ([`Message::footprint`]; 0 when
+        /// nothing is charged): the engine gives exactly this back in [`EngineOutput::InputCredit`]
+        /// once released.
         charge: u64,
     },
     /// A later message that could not be decoded; the operation fails with this text.
