@@ -249,6 +249,17 @@ impl Envelope {
             other => return Err(other),
         })
     }
+
+    /// What the client sends on the stream after this request envelope, if anything: records for
+    /// Produce, presence envelopes for SubscribeWorkers. Other operations (and envelopes that are not
+    /// requests) read nothing after the first message.
+    pub fn inbound_kind(&self) -> Option<crate::wire::MessageKind> {
+        match self {
+            Envelope::Produce(_) => Some(crate::wire::MessageKind::Record),
+            Envelope::SubscribeWorkers(_) => Some(crate::wire::MessageKind::Envelope),
+            _ => None,
+        }
+    }
 }
 
 /// A request the server handles: the content of the first envelope of a stream.
@@ -285,16 +296,6 @@ impl Request {
             Request::LeaseAcquire(r) => Envelope::LeaseAcquire(r),
             Request::LeaseRenew(r) => Envelope::LeaseRenew(r),
             Request::LeaseRelease(r) => Envelope::LeaseRelease(r),
-        }
-    }
-
-    /// What the client sends on the stream after this request, if anything: records for Produce,
-    /// presence envelopes for SubscribeWorkers. Other operations read nothing after the request.
-    pub fn inbound_kind(&self) -> Option<crate::wire::MessageKind> {
-        match self {
-            Request::Produce(_) => Some(crate::wire::MessageKind::Record),
-            Request::SubscribeWorkers(_) => Some(crate::wire::MessageKind::Envelope),
-            _ => None,
         }
     }
 

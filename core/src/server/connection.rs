@@ -412,7 +412,7 @@ impl ServerConnection {
                     state.window = INPUT_WINDOW;
                     let request = match codec.decode_message(MessageKind::Envelope, &bytes) {
                         Ok(crate::wire::Message::Envelope(env)) => {
-                            state.inbound = env.clone().into_request().ok().and_then(|r| r.inbound_kind());
+                            state.inbound = env.inbound_kind();
                             Ok(env)
                         }
                         Ok(_) => Err(String::from("invalid envelope")),
