@@ -42,7 +42,7 @@ use uuid::Uuid;
 
 use crate::bus::{BusDelivery, MemoryBus, MessageBus};
 use crate::clock::WallClock;
-use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit};
+use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit, limited_log};
 use crate::metrics::{ErrorKind, GaugeGuard, Metrics, Operation, Outcome};
 use crate::runtime::{BoxFuture, Runtime, RuntimeExt};
 use crate::store::{Store, StoreFactory};
@@ -167,10 +167,8 @@ impl EngineTaskConfig {
     }
 }
 
-// Rate limits of the lines a client can trigger once per request (see the module docs).
-static STREAM_ERROR_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-static STREAM_REJECTED_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-static STORAGE_FAILED_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
+/// One rate limit for both lines of a store that cannot be opened (it failed, or its opening
+/// panicked): every request for such a store tries again (see the module docs).
 static STORE_OPEN_FAILED_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
 
 /// Distinguishes the engines of one process on a shared bus.
@@ -368,10 +366,7 @@ impl EngineTask {
                         }
                     }
                     Err(e) => {
-                        if let Some(admitted) = STORE_OPEN_FAILED_LOG.admit() {
-                            let suppressed = admitted.suppressed();
-                            tracing::warn!(store_id = %store, error = %e, suppressed, "store cannot be opened");
-                        }
+                        limited_log!(STORE_OPEN_FAILED_LOG => warn, [store_id = %store, error = %e], "store cannot be opened");
                         self.metrics.error(ErrorKind::StoreOpen);
                         self.engine.handle_store_opened(now, store, Err(e.0));
                     }
@@ -383,10 +378,7 @@ impl EngineTask {
                     self.metrics.commit_latency(latency);
                 }
                 if let StorageResult::Failed(e) = &result {
-                    if let Some(admitted) = STORAGE_FAILED_LOG.admit() {
-                        let suppressed = admitted.suppressed();
-                        tracing::warn!(store_id = %store, error = %e, suppressed, "storage operation failed");
-                    }
+                    limited_log!(warn, [store_id = %store, error = %e], "storage operation failed");
                     self.metrics.error(ErrorKind::Storage);
                 }
                 self.engine.handle_storage(now, store, op, result);
@@ -504,15 +496,11 @@ impl EngineTask {
                             Ok(result) => result,
                             // A panic message may quote paths and debug dumps: the log's, not clients'.
                             Err(e) => {
-                                if let Some(admitted) = STORE_OPEN_FAILED_LOG.admit() {
-                                    let suppressed = admitted.suppressed();
-                                    tracing::warn!(
-                                        store_id = %store,
-                                        error = %e,
-                                        suppressed,
-                                        "opening a store panicked"
-                                    );
-                                }
+                                limited_log!(
+                                    STORE_OPEN_FAILED_LOG => warn,
+                                    [store_id = %store, error = %e],
+                                    "opening a store panicked"
+                                );
                                 Err(KvError("store open failed: internal error".to_owned()))
                             }
                         };
@@ -586,18 +574,18 @@ impl EngineTask {
                                 Outcome::Cancelled
                             };
                             self.metrics.operation(meta.op, outcome);
-                            if let Some(admitted) = STREAM_ERROR_LOG.admit() {
-                                tracing::info!(
+                            limited_log!(
+                                info,
+                                [
                                     store_id = %meta.store,
                                     channel_id = %stream.channel,
                                     op = meta.op.as_str(),
                                     space = %meta.space,
                                     segment = %meta.segment,
-                                    %error,
-                                    suppressed = admitted.suppressed(),
-                                    "stream closed with error"
-                                );
-                            }
+                                    %error
+                                ],
+                                "stream closed with error"
+                            );
                         }
                     }
                 }
@@ -608,16 +596,11 @@ impl EngineTask {
                     if error == STORE_UNAVAILABLE {
                         self.metrics.error(ErrorKind::StoreUnavailable);
                     }
-                    if let Some(admitted) = STREAM_REJECTED_LOG.admit() {
-                        tracing::warn!(
-                            store_id = %meta.store,
-                            channel_id = %stream.channel,
-                            op = meta.op.as_str(),
-                            %error,
-                            suppressed = admitted.suppressed(),
-                            "stream rejected"
-                        );
-                    }
+                    limited_log!(
+                        warn,
+                        [store_id = %meta.store, channel_id = %stream.channel, op = meta.op.as_str(), %error],
+                        "stream rejected"
+                    );
                 }
             }
             _ => {}

@@ -130,6 +130,28 @@ impl LogLimit {
     }
 }
 
+/// Writes a `tracing` event at `level` when `limit` admits it (by default a [`LogLimit`] of
+/// [`DEFAULT_LINES_PER_SECOND`] of the call site's own), adding the `suppressed` field after the
+/// bracketed fields:
+///
+/// ```text
+/// limited_log!(warn, [%route, error = %e], "undecodable message skipped");
+/// limited_log!(SHARED_LIMIT => info, [%peer], "refused");
+/// ```
+macro_rules! limited_log {
+    ($level:ident, [$($field:tt)+], $($message:tt)+) => {{
+        static LIMIT: $crate::log_limit::LogLimit =
+            $crate::log_limit::LogLimit::per_second($crate::log_limit::DEFAULT_LINES_PER_SECOND);
+        $crate::log_limit::limited_log!(LIMIT => $level, [$($field)+], $($message)+)
+    }};
+    ($limit:path => $level:ident, [$($field:tt)+], $($message:tt)+) => {
+        if let Some(admitted) = $limit.admit() {
+            tracing::$level!($($field)+, suppressed = admitted.suppressed(), $($message)+);
+        }
+    };
+}
+pub(crate) use limited_log;
+
 /// Time since the first rate-limited line of the process, on the monotonic clock.
 fn process_elapsed() -> Duration {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();

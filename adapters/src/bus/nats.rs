@@ -25,7 +25,7 @@ use streamkit_core::node::BusMessage;
 
 use super::codec::{self, nats_subject};
 use super::{BusDelivery, BusError, MessageBus};
-use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit};
+use crate::log_limit::limited_log;
 use crate::runtime::BoxFuture;
 use crate::sidecar;
 
@@ -185,11 +185,7 @@ async fn subscribe(shared: Arc<Shared>, route: String, delivery: BusDelivery) ->
                     }
                     Err(e) => {
                         // Anyone who can publish on the subject can send these as fast as they like.
-                        static LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-                        if let Some(admitted) = LOG.admit() {
-                            let suppressed = admitted.suppressed();
-                            tracing::warn!(%route, error = %e, suppressed, "NATS bus: undecodable message skipped");
-                        }
+                        limited_log!(warn, [%route, error = %e], "NATS bus: undecodable message skipped");
                     }
                 }
             }

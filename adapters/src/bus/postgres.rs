@@ -32,7 +32,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::codec::{self, pg_channel};
 use super::{BusDelivery, BusError, MessageBus};
-use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit};
+use crate::log_limit::limited_log;
 use crate::runtime::BoxFuture;
 use crate::sidecar;
 use crate::store::PgDatabase;
@@ -243,11 +243,7 @@ async fn dispatch(shared: &Shared, channel: &str, payload: &str) {
         }
         Err(e) => {
             // Anyone who can NOTIFY on the database can send these as fast as they like.
-            static LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-            if let Some(admitted) = LOG.admit() {
-                let suppressed = admitted.suppressed();
-                tracing::warn!(%route, error = %e, suppressed, "postgres bus: undecodable notification skipped");
-            }
+            limited_log!(warn, [%route, error = %e], "postgres bus: undecodable notification skipped");
         }
     }
 }

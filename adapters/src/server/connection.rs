@@ -28,7 +28,7 @@ use streamkit_core::server::{ConnectionConfig, EngineOutput, ServerConnection};
 use crate::clock::WallClock;
 use crate::engine::{EngineHandle, EngineStopped, TrySendInputs};
 use crate::http::AcceptedWebSocket;
-use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit};
+use crate::log_limit::limited_log;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::runtime::{AsyncTimer, BoxFuture, Runtime, RuntimeExt};
 use crate::ws::{WsReader, WsWriter};
@@ -126,11 +126,7 @@ pub async fn run_connection(accepted: AcceptedWebSocket, context: ConnectionCont
         Ending::Mux if reason != MUXER_CLOSED && reason != SERVER_SHUTDOWN => {
             metrics.error(ErrorKind::Protocol);
             // A client can end connections with protocol errors as fast as it can open them.
-            static PROTOCOL_ERROR_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-            if let Some(admitted) = PROTOCOL_ERROR_LOG.admit() {
-                let suppressed = admitted.suppressed();
-                tracing::info!(conn = conn_id, %peer, reason, suppressed, "connection closed on a protocol error");
-            }
+            limited_log!(info, [conn = conn_id, %peer, reason], "connection closed on a protocol error");
         }
         _ => {}
     }
@@ -368,11 +364,7 @@ impl Driver {
         }
         if now >= self.expires_at {
             // Clients choose their tokens' expiry: a thousand connections can expire in one instant.
-            static TOKEN_EXPIRED_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-            if let Some(admitted) = TOKEN_EXPIRED_LOG.admit() {
-                let suppressed = admitted.suppressed();
-                tracing::info!(conn = self.conn.id(), suppressed, "closing connection: token expired");
-            }
+            limited_log!(info, [conn = self.conn.id()], "closing connection: token expired");
             self.metrics.error(ErrorKind::TokenExpired);
             self.ending = Ending::Server;
             self.conn.shutdown(now, TOKEN_EXPIRED);

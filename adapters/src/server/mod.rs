@@ -46,7 +46,7 @@ use crate::engine::{EngineHandle, EngineTaskConfig, spawn_engine};
 use crate::http::{
     AcceptedWebSocket, ConnectionHandler, ConnectionPermit, HttpConfig, HttpFront, Readiness, Rejection,
 };
-use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit};
+use crate::log_limit::limited_log;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::runtime::{BoxFuture, JoinHandle, Runtime, RuntimeExt};
 use crate::store::{CommitDurability, CommitObserver, RedbOptions, StoreConfig, StoreFactory};
@@ -528,27 +528,15 @@ impl ConnectionHandler for Handler {
     fn on_rejected(&self, peer: SocketAddr, rejection: &Rejection) {
         // One line per refused socket at the rate a client can open sockets would be a log flood:
         // these two are rate limited (the metrics count every one).
-        static UNAUTHORIZED_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-        static CONNECTION_LIMIT_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
         match rejection {
             Rejection::Unauthorized(error) => {
                 self.metrics.error(ErrorKind::Auth);
-                if let Some(admitted) = UNAUTHORIZED_LOG.admit() {
-                    let suppressed = admitted.suppressed();
-                    tracing::info!(%peer, %error, suppressed, "handshake refused: unauthorized");
-                }
+                limited_log!(info, [%peer, %error], "handshake refused: unauthorized");
             }
             Rejection::ConnectionLimit => {
                 self.metrics.error(ErrorKind::ConnectionLimit);
-                if let Some(admitted) = CONNECTION_LIMIT_LOG.admit() {
-                    let suppressed = admitted.suppressed();
-                    tracing::warn!(
-                        %peer,
-                        max = self.max_connections,
-                        suppressed,
-                        "connection limit reached: upgrade refused"
-                    );
-                }
+                let max = self.max_connections;
+                limited_log!(warn, [%peer, max], "connection limit reached: upgrade refused");
             }
             // Debug only, like the other handshake failures: they come one per socket, so at info a
             // flood of sockets would be a flood of log lines.

@@ -27,7 +27,7 @@ use streamkit_core::storage::{
 };
 use uuid::Uuid;
 
-use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit};
+use crate::log_limit::limited_log;
 
 pub use self::memory::SharedMemoryKv;
 #[cfg(feature = "postgres")]
@@ -229,11 +229,11 @@ impl StoreFactory {
                 std::fs::create_dir_all(&dir).map_err(|e| {
                     // The client reads what failed; the server's paths are for its log only. Every
                     // request for a store that cannot be opened tries again: rate limited.
-                    static LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-                    if let Some(admitted) = LOG.admit() {
-                        let suppressed = admitted.suppressed();
-                        tracing::warn!(%store_id, dir = %dir.display(), error = %e, suppressed, "cannot create store directory");
-                    }
+                    limited_log!(
+                        warn,
+                        [%store_id, dir = %dir.display(), error = %e],
+                        "cannot create store directory"
+                    );
                     KvError(format!("cannot create store directory: {e}"))
                 })?;
                 let kv = RedbKv::open(dir.join(DATABASE_FILE), options)?;

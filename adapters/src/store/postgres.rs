@@ -89,7 +89,7 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use super::worker::{CommitObserver, CommitReport, STORE_CLOSED};
-use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit};
+use crate::log_limit::limited_log;
 use crate::sidecar;
 
 /// The schema version this build writes; a database migrated further by a newer server is refused.
@@ -522,17 +522,11 @@ impl Failure {
     /// error for the callers.
     fn logged(self, operation: &str, stores: &[Uuid]) -> KvError {
         // A client whose requests fail (a batch the database refuses) causes one failure per request.
-        static LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-        if let Some(admitted) = LOG.admit() {
-            tracing::warn!(
-                operation,
-                store_ids = %StoreIds(stores),
-                error = %self.error,
-                cause = %self.cause,
-                suppressed = admitted.suppressed(),
-                "PostgreSQL operation failed"
-            );
-        }
+        limited_log!(
+            warn,
+            [operation, store_ids = %StoreIds(stores), error = %self.error, cause = %self.cause],
+            "PostgreSQL operation failed"
+        );
         self.error
     }
 }
@@ -1023,19 +1017,18 @@ async fn commit_one_by_one(
         }
     }
     // One line per isolated group, and a client can make a group fail with every batch it sends.
-    static LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-    if let Some(admitted) = LOG.admit() {
-        tracing::warn!(
+    limited_log!(
+        warn,
+        [
             requests,
             failed = failed.len(),
             store_ids = %StoreIds(&failed),
             group_error = %group.error,
-            causes = %causes.into_iter().map(|(_, cause)| cause).collect::<Vec<_>>().join(" | "),
-            suppressed = admitted.suppressed(),
-            "a PostgreSQL commit group failed because of some of its batches; its requests were committed \
-             one by one and only those failing alone got an error"
-        );
-    }
+            causes = %causes.into_iter().map(|(_, cause)| cause).collect::<Vec<_>>().join(" | ")
+        ],
+        "a PostgreSQL commit group failed because of some of its batches; its requests were committed one \
+         by one and only those failing alone got an error"
+    );
 }
 
 fn request_bytes(request: &CommitRequest) -> usize {

@@ -30,7 +30,7 @@ use std::sync::{Arc, OnceLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use streamkit_core::storage::{CommitOutcome, KvError, KvPair, OrderedKv, ScanRange, WriteBatch};
 
-use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit};
+use crate::log_limit::limited_log;
 
 /// The one table of a store database. Keys are the storage model's keys (spec §5.2), values its
 /// encodings; the table name is part of the file format.
@@ -170,11 +170,7 @@ impl RedbKv {
     /// out of service, the log why (the panic message may quote paths and debug dumps).
     fn disabled(&self, reason: &str) -> KvError {
         // Every later request of the store's clients ends here.
-        static LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-        if let Some(admitted) = LOG.admit() {
-            let suppressed = admitted.suppressed();
-            tracing::warn!(path = %self.path.display(), %reason, suppressed, "operation refused: the store is disabled");
-        }
+        limited_log!(warn, [path = %self.path.display(), %reason], "operation refused: the store is disabled");
         KvError("store disabled after an internal error".to_owned())
     }
 
@@ -280,11 +276,7 @@ impl OrderedKv for RedbKv {
 fn error(what: &str, path: &Path, e: impl Into<redb::Error>) -> KvError {
     let e = e.into();
     // A failing disk fails every request: one line per request would follow.
-    static LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-    if let Some(admitted) = LOG.admit() {
-        let suppressed = admitted.suppressed();
-        tracing::warn!(path = %path.display(), operation = what, error = %e, suppressed, "redb operation failed");
-    }
+    limited_log!(warn, [path = %path.display(), operation = what, error = %e], "redb operation failed");
     KvError(format!("storage {what} failed: {}", client_text(&e)))
 }
 

@@ -47,7 +47,7 @@ use streamkit_core::storage::{
 use uuid::Uuid;
 
 use super::redb::{CommitDurability, RedbKv};
-use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit};
+use crate::log_limit::limited_log;
 
 /// Text of the error of every operation on a closed store.
 pub const STORE_CLOSED: &str = "store closed";
@@ -577,19 +577,18 @@ impl Writer<'_> {
             }
         }
         // One line per isolated group, and a client can make a group fail with every batch it sends.
-        static LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_SECOND);
-        if let Some(admitted) = LOG.admit() {
-            tracing::warn!(
+        limited_log!(
+            warn,
+            [
                 store_id = %self.limits.store_id.map_or_else(|| "unknown".to_owned(), |id| id.to_string()),
                 requests,
                 failed,
                 group_error = %group_error,
-                errors = %errors.join(" | "),
-                suppressed = admitted.suppressed(),
-                "a store commit failed; its requests were committed one by one and only those failing \
-                 alone got an error"
-            );
-        }
+                errors = %errors.join(" | ")
+            ],
+            "a store commit failed; its requests were committed one by one and only those failing alone \
+             got an error"
+        );
     }
 }
 
