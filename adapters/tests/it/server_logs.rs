@@ -228,6 +228,7 @@ fn refused_tokens_are_rate_limited_in_the_log() {
     assert!(lines.len() <= bound, "{} lines (at most {bound}) for {refused} refusals:\n{text}", lines.len());
     assert!(lines.len() < 100, "{} lines for {refused} refusals", lines.len());
     assert!(lines.iter().any(|line| suppressed(line) > 0), "no line reports suppressed refusals:\n{text}");
-    assert!(lines.last().is_some_and(|line| suppressed(line) > 0), "the last line reports the rest");
+    // The line after the flood reports what the flood's last window dropped (nothing, when that
+    // window happened to hold 10 refusals or fewer): either way every refusal is accounted for.
     assert_eq!(lines.len() as u64 + reported, refused, "every refusal is a line or counted in one");
 }
