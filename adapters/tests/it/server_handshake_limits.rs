@@ -93,10 +93,13 @@ async fn idle_sockets_from_one_address_lock_no_one_else_out(runtime: Arc<dyn Run
     let mut attack = within(&runtime, "open the idle sockets", open_idle_sockets(addr, sockets)).await;
     // Every socket over the attacker's share is refused at once (counted, not logged at info). Once
     // they all were, the attacker holds its share and the probes below compete with it. (Without
-    // the per-address cap this never happens and the test fails here.)
+    // the per-address cap nothing is refused per address and the test fails here.) On a machine so
+    // loaded that opening the sockets outlasted the header timeout, early sockets were dropped (a
+    // `handshake` error) and later ones took their places instead of being refused.
     let refused = (sockets - DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP) as f64;
     eventually(&runtime, "the server refused the sockets over the share", || {
-        errors(&server, "pending_per_ip") >= refused
+        let per_ip = errors(&server, "pending_per_ip");
+        per_ip > 0.0 && per_ip + errors(&server, "handshake") >= refused
     })
     .await;
 
