@@ -157,6 +157,8 @@ pub enum Access<'a, W> {
 struct Managed {
     node: Node,
     last_access: Millis,
+    /// The node's next timer as entered in [`NodeManager`]'s deadline index.
+    indexed: Option<Millis>,
 }
 
 #[derive(Debug)]
@@ -183,8 +185,12 @@ pub struct NodeManager<W> {
     /// `failures` by time of the last failure, for pruning and eviction in order.
     failures_by_time: BTreeSet<(Millis, Uuid)>,
     out: VecDeque<ManagerOutput<W>>,
-    /// Nodes that may have output (handed out or driven since their outputs were last drained).
+    /// Nodes that may have output (handed out or driven since their outputs were last drained). Their
+    /// timers may have changed too: they are re-indexed when drained.
     dirty: BTreeSet<Uuid>,
+    /// The next timer of every clean node that has one, in order: finding the due nodes never scans
+    /// every node.
+    deadlines: BTreeSet<(Millis, Uuid)>,
     next_check: Option<Millis>,
     rng: Rng,
     closed: bool,
@@ -202,6 +208,7 @@ impl<W> NodeManager<W> {
             failures_by_time: BTreeSet::new(),
             out: VecDeque::new(),
             dirty: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
             next_check: None,
             rng: Rng::new(seed),
             closed: false,
@@ -311,7 +318,8 @@ impl<W> NodeManager<W> {
                     Some(opening) if !opening.cancelled && !self.closed => {
                         let node =
                             Node::new(store_id, self.config.node.clone(), self.now, self.rng.next_u64());
-                        self.nodes.insert(store_id, Managed { node, last_access: self.now });
+                        let managed = Managed { node, last_access: self.now, indexed: None };
+                        self.nodes.insert(store_id, managed);
                         self.arm_check();
                         self.out.push_back(ManagerOutput::StoreOpened { store_id, work: opening.waiting });
                     }
@@ -382,6 +390,9 @@ impl<W> NodeManager<W> {
     fn close_node(&mut self, store_id: Uuid) {
         let Some(mut managed) = self.nodes.remove(&store_id) else { return };
         self.dirty.remove(&store_id);
+        if let Some(at) = managed.indexed {
+            self.deadlines.remove(&(at, store_id));
+        }
         managed.node.shutdown(self.now, STORE_CLOSED);
         while let Some(output) = managed.node.poll_output() {
             self.out.push_back(ManagerOutput::Node { store_id, output });
@@ -392,15 +403,20 @@ impl<W> NodeManager<W> {
     /// Fires the timers of nodes that are due, and idle eviction.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.advance(now);
-        let due: Vec<Uuid> = self
-            .nodes
-            .iter()
-            .filter(|(_, m)| m.node.poll_timeout().is_some_and(|(at, _)| at <= self.now))
-            .map(|(id, _)| *id)
-            .collect();
-        for store_id in due {
+        // Nodes driven since their last drain are not in the index yet.
+        let dirty: Vec<Uuid> = self.dirty.iter().copied().collect();
+        for store_id in dirty {
+            self.reindex(store_id);
+        }
+        while let Some(&(at, store_id)) = self.deadlines.first() {
+            if at > self.now {
+                break;
+            }
+            self.deadlines.pop_first();
             if let Some(managed) = self.nodes.get_mut(&store_id) {
+                managed.indexed = None;
                 managed.node.handle_timeout(self.now);
+                // Re-indexed when its outputs are drained.
                 self.dirty.insert(store_id);
             }
         }
@@ -409,6 +425,22 @@ impl<W> NodeManager<W> {
             self.evict_idle();
             self.arm_check();
         }
+    }
+
+    /// Puts a node's next timer in the deadline index (replacing its previous entry).
+    fn reindex(&mut self, store_id: Uuid) {
+        let Some(managed) = self.nodes.get_mut(&store_id) else { return };
+        let next = managed.node.poll_timeout().map(|(at, _)| at);
+        if next == managed.indexed {
+            return;
+        }
+        if let Some(at) = managed.indexed {
+            self.deadlines.remove(&(at, store_id));
+        }
+        if let Some(at) = next {
+            self.deadlines.insert((at, store_id));
+        }
+        managed.indexed = next;
     }
 
     fn arm_check(&mut self) {
@@ -433,19 +465,18 @@ impl<W> NodeManager<W> {
     }
 
     /// When [`NodeManager::handle_timeout`] must be called next: the earliest node timer or eviction
-    /// check, or the current time while output is queued. Linear in the number of open nodes (as is
-    /// `handle_timeout`); adapters with very many stores may prefer to track node timers themselves.
+    /// check, or the current time while output is queued. Node timers come from an ordered index
+    /// (plus the few nodes driven since the last drain), so this does not depend on how many nodes are
+    /// open.
     pub fn poll_timeout(&self) -> Option<Millis> {
         let pending = !self.out.is_empty()
             || self.dirty.iter().any(|id| self.nodes.get(id).is_some_and(|m| m.node.has_output()));
         if pending {
             return Some(self.now);
         }
-        self.nodes
-            .values()
-            .filter_map(|m| m.node.poll_timeout().map(|(at, _)| at))
-            .chain(self.next_check)
-            .min()
+        let driven =
+            self.dirty.iter().filter_map(|id| self.nodes.get(id)?.node.poll_timeout().map(|(at, _)| at));
+        self.deadlines.first().map(|(at, _)| *at).into_iter().chain(driven).chain(self.next_check).min()
     }
 
     /// The next output: the manager's own, then those of nodes it handed out or drove.
@@ -458,6 +489,7 @@ impl<W> NodeManager<W> {
                 return Some(ManagerOutput::Node { store_id, output });
             }
             self.dirty.remove(&store_id);
+            self.reindex(store_id);
         }
         None
     }
@@ -872,5 +904,40 @@ mod tests {
             Some((_, NodeOutput::Close { error: Some(e), .. })) if e == "store closed"
         ));
         assert_eq!(a.closed, [id(1)]);
+    }
+
+    #[test]
+    fn the_deadline_index_fires_each_node_at_its_own_time() {
+        let mut a = Adapter::new(ManagerConfig { idle_eviction: None, ..ManagerConfig::default() });
+        // Stores 1..=5 have workers whose heartbeats are 5, 4, 3, 2, 1 seconds apart.
+        for n in 1..=5u128 {
+            a.get(id(n), 0).unwrap();
+            let stream = StreamId { conn: 1, channel: id(100 + n) };
+            let request = Request::SubscribeWorkers(SubscribeWorkers {
+                worker_id: id(200 + n),
+                heartbeat_interval_seconds: 6 - n as i64,
+                ..SubscribeWorkers::default()
+            });
+            let now = a.now;
+            a.manager.node_mut(now, id(n)).unwrap().handle_request(now, stream, request.into_envelope());
+            a.drain();
+        }
+        assert_eq!(a.manager.poll_timeout(), Some(a.now + Millis(1000)), "the earliest of five nodes");
+        let beats = |a: &Adapter, store: u128| {
+            a.node_outputs
+                .iter()
+                .filter(|(s, o)| *s == id(store) && matches!(o, NodeOutput::Send { .. }))
+                .count()
+        };
+        let before: Vec<usize> = (1..=5).map(|n| beats(&a, n)).collect();
+        a.advance(12_000);
+        let after: Vec<usize> = (1..=5).map(|n| beats(&a, n) - before[(n - 1) as usize]).collect();
+        // In 12 s: every 5 s twice, every 4 s three times, every 3 s four, every 2 s six, every 1 s 12.
+        assert_eq!(after, [2, 3, 4, 6, 12]);
+        // A removed node leaves the index: the next deadline is another node's.
+        a.manager.remove(a.now, id(5));
+        a.drain();
+        let next = a.manager.poll_timeout().unwrap();
+        assert!(next > a.now, "no stale deadline of the removed node");
     }
 }

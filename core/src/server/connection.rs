@@ -120,7 +120,8 @@ pub struct ServerConnection {
     budget_blocked: bool,
     /// Some stream holds credit taken back while the output was over half the budget.
     credit_deferred: bool,
-    to_engine: VecDeque<EngineInput>,
+    /// Inputs for the engine, each with the store of its stream (which shard it goes to).
+    to_engine: VecDeque<(Uuid, EngineInput)>,
     shutdown: Option<String>,
     /// The latest time an input brought.
     now: Millis,
@@ -245,8 +246,10 @@ impl ServerConnection {
                         // Go: Encode fails with "muxer payload too large" and the operation closes with it.
                         let _ = self.mux.close_send(now, channel, Some("muxer payload too large"));
                         self.mux.release(channel);
-                        self.forget(channel);
-                        self.to_engine.push_back(EngineInput::Aborted { stream: self.stream_id(channel) });
+                        if let Some(forgotten) = self.forget(channel) {
+                            let stream = self.stream_id(channel);
+                            self.to_engine.push_back((forgotten.store, EngineInput::Aborted { stream }));
+                        }
                     }
                     Err(_) => {}
                 }
@@ -304,18 +307,21 @@ impl ServerConnection {
                             s.deferred.1 = s.deferred.1.saturating_add(charge);
                             self.credit_deferred = true;
                         } else {
-                            self.to_engine.push_back(EngineInput::Credit { stream, frames, bytes: charge });
+                            let credit = EngineInput::Credit { stream, frames, bytes: charge };
+                            self.to_engine.push_back((s.store, credit));
                         }
                     }
                 }
                 MuxEvent::Aborted { channel, .. } => {
-                    if self.forget(channel).is_some() {
-                        self.to_engine.push_back(EngineInput::Aborted { stream: self.stream_id(channel) });
+                    if let Some(forgotten) = self.forget(channel) {
+                        let stream = self.stream_id(channel);
+                        self.to_engine.push_back((forgotten.store, EngineInput::Aborted { stream }));
                     }
                 }
                 MuxEvent::Shutdown { reason } => {
-                    for channel in core::mem::take(&mut self.streams).into_keys() {
-                        self.to_engine.push_back(EngineInput::Aborted { stream: self.stream_id(channel) });
+                    for (channel, forgotten) in core::mem::take(&mut self.streams) {
+                        let stream = self.stream_id(channel);
+                        self.to_engine.push_back((forgotten.store, EngineInput::Aborted { stream }));
                     }
                     self.engine_held = 0;
                     self.shutdown = Some(reason);
@@ -339,7 +345,7 @@ impl ServerConnection {
                 let (frames, bytes) = core::mem::take(&mut s.deferred);
                 if frames > 0 || bytes > 0 {
                     let stream = StreamId { conn: self.conn, channel: *channel };
-                    self.to_engine.push_back(EngineInput::Credit { stream, frames, bytes });
+                    self.to_engine.push_back((s.store, EngineInput::Credit { stream, frames, bytes }));
                 }
             }
         }
@@ -351,18 +357,20 @@ impl ServerConnection {
             for (channel, s) in &mut self.streams {
                 if s.input_held > 0 && !s.pressured {
                     s.pressured = true;
-                    self.to_engine.push_back(EngineInput::Pressure {
-                        stream: StreamId { conn: self.conn, channel: *channel },
-                    });
+                    let stream = StreamId { conn: self.conn, channel: *channel };
+                    self.to_engine.push_back((s.store, EngineInput::Pressure { stream }));
                 }
             }
         }
         while self.shutdown.is_none() && self.output_held() > self.config.memory_budget as u64 {
             match self.mux.largest_outbound_stream() {
                 Some((channel, _)) => {
-                    self.forget(channel);
+                    let forgotten = self.forget(channel);
                     self.mux.reject(now, channel, MEMORY_BUDGET_EXCEEDED);
-                    self.to_engine.push_back(EngineInput::Aborted { stream: self.stream_id(channel) });
+                    if let Some(forgotten) = forgotten {
+                        let stream = self.stream_id(channel);
+                        self.to_engine.push_back((forgotten.store, EngineInput::Aborted { stream }));
+                    }
                 }
                 None => {
                     // What is queued belongs to streams already finished: the peer reads nothing.
@@ -404,7 +412,9 @@ impl ServerConnection {
             }
             let Some(item) = self.mux.recv(channel) else { return };
             match item {
-                StreamInput::End(end) => self.to_engine.push_back(EngineInput::End { stream, end }),
+                StreamInput::End(end) => {
+                    self.to_engine.push_back((state.store, EngineInput::End { stream, end }))
+                }
                 StreamInput::Payload(bytes) if !state.opened => {
                     state.opened = true;
                     state.starting = true;
@@ -424,7 +434,7 @@ impl ServerConnection {
                     state.input_held += charge;
                     self.engine_held += charge;
                     let store = state.store;
-                    self.to_engine.push_back(EngineInput::Open { stream, store, request, charge });
+                    self.to_engine.push_back((store, EngineInput::Open { stream, store, request, charge }));
                 }
                 StreamInput::Payload(bytes) => {
                     // Operations that read nothing after their request never see more data (Go never
@@ -440,14 +450,15 @@ impl ServerConnection {
                         }
                         Err(e) => EngineInput::Invalid { stream, error: format!("{e}") },
                     };
-                    self.to_engine.push_back(input);
+                    self.to_engine.push_back((state.store, input));
                 }
             }
         }
     }
 
-    /// The next input for the engine.
-    pub fn poll_engine_input(&mut self) -> Option<EngineInput> {
+    /// The next input for the engine, with the store of its stream: every input of a stream goes to
+    /// the engine (shard) that owns that store ([`shard_of`](super::shard_of)).
+    pub fn poll_engine_input(&mut self) -> Option<(Uuid, EngineInput)> {
         self.to_engine.pop_front()
     }
 

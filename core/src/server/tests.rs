@@ -36,7 +36,7 @@ fn deliver(client: &mut MuxSession, server: &mut ServerConnection, unread: &mut 
 }
 
 fn engine_inputs(server: &mut ServerConnection) -> Vec<EngineInput> {
-    core::iter::from_fn(|| server.poll_engine_input()).collect()
+    core::iter::from_fn(|| server.poll_engine_input()).map(|(_, input)| input).collect()
 }
 
 fn open(client: &mut MuxSession, envelope: Envelope) -> Uuid {

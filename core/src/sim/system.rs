@@ -20,7 +20,7 @@ use crate::client::{ClientConnection, ClientEvent, ClientItem};
 use crate::mux::{MuxConfig, MuxSession, OverloadPolicy, Role};
 use crate::node::{BusCommand, BusEvent, OpId};
 use crate::rand::Rng;
-use crate::server::{ConnectionConfig, Engine, EngineConfig, EngineEffect, ServerConnection};
+use crate::server::{ConnectionConfig, Engine, EngineConfig, EngineEffect, ServerConnection, shard_of};
 use crate::storage::{MemoryKv, OrderedKv, StorageOp};
 use crate::stream::StreamEnd;
 use crate::time::Millis;
@@ -38,6 +38,9 @@ pub struct SystemConfig {
     pub engine: EngineConfig,
     /// Server instances sharing the stores and the bus (1 = a single server).
     pub instances: usize,
+    /// Engine shards of every instance: its stores are spread over that many independent engines
+    /// ([`shard_of`]), as `serve --shards` does.
+    pub shards: usize,
     /// Mux configuration of both ends (servers always use [`OverloadPolicy::Wait`], as the real one).
     pub mux: MuxConfig,
     /// Server connections' memory budget.
@@ -56,6 +59,7 @@ impl Default for SystemConfig {
             seed: 1,
             engine: EngineConfig::default(),
             instances: 1,
+            shards: 1,
             mux: MuxConfig::default(),
             connection: ConnectionConfig::default(),
             link: LinkConfig::default(),
@@ -127,7 +131,8 @@ struct SimClient {
 struct PendingStorage {
     ready_at: Millis,
     seq: u64,
-    instance: usize,
+    /// Index of the engine (instance and shard) that asked.
+    engine: usize,
     store: Uuid,
     op: OpId,
     request: StorageOp,
@@ -138,6 +143,7 @@ pub struct SystemSim {
     config: SystemConfig,
     clock: Clock,
     rng: Rng,
+    /// Every instance's shards: instance `i`, shard `s` is `engines[i * shards + s]`.
     engines: Vec<Engine>,
     servers: BTreeMap<u64, ServerConnection>,
     clients: Vec<SimClient>,
@@ -146,7 +152,7 @@ pub struct SystemSim {
     pub failing_stores: BTreeSet<Uuid>,
     storage: Vec<PendingStorage>,
     storage_seq: u64,
-    /// Bus routes → (instance, store) subscribed.
+    /// Bus routes → (engine index, store) subscribed.
     routes: BTreeMap<String, BTreeSet<(usize, Uuid)>>,
     /// Every notification published on the bus.
     pub published: u64,
@@ -159,7 +165,7 @@ impl SystemSim {
     pub fn new(config: SystemConfig) -> Self {
         let start = Millis(1_700_000_000_000);
         let mut rng = Rng::new(config.seed);
-        let engines = (0..config.instances.max(1))
+        let engines = (0..config.instances.max(1) * config.shards.max(1))
             .map(|_| Engine::new(config.engine.clone(), start, rng.next_u64()))
             .collect();
         Self {
@@ -184,14 +190,32 @@ impl SystemSim {
         self.clock.now()
     }
 
-    /// The engine of the first instance (for inspection).
+    /// The engine of the first instance (its first shard), for inspection.
     pub fn engine(&self) -> &Engine {
         &self.engines[0]
     }
 
-    /// The engine of `instance`.
+    /// The engine of `instance` (its first shard).
     pub fn instance(&self, instance: usize) -> &Engine {
-        &self.engines[instance]
+        &self.engines[instance * self.shards()]
+    }
+
+    /// The engine of `instance` that owns `store`.
+    pub fn engine_of(&self, instance: usize, store: &Uuid) -> &Engine {
+        &self.engines[self.engine_index(instance, store)]
+    }
+
+    fn shards(&self) -> usize {
+        self.config.shards.max(1)
+    }
+
+    fn engine_index(&self, instance: usize, store: &Uuid) -> usize {
+        instance * self.shards() + shard_of(store, self.shards())
+    }
+
+    /// Whether the instance of engine `index` was halted.
+    fn is_halted(&self, index: usize) -> bool {
+        self.halted.contains(&(index / self.shards()))
     }
 
     /// The store of `store` (for inspection).
@@ -349,7 +373,7 @@ impl SystemSim {
             self.engines
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| !self.halted.contains(i))
+                .filter(|(i, _)| !self.is_halted(*i))
                 .map(|(_, e)| e.poll_timeout()),
         );
         for c in &self.clients {
@@ -385,11 +409,11 @@ impl SystemSim {
         }
         due.sort_by_key(|p| (p.ready_at, p.seq));
         for p in due {
-            if self.halted.contains(&p.instance) {
+            if self.is_halted(p.engine) {
                 continue;
             }
             let result = self.stores.entry(p.store).or_default().execute(&p.request);
-            self.engines[p.instance].handle_storage(now, p.store, p.op, result);
+            self.engines[p.engine].handle_storage(now, p.store, p.op, result);
             self.pump();
         }
         // Link deliveries.
@@ -418,9 +442,9 @@ impl SystemSim {
             }
         }
         // Timers.
-        for (instance, engine) in self.engines.iter_mut().enumerate() {
-            if !self.halted.contains(&instance) && engine.poll_timeout().is_some_and(|t| t <= now) {
-                engine.handle_timeout(now);
+        for index in 0..self.engines.len() {
+            if !self.is_halted(index) && self.engines[index].poll_timeout().is_some_and(|t| t <= now) {
+                self.engines[index].handle_timeout(now);
             }
         }
         for server in self.servers.values_mut() {
@@ -480,12 +504,13 @@ impl SystemSim {
                     c.up.close(now);
                 }
             }
+            let shards = self.shards();
             for c in &mut self.clients {
                 let Some(server) = self.servers.get_mut(&c.server_conn) else { continue };
-                let engine = &mut self.engines[c.instance];
-                while let Some(input) = server.poll_engine_input() {
+                let engines = &mut self.engines[c.instance * shards..(c.instance + 1) * shards];
+                while let Some((store, input)) = server.poll_engine_input() {
                     moved = true;
-                    engine.handle_input(now, input);
+                    engines[shard_of(&store, shards)].handle_input(now, input);
                 }
                 while let Some(frame) = server.poll_transmit() {
                     moved = true;
@@ -494,18 +519,18 @@ impl SystemSim {
                 if server.shutdown_reason().is_some() && !server.has_transmit() {
                     c.down.close(now);
                 }
-                while let Some(input) = server.poll_engine_input() {
+                while let Some((store, input)) = server.poll_engine_input() {
                     moved = true;
-                    engine.handle_input(now, input);
+                    engines[shard_of(&store, shards)].handle_input(now, input);
                 }
             }
-            for instance in 0..self.engines.len() {
-                if self.halted.contains(&instance) {
+            for index in 0..self.engines.len() {
+                if self.is_halted(index) {
                     continue;
                 }
-                while let Some(effect) = self.engines[instance].poll_effect() {
+                while let Some(effect) = self.engines[index].poll_effect() {
                     moved = true;
-                    self.apply(now, instance, effect);
+                    self.apply(now, index, effect);
                 }
             }
             if !moved {
@@ -514,7 +539,8 @@ impl SystemSim {
         }
     }
 
-    fn apply(&mut self, now: Millis, instance: usize, effect: EngineEffect) {
+    /// Applies an effect of engine `engine` (an index into `engines`).
+    fn apply(&mut self, now: Millis, engine: usize, effect: EngineEffect) {
         #[cfg(test)]
         if std::env::var("SIM_TRACE").is_ok() {
             std::println!("{now:?} {effect:?}");
@@ -532,7 +558,7 @@ impl SystemSim {
                     self.stores.entry(store).or_default();
                     Ok(())
                 };
-                self.engines[instance].handle_store_opened(now, store, result);
+                self.engines[engine].handle_store_opened(now, store, result);
             }
             EngineEffect::CloseStore { .. } | EngineEffect::Refused { .. } => {}
             EngineEffect::Storage { store, op, request } => {
@@ -541,7 +567,7 @@ impl SystemSim {
                 self.storage.push(PendingStorage {
                     ready_at: now + Millis(delay),
                     seq: self.storage_seq,
-                    instance,
+                    engine,
                     store,
                     op,
                     request,
@@ -549,16 +575,12 @@ impl SystemSim {
             }
             EngineEffect::Bus { store, command } => match command {
                 BusCommand::Subscribe { op, route } => {
-                    self.routes.entry(route).or_default().insert((instance, store));
-                    self.engines[instance].handle_bus(
-                        now,
-                        store,
-                        BusEvent::Subscribed { op, result: Ok(()) },
-                    );
+                    self.routes.entry(route).or_default().insert((engine, store));
+                    self.engines[engine].handle_bus(now, store, BusEvent::Subscribed { op, result: Ok(()) });
                 }
                 BusCommand::Unsubscribe { route } => {
                     if let Some(stores) = self.routes.get_mut(&route) {
-                        stores.remove(&(instance, store));
+                        stores.remove(&(engine, store));
                     }
                 }
                 BusCommand::Publish { op, route, notification } => {
@@ -566,7 +588,7 @@ impl SystemSim {
                     let subscribers: Vec<(usize, Uuid)> =
                         self.routes.get(&route).map(|s| s.iter().copied().collect()).unwrap_or_default();
                     for (target, subscriber) in subscribers {
-                        if self.halted.contains(&target) {
+                        if self.is_halted(target) {
                             continue;
                         }
                         let event = BusEvent::Notification {
@@ -575,13 +597,13 @@ impl SystemSim {
                         };
                         self.engines[target].handle_bus(now, subscriber, event);
                     }
-                    self.engines[instance].handle_bus(now, store, BusEvent::Published { op, result: Ok(()) });
+                    self.engines[engine].handle_bus(now, store, BusEvent::Published { op, result: Ok(()) });
                 }
                 BusCommand::Announce { op, route, announcement } => {
                     let subscribers: Vec<(usize, Uuid)> =
                         self.routes.get(&route).map(|s| s.iter().copied().collect()).unwrap_or_default();
                     for (target, subscriber) in subscribers {
-                        if self.halted.contains(&target) {
+                        if self.is_halted(target) {
                             continue;
                         }
                         let event = BusEvent::Announcement {
@@ -590,7 +612,7 @@ impl SystemSim {
                         };
                         self.engines[target].handle_bus(now, subscriber, event);
                     }
-                    self.engines[instance].handle_bus(now, store, BusEvent::Published { op, result: Ok(()) });
+                    self.engines[engine].handle_bus(now, store, BusEvent::Published { op, result: Ok(()) });
                 }
             },
         }

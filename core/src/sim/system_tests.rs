@@ -408,124 +408,140 @@ fn connection_loss_fails_open_operations_and_the_server_forgets_them() {
 
 #[derive(Clone, Debug)]
 enum Action {
-    /// Client `c` produces `n` records into segment `s` with the next sequences it believes in.
-    Produce { c: usize, s: usize, n: u64 },
-    /// A space consumer on client `c` resumes from its cursor.
-    ConsumeSpace { c: usize },
+    /// Client `c` produces `n` records into segment `s` of store `t` with the next sequences it
+    /// believes in.
+    Produce { c: usize, t: usize, s: usize, n: u64 },
+    /// A space consumer of store `t` on client `c` resumes from its cursor.
+    ConsumeSpace { c: usize, t: usize },
     /// Time passes.
     Wait { ms: u64 },
 }
 
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
-        4 => (0..3usize, 0..3usize, 1..6u64).prop_map(|(c, s, n)| Action::Produce { c, s, n }),
-        2 => (0..3usize).prop_map(|c| Action::ConsumeSpace { c }),
+        4 => (0..3usize, 0..2usize, 0..3usize, 1..6u64).prop_map(|(c, t, s, n)| Action::Produce { c, t, s, n }),
+        2 => (0..3usize, 0..2usize).prop_map(|(c, t)| Action::ConsumeSpace { c, t }),
         1 => (0..4u64).prop_map(|ms| Action::Wait { ms }),
     ]
+}
+
+/// The two stores of the random interleavings; they belong to different shards of two.
+const STORES: [Uuid; 2] = [STORE, Uuid::from_u128(0x2c4e6a8b_1d3f_4a5c_9e7b_0f1e2d3c4b5a)];
+
+#[test]
+fn the_two_stores_of_the_interleavings_are_on_different_shards() {
+    assert_ne!(crate::server::shard_of(&STORES[0], 2), crate::server::shard_of(&STORES[1], 2));
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// Invariants 1, 3 and 4: racing producers on a few segments (each client believes its own next
-    /// sequence and learns the real head from its failures), space consumers resuming from cursors while
-    /// writes are in flight, and a wildcard subscriber.
+    /// Invariants 1, 3 and 4: racing producers on a few segments of two stores (each client believes
+    /// its own next sequence and learns the real head from its failures), space consumers resuming
+    /// from cursors while writes are in flight, and a wildcard subscriber per store.
     #[test]
     fn invariants_hold_under_random_interleavings(seed in any::<u64>(), actions in proptest::collection::vec(action(), 1..40)) {
-        // Half the runs scale out to two instances sharing the store and the bus (with the shared space
-        // clock, which scaled-out servers use); some single-instance runs use the clock too.
+        // Half the runs scale out to two instances sharing the stores and the bus (with the shared space
+        // clock, which scaled-out servers use); some single-instance runs use the clock too. Half the
+        // runs split every instance's stores over two engine shards, so the streams of one connection
+        // go to different engines.
         let instances = 1 + (seed % 2) as usize;
+        let shards = 1 + (seed / 2 % 2) as usize;
         let mut engine = crate::server::EngineConfig::default();
         engine.manager.node.shared_space_clock = instances > 1 || seed % 3 == 0;
-        let mut sim = SystemSim::new(SystemConfig { seed, max_storage_latency: 12, instances, engine, ..SystemConfig::default() });
+        let mut sim = SystemSim::new(SystemConfig { seed, max_storage_latency: 12, instances, shards, engine, ..SystemConfig::default() });
         let clients: Vec<usize> = (0..3)
             .map(|i| sim.connect_to(i % instances, if i % 2 == 0 { Codec::Json } else { Codec::Cbor }, StoreScopes::All))
             .collect();
         let segments = ["a", "b", "c"];
-        let sub = sim.open(clients[0], STORE, Request::SubscribeToSegmentStatus(SubscribeToSegmentStatus {
+        let subs: Vec<Uuid> = STORES.iter().map(|store| sim.open(clients[0], *store, Request::SubscribeToSegmentStatus(SubscribeToSegmentStatus {
             space: "sp".into(), segment: "*".into(), heartbeat_interval_seconds: 0,
-        }));
+        }))).collect();
         sim.settle();
-        // What each client believes the next sequence of each segment is.
-        let mut next = [[1u64; 3]; 3];
-        let mut producing: Vec<(usize, usize, Uuid, u64)> = Vec::new();
-        let mut cursors: Vec<(LexKey, Vec<(String, u64)>)> = (0..3).map(|_| (LexKey::empty(), Vec::new())).collect();
-        let mut consuming: Vec<(usize, Uuid)> = Vec::new();
+        // What each client believes the next sequence of each segment of each store is.
+        let mut next = [[[1u64; 3]; 2]; 3];
+        let mut producing: Vec<(usize, usize, usize, Uuid, u64)> = Vec::new();
+        // Space cursors by client and store, with what they have seen.
+        let mut cursors: Vec<Vec<(LexKey, Vec<(String, u64)>)>> =
+            (0..3).map(|_| (0..2).map(|_| (LexKey::empty(), Vec::new())).collect()).collect();
+        let mut consuming: Vec<(usize, usize, Uuid)> = Vec::new();
         for action in actions {
             match action {
-                Action::Produce { c, s, n } => {
-                    let ch = sim.open(clients[c], STORE, Request::Produce(Produce { space: "sp".into(), segment: segments[s].into() }));
-                    for seq in next[c][s]..next[c][s] + n {
+                Action::Produce { c, t, s, n } => {
+                    let ch = sim.open(clients[c], STORES[t], Request::Produce(Produce { space: "sp".into(), segment: segments[s].into() }));
+                    for seq in next[c][t][s]..next[c][t][s] + n {
                         sim.send(clients[c], ch, Message::Record(Record::new(seq, "x")));
                     }
                     sim.close_send(clients[c], ch, None);
-                    producing.push((c, s, ch, n));
+                    producing.push((c, t, s, ch, n));
                 }
-                Action::ConsumeSpace { c } => {
-                    if consuming.iter().any(|(cc, _)| *cc == c) { continue; }
-                    let offset = cursors[c].0.clone();
-                    let ch = sim.open(clients[c], STORE, Request::ConsumeSpace(ConsumeSpace { space: "sp".into(), offset, ..Default::default() }));
-                    consuming.push((c, ch));
+                Action::ConsumeSpace { c, t } => {
+                    if consuming.iter().any(|(cc, tt, _)| (*cc, *tt) == (c, t)) { continue; }
+                    let offset = cursors[c][t].0.clone();
+                    let ch = sim.open(clients[c], STORES[t], Request::ConsumeSpace(ConsumeSpace { space: "sp".into(), offset, ..Default::default() }));
+                    consuming.push((c, t, ch));
                 }
                 Action::Wait { ms } => sim.run_for(Millis(ms)),
             }
             // Let some work happen between actions, and collect finished operations.
             for _ in 0..3 { sim.step(); }
-            producing.retain(|(c, s, ch, n)| {
+            producing.retain(|(c, t, s, ch, n)| {
                 let log = sim.op(clients[*c], *ch);
                 if !log.is_done() { return true; }
                 match log.error() {
-                    None => next[*c][*s] += n,
+                    None => next[*c][*t][*s] += n,
                     Some(e) => {
                         // Learn the real head from "sequence gap: expected X, got Y".
                         if let Some(x) = e.split("expected ").nth(1).and_then(|rest| rest.split(',').next()).and_then(|x| x.parse::<u64>().ok()) {
-                            next[*c][*s] = x;
+                            next[*c][*t][*s] = x;
                         }
                     }
                 }
                 false
             });
-            consuming.retain(|(c, ch)| {
+            consuming.retain(|(c, t, ch)| {
                 let log = sim.op(clients[*c], *ch);
                 if !log.is_done() { return true; }
                 for e in log.entries() {
-                    cursors[*c].0 = e.space_offset();
-                    cursors[*c].1.push((e.segment.clone(), e.sequence));
+                    cursors[*c][*t].0 = e.space_offset();
+                    cursors[*c][*t].1.push((e.segment.clone(), e.sequence));
                 }
                 false
             });
         }
         sim.settle();
         sim.run_for(Millis(10));
-        // Invariant 1: every segment is exactly 1..N.
-        let mut lengths = BTreeMap::new();
-        for segment in segments {
-            let log = sim.call(clients[0], STORE, Request::ConsumeSegment(seg("sp", segment)));
-            let got = seqs(&log.entries());
-            let n = got.len() as u64;
-            prop_assert_eq!(got, (1..=n).collect::<Vec<_>>());
-            lengths.insert(String::from(segment), n);
-        }
-        // Invariant 3: each cursor, resumed to the end, has seen every entry of the space exactly once.
-        for c in 0..3 {
-            let (offset, mut seen) = cursors[c].clone();
-            let log = sim.call(clients[c], STORE, Request::ConsumeSpace(ConsumeSpace { space: "sp".into(), offset, ..Default::default() }));
-            seen.extend(log.entries().iter().map(|e| (e.segment.clone(), e.sequence)));
-            let mut expected: Vec<(String, u64)> = lengths.iter().flat_map(|(s, n)| (1..=*n).map(move |q| (s.clone(), q))).collect();
-            expected.sort();
-            let mut sorted = seen.clone();
-            sorted.sort();
-            prop_assert_eq!(sorted, expected, "cursor of client {} skipped or repeated entries", c);
-        }
-        // Invariant 4: the subscriber's last_sequence per segment never goes back and ends at N.
-        let mut last: BTreeMap<String, u64> = BTreeMap::new();
-        for status in sim.op(clients[0], sub).statuses() {
-            if status.heartbeat { continue; }
-            let prev = last.insert(status.segment.clone(), status.last_sequence).unwrap_or(0);
-            prop_assert!(status.last_sequence >= prev, "{} went back from {} to {}", status.segment, prev, status.last_sequence);
-        }
-        for (segment, n) in lengths {
-            if n > 0 { prop_assert_eq!(last.get(&segment).copied(), Some(n)); }
+        for (t, store) in STORES.iter().enumerate() {
+            // Invariant 1: every segment is exactly 1..N.
+            let mut lengths = BTreeMap::new();
+            for segment in segments {
+                let log = sim.call(clients[0], *store, Request::ConsumeSegment(seg("sp", segment)));
+                let got = seqs(&log.entries());
+                let n = got.len() as u64;
+                prop_assert_eq!(got, (1..=n).collect::<Vec<_>>());
+                lengths.insert(String::from(segment), n);
+            }
+            // Invariant 3: each cursor, resumed to the end, has seen every entry of the space exactly once.
+            for c in 0..3 {
+                let (offset, mut seen) = cursors[c][t].clone();
+                let log = sim.call(clients[c], *store, Request::ConsumeSpace(ConsumeSpace { space: "sp".into(), offset, ..Default::default() }));
+                seen.extend(log.entries().iter().map(|e| (e.segment.clone(), e.sequence)));
+                let mut expected: Vec<(String, u64)> = lengths.iter().flat_map(|(s, n)| (1..=*n).map(move |q| (s.clone(), q))).collect();
+                expected.sort();
+                let mut sorted = seen.clone();
+                sorted.sort();
+                prop_assert_eq!(sorted, expected, "cursor of client {} on store {} skipped or repeated entries", c, t);
+            }
+            // Invariant 4: the subscriber's last_sequence per segment never goes back and ends at N.
+            let mut last: BTreeMap<String, u64> = BTreeMap::new();
+            for status in sim.op(clients[0], subs[t]).statuses() {
+                if status.heartbeat { continue; }
+                let prev = last.insert(status.segment.clone(), status.last_sequence).unwrap_or(0);
+                prop_assert!(status.last_sequence >= prev, "{} went back from {} to {}", status.segment, prev, status.last_sequence);
+            }
+            for (segment, n) in lengths {
+                if n > 0 { prop_assert_eq!(last.get(&segment).copied(), Some(n)); }
+            }
         }
     }
 }
