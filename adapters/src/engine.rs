@@ -1,8 +1,12 @@
-//! The engine task: drives the core's [`Engine`] on a runtime.
+//! The engine shards: each drives a core [`Engine`] on its own task.
 //!
-//! One task owns the engine (every store's node). Connections, in-process clients and storage
-//! completions talk to it through one bounded inbox ([`EngineHandle`]); it answers each connection
-//! through that connection's outbox. Storage effects run on the store's [`Store`] (a local store's
+//! Stores are spread over `shards` independent engine tasks ([`shard_of`]); each task owns the nodes
+//! of its stores, its inbox, its deadlines and its bus queue, so the engine uses as many cores as
+//! there are shards and stores of different shards never wait for each other. Connections and
+//! in-process clients reach the shards through one [`EngineHandle`], which routes every input to the
+//! shard of its stream's store; storage completions and bus deliveries go straight back to the shard
+//! that asked. Every shard answers a connection through that connection's one outbox. Storage
+//! effects run on the store's [`Store`] (a local store's
 //! worker threads with group commit, or the shared PostgreSQL committers and pool) and come back as
 //! completions; bus effects go to a [`MessageBus`] (the in-process
 //! [`MemoryBus`] by default) whose deliveries come back through a second bounded queue.
@@ -33,7 +37,7 @@ use futures_util::future::{Either, select};
 use streamkit_core::api::Envelope;
 use streamkit_core::node::{BusCommand, BusEvent, BusMessage, OpId, PEER_CANCELLED};
 use streamkit_core::server::{
-    Engine, EngineConfig, EngineEffect, EngineInput, EngineOutput, STORE_UNAVAILABLE,
+    Engine, EngineConfig, EngineEffect, EngineInput, EngineOutput, STORE_UNAVAILABLE, shard_of,
 };
 use streamkit_core::storage::{KvError, StorageOp, StorageResult};
 use streamkit_core::stream::StreamId;
@@ -56,36 +60,63 @@ pub const BUS_QUEUE_CAPACITY: usize = 65_536;
 /// Why streams are refused once the server is shutting down.
 pub const SHUTTING_DOWN: &str = "server shutting down";
 
-/// What the engine task receives.
+/// An input for the engine with the store of its stream, which decides the shard it goes to.
+pub type RoutedInput = (Uuid, EngineInput);
+
+/// What an engine shard receives.
 enum EngineMsg {
-    Register { conn: u64, outbox: Sender<EngineOutput> },
-    Unregister { conn: u64 },
-    Inputs(Vec<EngineInput>),
-    StoreOpened { store: Uuid, result: Result<Store, KvError> },
-    StorageDone { store: Uuid, op: OpId, result: StorageResult, commit_latency: Option<Duration> },
-    StoreClosed { store: Uuid },
-    Shutdown { grace: Duration, done: futures_channel::oneshot::Sender<()> },
+    Register {
+        conn: u64,
+        outbox: Sender<EngineOutput>,
+    },
+    Unregister {
+        conn: u64,
+    },
+    /// Inputs of streams whose stores this shard owns.
+    Inputs(Vec<RoutedInput>),
+    StoreOpened {
+        store: Uuid,
+        result: Result<Store, KvError>,
+    },
+    StorageDone {
+        store: Uuid,
+        op: OpId,
+        result: StorageResult,
+        commit_latency: Option<Duration>,
+    },
+    StoreClosed {
+        store: Uuid,
+    },
+    Shutdown {
+        grace: Duration,
+        done: futures_channel::oneshot::Sender<()>,
+    },
 }
 
-/// A cheap, cloneable handle to the engine task: how connections and in-process clients reach it.
+/// A cheap, cloneable handle to the engine shards: how connections and in-process clients reach them.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: Sender<EngineMsg>,
+    /// The inbox of every shard; shard `i` owns the stores `s` with `shard_of(s, shards.len()) == i`.
+    shards: Arc<[Sender<EngineMsg>]>,
     next_conn: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineHandle").field("queued", &self.tx.len()).finish_non_exhaustive()
+        f.debug_struct("EngineHandle")
+            .field("shards", &self.shards.len())
+            .field("queued", &self.queued())
+            .finish_non_exhaustive()
     }
 }
 
-/// Why [`EngineHandle::try_send`] did not deliver.
+/// Why [`EngineHandle::try_send`] did not deliver everything.
 #[derive(Debug)]
 pub enum TrySendInputs {
-    /// The inbox is full: the inputs, to send again (and wait) later.
-    Full(Vec<EngineInput>),
-    /// The engine task is gone.
+    /// The inboxes of some shards are full: their inputs, to send again (and wait) later. The inputs
+    /// of the other shards were delivered.
+    Full(Vec<RoutedInput>),
+    /// An engine shard is gone.
     Stopped,
 }
 
@@ -95,34 +126,65 @@ pub enum TrySendInputs {
 pub struct EngineStopped;
 
 impl EngineHandle {
-    /// Registers a new connection; returns its id and the receiver of its outputs.
+    /// Number of engine shards.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Registers a new connection with every shard; returns its id and the receiver of its outputs
+    /// (from all shards).
     pub async fn register(&self) -> Result<(u64, Receiver<EngineOutput>), EngineStopped> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (outbox, rx) = async_channel::unbounded();
-        self.tx.send(EngineMsg::Register { conn, outbox }).await.map_err(|_| EngineStopped)?;
+        for shard in self.shards.iter() {
+            let register = EngineMsg::Register { conn, outbox: outbox.clone() };
+            shard.send(register).await.map_err(|_| EngineStopped)?;
+        }
         Ok((conn, rx))
     }
 
     /// Forgets a connection (after its streams were reported aborted).
     pub async fn unregister(&self, conn: u64) {
-        let _ = self.tx.send(EngineMsg::Unregister { conn }).await;
+        for shard in self.shards.iter() {
+            let _ = shard.send(EngineMsg::Unregister { conn }).await;
+        }
     }
 
-    /// Delivers inputs, waiting while the inbox is full.
-    pub async fn send(&self, inputs: Vec<EngineInput>) -> Result<(), EngineStopped> {
+    /// Splits inputs by the shard of their store, keeping their order within each shard.
+    fn split(&self, inputs: Vec<RoutedInput>) -> Vec<(usize, Vec<RoutedInput>)> {
+        let shards = self.shards.len();
+        if shards == 1 {
+            return vec![(0, inputs)];
+        }
+        let mut batches: Vec<Vec<RoutedInput>> = (0..shards).map(|_| Vec::new()).collect();
+        for input in inputs {
+            batches[shard_of(&input.0, shards)].push(input);
+        }
+        batches.into_iter().enumerate().filter(|(_, batch)| !batch.is_empty()).collect()
+    }
+
+    /// Delivers inputs to their shards, waiting while an inbox is full.
+    pub async fn send(&self, inputs: Vec<RoutedInput>) -> Result<(), EngineStopped> {
         if inputs.is_empty() {
             return Ok(());
         }
-        self.tx.send(EngineMsg::Inputs(inputs)).await.map_err(|_| EngineStopped)
+        for (shard, batch) in self.split(inputs) {
+            self.shards[shard].send(EngineMsg::Inputs(batch)).await.map_err(|_| EngineStopped)?;
+        }
+        Ok(())
     }
 
-    /// Delivers inputs if the inbox has room; gives them back if it is full.
-    pub fn try_send(&self, inputs: Vec<EngineInput>) -> Result<(), TrySendInputs> {
-        match self.tx.try_send(EngineMsg::Inputs(inputs)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(EngineMsg::Inputs(inputs))) => Err(TrySendInputs::Full(inputs)),
-            Err(_) => Err(TrySendInputs::Stopped),
+    /// Delivers inputs to the shards whose inboxes have room; gives back those of the others.
+    pub fn try_send(&self, inputs: Vec<RoutedInput>) -> Result<(), TrySendInputs> {
+        let mut full = Vec::new();
+        for (shard, batch) in self.split(inputs) {
+            match self.shards[shard].try_send(EngineMsg::Inputs(batch)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(EngineMsg::Inputs(batch))) => full.extend(batch),
+                Err(_) => return Err(TrySendInputs::Stopped),
+            }
         }
+        if full.is_empty() { Ok(()) } else { Err(TrySendInputs::Full(full)) }
     }
 
     /// Shuts the engine down at once: every stream is closed, every store flushed and closed.
@@ -134,21 +196,30 @@ impl EngineHandle {
     /// Refuses new streams, waits up to `grace` for in-flight commits to finish (so their producers
     /// get their statuses), then shuts down like [`shutdown`](Self::shutdown). Resolves when done.
     pub async fn drain_and_shutdown(&self, grace: Duration) {
-        let (done, wait) = futures_channel::oneshot::channel();
-        if self.tx.send(EngineMsg::Shutdown { grace, done }).await.is_ok() {
+        // Every shard drains at the same time; the call resolves when the last is done.
+        let mut waits = Vec::with_capacity(self.shards.len());
+        for shard in self.shards.iter() {
+            let (done, wait) = futures_channel::oneshot::channel();
+            if shard.send(EngineMsg::Shutdown { grace, done }).await.is_ok() {
+                waits.push(wait);
+            }
+        }
+        for wait in waits {
             let _ = wait.await;
         }
     }
 
-    /// Messages waiting in the inbox (a queue-depth gauge for tests and diagnostics).
+    /// Messages waiting in the shards' inboxes (a queue-depth gauge for tests and diagnostics).
     pub fn queued(&self) -> usize {
-        self.tx.len()
+        self.shards.iter().map(Sender::len).sum()
     }
 }
 
-/// What the engine task needs besides the core engine.
+/// What the engine shards need besides the core engine.
 pub struct EngineTaskConfig {
-    /// Core engine configuration (nodes, manager, idle eviction).
+    /// Number of engine shards (tasks), at least 1: each owns the stores [`shard_of`] gives it.
+    pub shards: usize,
+    /// Core engine configuration of every shard (nodes, manager, idle eviction).
     pub engine: EngineConfig,
     /// Where stores live.
     pub stores: StoreFactory,
@@ -156,14 +227,15 @@ pub struct EngineTaskConfig {
     pub bus: Arc<dyn MessageBus>,
     /// Metrics to record into.
     pub metrics: Arc<Metrics>,
-    /// Seed of the engine's randomness (TRX ids).
+    /// Seed of the engine's randomness (TRX ids); each shard derives its own from it.
     pub seed: u64,
 }
 
 impl EngineTaskConfig {
-    /// A configuration with the in-memory bus and a fresh metrics registry.
+    /// A configuration of one shard with the in-memory bus and a fresh metrics registry.
     pub fn new(engine: EngineConfig, stores: StoreFactory, seed: u64) -> Self {
-        Self { engine, stores, bus: Arc::new(MemoryBus::new()), metrics: Arc::new(Metrics::new()), seed }
+        let (bus, metrics) = (Arc::new(MemoryBus::new()), Arc::new(Metrics::new()));
+        Self { shards: 1, engine, stores, bus, metrics, seed }
     }
 }
 
@@ -174,20 +246,49 @@ static STORE_OPEN_FAILED_LOG: LogLimit = LogLimit::per_second(DEFAULT_LINES_PER_
 /// Distinguishes the engines of one process on a shared bus.
 static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Starts the engine task on `runtime`; returns its handle.
+/// Starts the engine shards on `runtime`; returns the handle that routes to them.
 pub fn spawn_engine(runtime: Arc<dyn Runtime>, config: EngineTaskConfig) -> EngineHandle {
+    let factory = Arc::new(config.stores);
+    let shards: Vec<Sender<EngineMsg>> = (0..config.shards.max(1) as u64)
+        .map(|index| {
+            // Distinct seeds, so that the shards' TRX ids do not repeat each other's.
+            let seed = config.seed.wrapping_add(index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let shard = Shard {
+                engine: config.engine.clone(),
+                factory: factory.clone(),
+                bus: config.bus.clone(),
+                metrics: config.metrics.clone(),
+                seed,
+            };
+            spawn_shard(&runtime, shard)
+        })
+        .collect();
+    EngineHandle { shards: shards.into(), next_conn: Arc::new(AtomicU64::new(1)) }
+}
+
+/// What one shard's task is made of.
+struct Shard {
+    engine: EngineConfig,
+    factory: Arc<StoreFactory>,
+    bus: Arc<dyn MessageBus>,
+    metrics: Arc<Metrics>,
+    seed: u64,
+}
+
+/// Starts one engine shard; returns its inbox.
+fn spawn_shard(runtime: &Arc<dyn Runtime>, shard: Shard) -> Sender<EngineMsg> {
     let (tx, rx) = async_channel::bounded(INBOX_CAPACITY);
     let (bus_tx, bus_rx) = async_channel::bounded(BUS_QUEUE_CAPACITY);
     let clock = WallClock::default();
-    let engine = Engine::new(config.engine, clock.now(), config.seed);
+    let engine = Engine::new(shard.engine, clock.now(), shard.seed);
     let task = EngineTask {
         engine,
         clock,
         runtime: runtime.clone(),
-        factory: Arc::new(config.stores),
-        bus: config.bus,
+        factory: shard.factory,
+        bus: shard.bus,
         engine_id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
-        metrics: config.metrics,
+        metrics: shard.metrics,
         tx: tx.clone(),
         bus_tx,
         outboxes: BTreeMap::new(),
@@ -201,7 +302,7 @@ pub fn spawn_engine(runtime: Arc<dyn Runtime>, config: EngineTaskConfig) -> Engi
         phase: Phase::Running,
     };
     runtime.spawn(task.run(rx, bus_rx)).detach();
-    EngineHandle { tx, next_conn: Arc::new(AtomicU64::new(1)) }
+    tx
 }
 
 /// An open store and its share of the `stores_open` gauge.
@@ -348,7 +449,7 @@ impl EngineTask {
                 self.outboxes.remove(&conn);
             }
             EngineMsg::Inputs(inputs) => {
-                for input in inputs {
+                for (_, input) in inputs {
                     self.input(now, input);
                 }
             }

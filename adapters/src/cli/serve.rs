@@ -119,6 +119,10 @@ pub(super) struct ServeArgs {
     /// Close stores idle for this many seconds (0 keeps them open).
     #[arg(long, default_value_t = 600)]
     idle_evict_secs: u64,
+    /// Engine shards: the stores are spread over this many engine tasks, so the engine can use that
+    /// many cores (default: the available parallelism).
+    #[arg(long, env = "STREAMKIT_SHARDS", value_parser = clap::value_parser!(u16).range(1..))]
+    shards: Option<u16>,
     /// WebSocket connections served at once; upgrades over it get `503` with `Retry-After`.
     #[arg(long, env = "STREAMKIT_MAX_CONNECTIONS", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
@@ -206,6 +210,9 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
     config.http.max_pending_handshakes_per_ip = args.max_pending_handshakes_per_ip;
     config.http.header_timeout = Duration::from_millis(args.header_timeout_ms);
     args.limits.apply(&mut config);
+    if let Some(shards) = args.shards {
+        config.shards = usize::from(shards);
+    }
     config.idle_eviction = match args.idle_evict_secs {
         0 => None,
         secs => Some(streamkit_core::manager::IdleEviction {

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::ClientOptions;
 use super::error::{CANCELED, Error};
 use super::stream::{Command, DriverStream, OpStream, Signal, new_stream};
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, RoutedInput};
 use crate::runtime::{Runtime, RuntimeExt};
 
 /// Registers with the engine and starts the in-process driver; returns its command queue.
@@ -56,6 +56,8 @@ enum Pending {
 }
 
 struct Stream {
+    /// The store of the operation: every input of the stream goes to the engine shard owning it.
+    store: Uuid,
     handle: DriverStream,
     pending: VecDeque<Pending>,
 }
@@ -139,21 +141,21 @@ impl Driver {
         StreamId { conn: self.conn, channel }
     }
 
-    fn handle_signal(&mut self, signal: Signal, inputs: &mut Vec<EngineInput>) {
+    fn handle_signal(&mut self, signal: Signal, inputs: &mut Vec<RoutedInput>) {
         match signal {
             Signal::Resume(channel) => self.pump(channel, inputs),
             Signal::Cancel(channel) => {
-                if self.streams.remove(&channel).is_some() {
+                if let Some(removed) = self.streams.remove(&channel) {
                     let stream = self.stream_id(channel);
                     let end = StreamEnd::Failed(format!("remote closed stream: {CANCELED}"));
-                    inputs.push(EngineInput::End { stream, end });
-                    inputs.push(EngineInput::Aborted { stream });
+                    inputs.push((removed.store, EngineInput::End { stream, end }));
+                    inputs.push((removed.store, EngineInput::Aborted { stream }));
                 }
             }
         }
     }
 
-    fn handle_output(&mut self, output: EngineOutput, inputs: &mut Vec<EngineInput>) {
+    fn handle_output(&mut self, output: EngineOutput, inputs: &mut Vec<RoutedInput>) {
         let channel = output.stream().channel;
         let Some(stream) = self.streams.get_mut(&channel) else { return };
         match output {
@@ -173,7 +175,7 @@ impl Driver {
     }
 
     /// Hands a stream's answers to its operation while it has room; the engine gets the credit back.
-    fn pump(&mut self, channel: Uuid, inputs: &mut Vec<EngineInput>) {
+    fn pump(&mut self, channel: Uuid, inputs: &mut Vec<RoutedInput>) {
         let Some(stream) = self.streams.get_mut(&channel) else { return };
         let (mut delivered, mut bytes) = (0u32, 0u64);
         let mut ended = None;
@@ -198,7 +200,9 @@ impl Driver {
             }
         }
         if delivered > 0 {
-            inputs.push(EngineInput::Credit { stream: self.stream_id(channel), frames: delivered, bytes });
+            let store = stream.store;
+            let credit = EngineInput::Credit { stream: self.stream_id(channel), frames: delivered, bytes };
+            inputs.push((store, credit));
         }
         if let Some(end) = ended
             && let Some(stream) = self.streams.remove(&channel)
@@ -207,25 +211,25 @@ impl Driver {
         }
     }
 
-    async fn handle_command(&mut self, command: Command, inputs: &mut Vec<EngineInput>) {
+    async fn handle_command(&mut self, command: Command, inputs: &mut Vec<RoutedInput>) {
         match command {
             Command::Open { store, request, reply } => {
                 let result = self.open(store, request, inputs);
                 let _ = reply.send(result);
             }
             Command::Send { channel, message } => {
-                if self.streams.contains_key(&channel) {
+                if let Some(store) = self.streams.get(&channel).map(|s| s.store) {
                     let stream = self.stream_id(channel);
-                    inputs.push(EngineInput::Message { stream, message, charge: 0 });
+                    inputs.push((store, EngineInput::Message { stream, message, charge: 0 }));
                 }
             }
             Command::CloseSend { channel, err } => {
-                if self.streams.contains_key(&channel) {
+                if let Some(store) = self.streams.get(&channel).map(|s| s.store) {
                     let end = match err {
                         None => StreamEnd::Finished,
                         Some(err) => StreamEnd::Failed(format!("remote closed stream: {err}")),
                     };
-                    inputs.push(EngineInput::End { stream: self.stream_id(channel), end });
+                    inputs.push((store, EngineInput::End { stream: self.stream_id(channel), end }));
                 }
             }
             Command::Connect { reply } => {
@@ -243,7 +247,7 @@ impl Driver {
         &mut self,
         store: Uuid,
         request: Request,
-        inputs: &mut Vec<EngineInput>,
+        inputs: &mut Vec<RoutedInput>,
     ) -> Result<OpStream, Error> {
         if self.closed {
             return Err(Error::closed());
@@ -256,18 +260,19 @@ impl Driver {
         // The engine accepts INPUT_WINDOW messages of a stream before it acknowledges any.
         let (handle, op) =
             new_stream(channel, self.options.stream_buffer, INPUT_WINDOW, commands, self.signals.clone());
-        self.streams.insert(channel, Stream { handle, pending: VecDeque::new() });
+        self.streams.insert(channel, Stream { store, handle, pending: VecDeque::new() });
         let envelope = request.into_envelope();
         // No memory budget here: the operation's own channel bounds what it sends.
         let stream = self.stream_id(channel);
-        inputs.push(EngineInput::Open { stream, store, request: Ok(envelope), charge: 0 });
+        inputs.push((store, EngineInput::Open { stream, store, request: Ok(envelope), charge: 0 }));
         Ok(op)
     }
 
-    fn close(&mut self, inputs: &mut Vec<EngineInput>) {
+    fn close(&mut self, inputs: &mut Vec<RoutedInput>) {
         self.closed = true;
         for (channel, stream) in self.streams.drain() {
-            inputs.push(EngineInput::Aborted { stream: StreamId { conn: self.conn, channel } });
+            inputs
+                .push((stream.store, EngineInput::Aborted { stream: StreamId { conn: self.conn, channel } }));
             stream.handle.finish(Err(Error::closed()));
         }
     }

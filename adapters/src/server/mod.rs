@@ -270,6 +270,15 @@ pub struct ServerConfig {
     /// all and per source address; default
     /// [`HttpConfig::default`]). Its WebSocket message cap is set from `max_frame_bytes`.
     pub http: HttpConfig,
+    /// Engine shards: independent engine tasks over which the stores are spread, so that the engine
+    /// can use that many cores (default [`default_shards`]: the available parallelism). A store always
+    /// belongs to the same shard; 0 counts as 1.
+    pub shards: usize,
+}
+
+/// The default number of engine shards: the machine's available parallelism (1 if unknown).
+pub fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 impl fmt::Debug for ServerConfig {
@@ -291,6 +300,7 @@ impl fmt::Debug for ServerConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("idle_eviction", &self.idle_eviction)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("shards", &self.shards)
             .finish_non_exhaustive()
     }
 }
@@ -323,6 +333,7 @@ impl ServerConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             node: NodeConfig::default(),
             http: HttpConfig::default(),
+            shards: default_shards(),
         }
     }
 
@@ -665,7 +676,14 @@ pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> io::R
     let engine_config = config.engine_config();
     let engine = spawn_engine(
         runtime.clone(),
-        EngineTaskConfig { engine: engine_config, stores, bus, metrics: metrics.clone(), seed },
+        EngineTaskConfig {
+            shards: config.shards.max(1),
+            engine: engine_config,
+            stores,
+            bus,
+            metrics: metrics.clone(),
+            seed,
+        },
     );
     let readiness = Readiness::new();
     let connections = Arc::new(AtomicUsize::new(0));

@@ -45,6 +45,7 @@ mod server_ops;
 mod server_quotas;
 mod server_runtimes;
 mod server_security;
+mod server_shards;
 mod server_smoke;
 mod store_corruption;
 mod store_durability;
