@@ -261,6 +261,10 @@ async fn run(args: Args) -> Result<()> {
     report.push_str(&report::tables(&results, &targets, &workloads, space_read_in_w1));
     report.push_str("### Ratios at equal durability\n\n");
     report.push_str(&report::ratios(&results, &targets, &workloads, space_read_in_w1));
+    if workloads.contains(&Workload::W6) {
+        report.push_str("\n### W6: scaling over engine shards\n\n");
+        report.push_str(&report::shard_scaling(&results, &targets));
+    }
     report.push_str("\n### Wall time per run\n\n");
     report.push_str(&report::wall_times(&results, &targets));
     println!("{report}");

@@ -91,6 +91,7 @@ fn workload_of(metric: Metric, space_read_in_w1: bool) -> Workload {
         Metric::ConcurrentOcc => Workload::W3,
         Metric::SegmentRead | Metric::SpaceRead => Workload::W4,
         Metric::NotifyLatency => Workload::W5,
+        Metric::MultiStoreOneShard | Metric::MultiStoreTwoShards => Workload::W6,
     }
 }
 
@@ -229,6 +230,27 @@ pub fn ratios(
                     );
                 }
             }
+        }
+    }
+    out
+}
+
+/// W6: the rate with two engine shards over the rate with one, per streamkit target.
+pub fn shard_scaling(results: &Results, targets: &[Target]) -> String {
+    let mut out =
+        String::from("| configuration | `--shards 1` | `--shards 2` | ratio (2/1) |\n|---|---:|---:|---:|\n");
+    for (t, target) in targets.iter().enumerate() {
+        let one = results.summary(t, Metric::MultiStoreOneShard);
+        let two = results.summary(t, Metric::MultiStoreTwoShards);
+        if let (Some(one), Some(two)) = (one, two) {
+            let ratio = two.rate / one.rate.max(1e-9);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {ratio:.2} |",
+                target.config(),
+                rate(one.rate),
+                rate(two.rate)
+            );
         }
     }
     out

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use streamkit::server::Durability;
 
 use crate::Result;
+use crate::systems::Conn;
 use crate::systems::System;
 use crate::systems::nats::{Nats, NatsBinary};
 use crate::systems::redis::Redis;
 use crate::systems::streamkit::{Streamkit, Transport};
-use crate::workloads::{self, Measurement, Sizes, Workload};
+use crate::workloads::{self, Measurement, Metric, Sizes, Workload};
 
 /// Whether an acknowledged write is on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -203,8 +204,13 @@ pub fn all_targets(peers: &PeerBinaries, slow: (u64, u64)) -> Vec<Target> {
 
 /// Whether `workload` is run on `target`: reads (W4) only on non-durable targets, since the durability
 /// of the writes that loaded the data does not change a read.
+/// W6 (engine shards) only on streamkit over WebSocket with CBOR.
 pub fn runs(target: &Target, workload: Workload) -> bool {
-    workload != Workload::W4 || target.durability == DurabilityClass::None
+    match workload {
+        Workload::W4 => target.durability == DurabilityClass::None,
+        Workload::W6 => matches!(target.kind, Kind::Streamkit(Transport::WsCbor, _)),
+        _ => true,
+    }
 }
 
 /// Starts a fresh instance of `target`, runs `workload`, stops it.
@@ -221,6 +227,24 @@ pub async fn run_once(
         *sizes
     };
     match &target.kind {
+        Kind::Streamkit(transport, durability) if workload == Workload::W6 => {
+            // The same load on a server with one engine shard, then on one with two.
+            let mut out = Vec::new();
+            for (shards, metric) in [(1, Metric::MultiStoreOneShard), (2, Metric::MultiStoreTwoShards)] {
+                let system = Streamkit::start_with_shards(*transport, *durability, Some(shards)).await?;
+                let result = match system.connect().await {
+                    Ok(conn) => {
+                        let measured = workloads::multi_store(&conn, metric, &sizes).await;
+                        conn.close().await;
+                        measured
+                    }
+                    Err(error) => Err(error),
+                };
+                system.stop().await;
+                out.push(result?);
+            }
+            Ok(out)
+        }
         Kind::Streamkit(transport, durability) => {
             let system = Streamkit::start(*transport, *durability).await?;
             finish(system, workload, &sizes, space_read_in_w1).await

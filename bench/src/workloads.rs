@@ -1,4 +1,5 @@
-//! The five workloads (W1–W5), written once against [`System`]/[`Conn`] and run on every target.
+//! The workloads: W1–W5, written once against [`System`]/[`Conn`] and run on every target, and W6,
+//! streamkit's scaling over engine shards.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::Result;
+use crate::systems::streamkit::StreamkitConn;
 use crate::systems::{Conn, System};
 
 /// The workloads of issue 8.
@@ -24,11 +26,14 @@ pub enum Workload {
     W4,
     /// Notification latency, producer to a watcher on another connection.
     W5,
+    /// streamkit only: appends spread over many stores, with one engine shard and with two.
+    W6,
 }
 
 impl Workload {
     /// All workloads, in order.
-    pub const ALL: [Workload; 5] = [Workload::W1, Workload::W2, Workload::W3, Workload::W4, Workload::W5];
+    pub const ALL: [Workload; 6] =
+        [Workload::W1, Workload::W2, Workload::W3, Workload::W4, Workload::W5, Workload::W6];
 }
 
 impl FromStr for Workload {
@@ -41,7 +46,8 @@ impl FromStr for Workload {
             "W3" => Ok(Workload::W3),
             "W4" => Ok(Workload::W4),
             "W5" => Ok(Workload::W5),
-            other => Err(format!("unknown workload {other:?} (W1..W5)")),
+            "W6" => Ok(Workload::W6),
+            other => Err(format!("unknown workload {other:?} (W1..W6)")),
         }
     }
 }
@@ -69,11 +75,15 @@ pub enum Metric {
     SpaceRead,
     /// W5 produce → watcher latency.
     NotifyLatency,
+    /// W6 appends over many stores, `--shards 1`.
+    MultiStoreOneShard,
+    /// W6 appends over many stores, `--shards 2`.
+    MultiStoreTwoShards,
 }
 
 impl Metric {
     /// Every metric, in report order.
-    pub const ALL: [Metric; 7] = [
+    pub const ALL: [Metric; 9] = [
         Metric::FanInAppend,
         Metric::FanInReadBack,
         Metric::SingleStreamOcc,
@@ -81,6 +91,8 @@ impl Metric {
         Metric::SegmentRead,
         Metric::SpaceRead,
         Metric::NotifyLatency,
+        Metric::MultiStoreOneShard,
+        Metric::MultiStoreTwoShards,
     ];
 
     /// Heading of its table.
@@ -93,6 +105,8 @@ impl Metric {
             Metric::SegmentRead => "W4 read one segment",
             Metric::SpaceRead => "W4 read one space (all segments, in order)",
             Metric::NotifyLatency => "W5 notification latency (produce → watcher on another connection)",
+            Metric::MultiStoreOneShard => "W6 appends over 64 stores (16 producers, batched), `--shards 1`",
+            Metric::MultiStoreTwoShards => "W6 appends over 64 stores (16 producers, batched), `--shards 2`",
         }
     }
 
@@ -100,7 +114,12 @@ impl Metric {
     pub fn is_write(self) -> bool {
         matches!(
             self,
-            Metric::FanInAppend | Metric::SingleStreamOcc | Metric::ConcurrentOcc | Metric::NotifyLatency
+            Metric::FanInAppend
+                | Metric::SingleStreamOcc
+                | Metric::ConcurrentOcc
+                | Metric::NotifyLatency
+                | Metric::MultiStoreOneShard
+                | Metric::MultiStoreTwoShards
         )
     }
 }
@@ -130,6 +149,10 @@ pub struct Sizes {
     pub w4_batch: u64,
     /// W5 samples.
     pub w5_samples: u64,
+    /// W6 stores (one segment each).
+    pub w6_stores: u64,
+    /// W6 records in total.
+    pub w6_events: u64,
 }
 
 impl Sizes {
@@ -147,6 +170,8 @@ impl Sizes {
             w4_events: 1_000_000,
             w4_batch: 1_000,
             w5_samples: 10_000,
+            w6_stores: 64,
+            w6_events: 256_000,
         }
     }
 
@@ -164,6 +189,8 @@ impl Sizes {
             w4_events: 2_000,
             w4_batch: 500,
             w5_samples: 100,
+            w6_stores: 8,
+            w6_events: 800,
         }
     }
 
@@ -280,7 +307,41 @@ pub async fn run<S: System>(
             Ok(out)
         }
         Workload::W5 => Ok(vec![notify_latency(system, sizes, &payload).await?]),
+        Workload::W6 => Err("W6 runs on streamkit only, through `multi_store`".into()),
     }
+}
+
+/// W6: `w1_producers` producers on one connection append batches of `w1_batch` records, each to one
+/// segment in every one of its share of `w6_stores` stores, round-robin (like W1, with stores instead
+/// of segments): how the engine scales with its shards when the load is spread over stores.
+pub async fn multi_store(conn: &StreamkitConn, metric: Metric, sizes: &Sizes) -> Result<Measurement> {
+    let payload = Bytes::from(vec![b'x'; sizes.payload]);
+    let stores = sizes.w6_stores.max(1);
+    let per_store = (sizes.w6_events / stores).max(1);
+    let producers = sizes.w1_producers.clamp(1, stores);
+    let batch = sizes.w1_batch.max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let mine: Vec<StreamkitConn> =
+            (p..stores).step_by(producers as usize).map(|_| conn.for_store(uuid::Uuid::new_v4())).collect();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut first = 1;
+            while first <= per_store {
+                let count = batch.min(per_store - first + 1);
+                for store in &mine {
+                    store.append_batch("s0", first, count, &payload).await?;
+                }
+                first += count;
+            }
+            Ok::<_, crate::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| format!("producer task: {e}"))??;
+    }
+    Ok(Measurement::new(metric, per_store * stores, sizes.payload, started.elapsed(), Vec::new()))
 }
 
 fn stream_name(i: u64) -> String {

@@ -17,7 +17,7 @@ fn quick_run_completes_against_every_system() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "peer-bench --quick failed ({})\n{stdout}\n{stderr}", output.status);
     let report = std::fs::read_to_string(dir.path().join("quick.md")).expect("the report is written");
-    for workload in ["W1", "W2", "W3", "W4", "W5"] {
+    for workload in ["W1", "W2", "W3", "W4", "W5", "W6"] {
         assert!(report.contains(workload), "the report covers {workload}:\n{report}");
     }
     for system in ["streamkit", "NATS JetStream", "Redis Streams"] {

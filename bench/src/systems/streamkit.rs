@@ -54,13 +54,26 @@ pub struct Streamkit {
 }
 
 impl Streamkit {
-    /// Starts a server with `durability`, its data in a new temporary directory.
+    /// Starts a server with `durability`, its data in a new temporary directory, with the default
+    /// number of engine shards.
     pub async fn start(transport: Transport, durability: Durability) -> Result<Self> {
+        Self::start_with_shards(transport, durability, None).await
+    }
+
+    /// Starts a server like [`start`](Self::start), with `shards` engine shards (`None`: the default).
+    pub async fn start_with_shards(
+        transport: Transport,
+        durability: Durability,
+        shards: Option<usize>,
+    ) -> Result<Self> {
         let data = tempfile::Builder::new().prefix("peer-bench-streamkit-").tempdir()?;
         let secret = Uuid::new_v4().simple().to_string();
         let verifier = JwtVerifier::hs256(secret.as_bytes())?;
         let mut config = ServerConfig::embedded("127.0.0.1:0".parse()?, verifier, data.path());
         config.durability = durability;
+        if let Some(shards) = shards {
+            config.shards = shards;
+        }
         let runtime: Arc<dyn Runtime> =
             Arc::new(TokioRuntime::try_current().ok_or("peer-bench must run inside tokio")?);
         let server = start(runtime.clone(), config).await?;
@@ -111,6 +124,11 @@ pub struct StreamkitOcc {
 }
 
 impl StreamkitConn {
+    /// The same connection, writing to and reading from `store`.
+    pub fn for_store(&self, store: Uuid) -> Self {
+        Self { client: self.client.clone(), store }
+    }
+
     /// Produces `records` to `segment` and waits for the end of its acknowledgements.
     async fn produce(&self, segment: &str, records: Vec<Record>) -> Result<()> {
         let mut statuses =
