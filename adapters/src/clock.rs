@@ -1,4 +1,7 @@
-//! The clock adapters hand to the core: Unix epoch milliseconds that never go backwards.
+//! The clocks adapters hand to the core: wall-clock Unix milliseconds that never go backwards, for
+//! what must be wall time (entry timestamps, lease expiries, token expiry), and monotonic
+//! milliseconds for connection timers (heartbeats, idle timeouts), which a step of the system clock
+//! must not move.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +31,46 @@ impl WallClock {
     }
 }
 
+/// Milliseconds of a monotonic clock, counted from when this clock was made (plus one second, so that
+/// no deadline is ever zero). A step of the system clock (an NTP correction, an operator's `date`)
+/// neither fires timers on this clock early nor holds them back.
+#[derive(Clone, Copy, Debug)]
+pub struct MonotonicClock {
+    origin: Instant,
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MonotonicClock {
+    /// A clock reading about one second now.
+    pub fn new() -> Self {
+        Self { origin: Instant::now() }
+    }
+
+    /// Milliseconds since this clock was made, plus 1,000.
+    pub fn now(&self) -> Millis {
+        Millis(self.origin.elapsed().as_millis() as u64 + 1_000)
+    }
+
+    /// The instant at which this clock reads `at`.
+    pub fn instant_of(&self, at: Millis) -> Instant {
+        self.origin + Duration::from_millis(at.as_u64().saturating_sub(1_000))
+    }
+
+    /// When this clock will read what `wall` reads at `deadline` (e.g. a token's expiry), from the two
+    /// clocks' readings now; `Millis(u64::MAX)` stays "never".
+    pub fn from_wall(&self, wall: &WallClock, deadline: Millis) -> Millis {
+        if deadline.as_u64() == u64::MAX {
+            return deadline;
+        }
+        self.now() + deadline.saturating_since(wall.now())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +82,20 @@ mod tests {
         clock.last.store(a.as_u64() + 10_000, Ordering::Release);
         assert_eq!(clock.now(), Millis(a.as_u64() + 10_000));
         assert!(clock.instant_of(Millis(0)) <= Instant::now());
+    }
+
+    #[test]
+    fn the_monotonic_clock_maps_to_instants_and_wall_deadlines() {
+        let clock = MonotonicClock::new();
+        let now = clock.now();
+        assert!(now >= Millis(1_000));
+        let at = clock.instant_of(now + Millis(500));
+        let expected = Instant::now() + Duration::from_millis(500);
+        assert!(at <= expected && expected - at < Duration::from_millis(100));
+        let wall = WallClock::default();
+        let in_a_minute = clock.from_wall(&wall, wall.now() + Millis(60_000));
+        assert!(in_a_minute.saturating_since(clock.now()) > Millis(59_000));
+        assert_eq!(clock.from_wall(&wall, Millis(u64::MAX)), Millis(u64::MAX));
+        assert!(clock.from_wall(&wall, Millis(5)) <= clock.now(), "a past deadline is due now");
     }
 }

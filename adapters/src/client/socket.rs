@@ -43,7 +43,7 @@ use super::error::{CANCELED, CLIENT_CLOSED, Error, ErrorKind};
 use super::retry::random_seed;
 use super::stream::{Command, DriverStream, OpStream, Signal, end_result, new_stream};
 use super::{ClientOptions, TokenSource};
-use crate::clock::WallClock;
+use crate::clock::MonotonicClock;
 use crate::runtime::{JoinHandle, Runtime, RuntimeExt};
 use crate::ws::{DialOptions, WsError, dial};
 
@@ -77,7 +77,7 @@ pub(crate) fn spawn_driver(
         url,
         tokens,
         options,
-        clock: WallClock::default(),
+        clock: MonotonicClock::new(),
         commands: commands.downgrade(),
         signals,
         streams: HashMap::new(),
@@ -119,7 +119,8 @@ struct Driver {
     url: String,
     tokens: Arc<dyn TokenSource>,
     options: ClientOptions,
-    clock: WallClock,
+    /// The connection's timers (heartbeats, idle timeout) run on a monotonic clock.
+    clock: MonotonicClock,
     /// Weak, so the driver ends once every client handle and operation is gone.
     commands: WeakSender<Command>,
     signals: Sender<Signal>,

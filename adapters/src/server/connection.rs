@@ -25,7 +25,7 @@ use streamkit_core::Millis;
 use streamkit_core::mux::{MUXER_CLOSED, MuxConfig, MuxCounters, MuxSession, Role};
 use streamkit_core::server::{ConnectionConfig, EngineOutput, ServerConnection};
 
-use crate::clock::WallClock;
+use crate::clock::{MonotonicClock, WallClock};
 use crate::engine::{EngineHandle, EngineStopped, TrySendInputs};
 use crate::http::AcceptedWebSocket;
 use crate::log_limit::limited_log;
@@ -86,7 +86,9 @@ pub struct ConnectionContext {
 pub async fn run_connection(accepted: AcceptedWebSocket, context: ConnectionContext, seed: u64) {
     let ConnectionContext { engine, runtime, mux, connection: budget, metrics } = context;
     let Ok((conn_id, outbox)) = engine.register().await else { return };
-    let clock = WallClock::default();
+    // Heartbeats and idle timeouts run on the monotonic clock: a step of the system clock must not
+    // close connections (or keep dead ones open). The token's expiry becomes a deadline on it too.
+    let clock = MonotonicClock::new();
     // `_permit` holds this connection's place under the connection limit until the connection ends.
     let AcceptedWebSocket { connection, principal, codec, peer, permit: _permit } = accepted;
     let session = MuxSession::new(Role::Server { scopes: principal.scopes }, codec, mux, clock.now(), seed);
@@ -100,7 +102,7 @@ pub async fn run_connection(accepted: AcceptedWebSocket, context: ConnectionCont
         writer,
         timer: runtime.sleep(Duration::from_secs(3600)),
         clock,
-        expires_at: principal.expires_at,
+        expires_at: clock.from_wall(&WallClock::default(), principal.expires_at),
         metrics: metrics.clone(),
         counters: MuxCounters::default(),
         forwarding: None,
@@ -143,7 +145,8 @@ struct Driver {
     reader: WsReader,
     writer: WsWriter,
     timer: Pin<Box<dyn AsyncTimer>>,
-    clock: WallClock,
+    clock: MonotonicClock,
+    /// The token's expiry, on `clock`.
     expires_at: Millis,
     metrics: Arc<Metrics>,
     /// What the mux had refused at the last look (for the metrics).

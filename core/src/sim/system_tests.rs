@@ -425,6 +425,9 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
+/// A space cursor and the (segment, sequence) of every entry it has seen.
+type Cursor = (LexKey, Vec<(String, u64)>);
+
 /// The two stores of the random interleavings; they belong to different shards of two.
 const STORES: [Uuid; 2] = [STORE, Uuid::from_u128(0x2c4e6a8b_1d3f_4a5c_9e7b_0f1e2d3c4b5a)];
 
@@ -462,7 +465,7 @@ proptest! {
         let mut next = [[[1u64; 3]; 2]; 3];
         let mut producing: Vec<(usize, usize, usize, Uuid, u64)> = Vec::new();
         // Space cursors by client and store, with what they have seen.
-        let mut cursors: Vec<Vec<(LexKey, Vec<(String, u64)>)>> =
+        let mut cursors: Vec<Vec<Cursor>> =
             (0..3).map(|_| (0..2).map(|_| (LexKey::empty(), Vec::new())).collect()).collect();
         let mut consuming: Vec<(usize, usize, Uuid)> = Vec::new();
         for action in actions {
