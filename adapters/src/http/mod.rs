@@ -96,9 +96,16 @@ pub struct HttpConfig {
     /// immediately ([`Rejection::TooManyPendingFromIp`]). A source is an IPv4 address (an
     /// IPv4-mapped IPv6 address counts as IPv4) or an IPv6 /64, the block one host usually has.
     pub max_pending_handshakes_per_ip: usize,
-    /// Settings of upgraded connections (default [`default_websocket_config`]: 8 MiB frame cap).
+    /// Settings of upgraded connections (default [`default_websocket_config`] with reads of at most
+    /// [`SERVER_READ_BUFFER`]: 8 MiB frame cap).
     pub websocket: WebSocketConfig,
 }
+
+/// Bytes a server connection reads from its socket at once. tungstenite fills its read buffer up to
+/// this much past the data it holds before every read, so this is memory every connection touches,
+/// idle or not: 8 KiB instead of the client's 32 KiB keeps 10,000 idle connections about 240 MB
+/// smaller. Frames larger than this are still read whole (the buffer grows for them).
+pub const SERVER_READ_BUFFER: usize = 8 * 1024;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -108,7 +115,7 @@ impl Default for HttpConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
             max_pending_handshakes_per_ip: DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP,
-            websocket: default_websocket_config(),
+            websocket: default_websocket_config().read_buffer_size(SERVER_READ_BUFFER),
         }
     }
 }
