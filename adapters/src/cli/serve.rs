@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use streamkit_core::Millis;
+use streamkit_core::mux::OverloadPolicy;
 
 use super::{CliError, KeyArgs, algorithm_name, random_hex};
 use crate::auth::{JwtVerifier, TokenClaims, TokenSigner};
@@ -36,6 +37,15 @@ fn parse_store(s: &str) -> Result<StoreArg, String> {
         }
         other => Err(format!("expected embedded, memory or postgres://…, got {other:?}")),
     }
+}
+
+/// The overload policy (`--overload-policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OverloadArg {
+    /// Stop reading the socket until the server caught up (Go's default).
+    Wait,
+    /// Wait, then close a stream that stays over its bound too long (Go's `close`).
+    Close,
 }
 
 /// The message bus (`--bus`).
@@ -119,6 +129,18 @@ pub(super) struct ServeArgs {
     /// Close stores idle for this many seconds (0 keeps them open).
     #[arg(long, default_value_t = 600)]
     idle_evict_secs: u64,
+    /// What a connection does when a stream sends faster than the server takes its input: `wait`
+    /// (Go's default) stops reading the socket until the server caught up; `close` (Go's `close`)
+    /// also waits, but closes a stream that stays over its bound for `--overload-threshold` + 1
+    /// periods of `--overload-timeout-ms`, with `stream receive buffer overloaded`.
+    #[arg(long, value_enum, default_value = "wait")]
+    overload_policy: OverloadArg,
+    /// `--overload-policy close`: one offer timeout, in milliseconds (Go: 100).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    overload_timeout_ms: u64,
+    /// `--overload-policy close`: timeouts tolerated before the stream is closed (Go: 3).
+    #[arg(long, default_value_t = 3)]
+    overload_threshold: u32,
     /// Engine shards: the stores are spread over this many engine tasks, so the engine can use that
     /// many cores (default: the available parallelism).
     #[arg(long, env = "STREAMKIT_SHARDS", value_parser = clap::value_parser!(u16).range(1..))]
@@ -210,6 +232,13 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
     config.http.max_pending_handshakes_per_ip = args.max_pending_handshakes_per_ip;
     config.http.header_timeout = Duration::from_millis(args.header_timeout_ms);
     args.limits.apply(&mut config);
+    config.overload_policy = match args.overload_policy {
+        OverloadArg::Wait => OverloadPolicy::Wait,
+        OverloadArg::Close => OverloadPolicy::WaitThenClose {
+            timeout: Millis(args.overload_timeout_ms),
+            threshold: args.overload_threshold,
+        },
+    };
     if let Some(shards) = args.shards {
         config.shards = usize::from(shards);
     }

@@ -237,6 +237,12 @@ pub struct ServerConfig {
     /// [`DEFAULT_MAX_STREAMS_PER_CONNECTION`]; 0 = unlimited, Go's default). A stream over the limit is
     /// refused with `too many active streams`.
     pub max_streams_per_connection: usize,
+    /// What a connection does when a stream's inbound queue is over its bound because the engine
+    /// takes its input slower than the peer sends it (default [`OverloadPolicy::Wait`], Go's default:
+    /// the socket is not read until the engine caught up, so TCP slows the peer down).
+    /// [`OverloadPolicy::GO_CLOSE`] is Go's `close`: a stream that stays over its bound for 400 ms is
+    /// closed with `stream receive buffer overloaded`.
+    pub overload_policy: OverloadPolicy,
     /// Largest WebSocket message accepted (default 8 MiB, Go's `MaxPayloadBytes`); a larger one closes
     /// the connection.
     pub max_frame_bytes: usize,
@@ -294,6 +300,7 @@ impl fmt::Debug for ServerConfig {
             .field("cluster", &self.cluster)
             .field("max_connections", &self.max_connections)
             .field("max_streams_per_connection", &self.max_streams_per_connection)
+            .field("overload_policy", &self.overload_policy)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("heartbeat_interval", &self.heartbeat_interval)
@@ -323,6 +330,7 @@ impl ServerConfig {
             cluster: ClusterMode::Auto,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            overload_policy: OverloadPolicy::Wait,
             max_frame_bytes: DEFAULT_MAX_FRAME,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD,
             connection_memory_budget: DEFAULT_MEMORY_BUDGET,
@@ -368,8 +376,7 @@ impl ServerConfig {
             heartbeat_jitter: millis(self.heartbeat_jitter),
             idle_timeout: millis(self.idle_timeout),
             max_streams: self.max_streams_per_connection,
-            // A peer faster than the engine is slowed down through its socket, not cut off.
-            overload: OverloadPolicy::Wait,
+            overload: self.overload_policy,
             ..MuxConfig::default()
         }
     }

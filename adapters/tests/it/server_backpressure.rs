@@ -1,7 +1,8 @@
 //! A producer faster than its commits is slowed down through its socket, never cut off (Go's default
 //! `wait` overload policy): a client writing 200,000 records on one produce stream as fast as the
 //! socket takes them, against storage that is deliberately slow, gets every record committed, while
-//! another stream of the same connection and another connection are still served.
+//! another stream of the same connection and another connection are still served. With Go's `close`
+//! policy instead, a stream whose input stays stuck over its bound is closed, and only that stream.
 
 use crate::support;
 
@@ -13,6 +14,7 @@ use streamkit::runtime::{Runtime, RuntimeExt, TokioRuntime};
 use streamkit::server::ServerConfig;
 use streamkit::store::StoreFactory;
 use streamkit_core::api::{Peek, Record, Request};
+use streamkit_core::mux::OverloadPolicy;
 use streamkit_core::wire::Codec;
 use support::*;
 use uuid::Uuid;
@@ -69,5 +71,43 @@ async fn a_fast_producer_is_slowed_down_not_aborted() {
     assert_eq!(head[0].sequence, RECORDS);
     let text = server.metrics().render();
     assert_eq!(metric(&text, "streamkit_errors_total{kind=\"stream_overload\"}"), None);
+    server.shutdown().await;
+}
+
+/// `--overload-policy close` (Go's): a producer whose store does not commit anything fills its stream's
+/// inbound queue; after 400 ms over its bound the stream is closed with
+/// `stream receive buffer overloaded`, while another stream of the connection keeps being served and
+/// the connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_close_policy_a_stream_stuck_over_its_bound_is_closed() {
+    let runtime: Arc<dyn Runtime> = Arc::new(TokioRuntime::try_current().unwrap());
+    let (stuck, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let factory = StoreFactory::memory();
+    let data = factory.memory_store(&stuck).unwrap();
+    // Holding the store's lock until told to stalls every storage operation of that store.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let _ = data.with(|_| released.recv_timeout(Duration::from_secs(120)));
+    });
+    let mut config = ServerConfig::new(any_port(), verifier(), factory);
+    config.overload_policy = OverloadPolicy::GO_CLOSE;
+    config.shutdown_grace = Duration::from_secs(1);
+    let server = serve(&runtime, config).await;
+    let client = TestClient::connect(&runtime, &url(&server), &admin_token(), Codec::Json).await.unwrap();
+    // More records than the engine's window and the stream's queue (8,192) hold.
+    let records: Vec<Record> = (1..=20_000).map(|seq| Record::new(seq, vec![b'r'; 64])).collect();
+    let outcome =
+        within(&runtime, "the stuck produce to be closed", client.produce(stuck, "sp", "seg", records)).await;
+    let error = outcome.end.expect_err("the stuck stream is closed");
+    assert!(error.contains("stream receive buffer overloaded"), "{error}");
+    // The connection is still open and serves its other streams.
+    assert!(client.is_closed().is_none());
+    let produced =
+        client.produce(other, "sp", "seg", (1..=10).map(|seq| Record::new(seq, "x")).collect()).await.ok();
+    assert_eq!(produced.statuses().last().map(|s| s.last_sequence), Some(10));
+    let text = server.metrics().render();
+    assert_eq!(metric(&text, "streamkit_errors_total{kind=\"stream_overload\"}"), Some(1.0), "{text}");
+    release.send(()).unwrap();
+    holder.join().unwrap();
     server.shutdown().await;
 }

@@ -31,9 +31,42 @@ pub enum OverloadPolicy {
     /// ([`MuxSession::is_backlogged`](super::MuxSession::is_backlogged)) and the driver stops reading
     /// the socket until the queues drain, so a fast peer is slowed down by TCP (Go's default `wait`).
     Wait,
-    /// Abort the overflowing stream with `stream receive buffer overloaded` (Go's `close`).
+    /// Abort the overflowing stream at once with `stream receive buffer overloaded` (what a client
+    /// session does with a peer that sends more than it reads).
     #[default]
     Close,
+    /// Go's server `close` policy: wait like [`OverloadPolicy::Wait`], but a stream whose inbound
+    /// queue stays over its bound for `threshold + 1` consecutive periods of `timeout` (Go: 3 and
+    /// 100 ms, so 400 ms) without the application taking anything is aborted with
+    /// `stream receive buffer overloaded` (an `error` frame, the channel tombstoned); so is the
+    /// largest stream while the whole connection stays over its bound that long. Reading then
+    /// resumes for the other streams.
+    WaitThenClose {
+        /// One offer timeout (Go: 100 ms).
+        timeout: Millis,
+        /// Timeouts tolerated before the stream is closed (Go: 3).
+        threshold: u32,
+    },
+}
+
+impl OverloadPolicy {
+    /// Go's server `close` policy: 3 timeouts of 100 ms tolerated.
+    pub const GO_CLOSE: OverloadPolicy = OverloadPolicy::WaitThenClose { timeout: Millis(100), threshold: 3 };
+
+    /// Whether a stream over its bound is kept for now (the driver pauses its reads meanwhile).
+    pub fn waits(self) -> bool {
+        !matches!(self, OverloadPolicy::Close)
+    }
+
+    /// How long a stream may stay over its bound before it is closed, if it ever is.
+    pub fn patience(self) -> Option<Millis> {
+        match self {
+            OverloadPolicy::WaitThenClose { timeout, threshold } => {
+                Some(Millis(timeout.as_u64().saturating_mul(u64::from(threshold) + 1)))
+            }
+            OverloadPolicy::Wait | OverloadPolicy::Close => None,
+        }
+    }
 }
 
 /// Tunables of a [`MuxSession`](super::MuxSession). [`Default`] gives Go's defaults (spec §2.8, §2.9).

@@ -81,4 +81,7 @@ pub enum TimeoutReason {
     Heartbeat,
     /// Events are waiting in `poll_event`: the deadline is "now".
     PendingEvents,
+    /// A stream (or the connection) has been over its inbound bound since a while: with
+    /// [`OverloadPolicy::WaitThenClose`](super::OverloadPolicy::WaitThenClose), it is closed then.
+    Overload,
 }

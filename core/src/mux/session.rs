@@ -1,11 +1,11 @@
 //! [`MuxSession`]: the state machine of one physical connection.
 
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use uuid::Uuid;
 
-use super::config::{CONTROL_OVERLOAD_REASON, MAX_QUEUED_CONTROL_FRAMES, MuxConfig, OverloadPolicy, Role};
+use super::config::{CONTROL_OVERLOAD_REASON, MAX_QUEUED_CONTROL_FRAMES, MuxConfig, Role};
 use super::error::MuxError;
 use super::event::{MuxEvent, StreamEnd, StreamInput, TimeoutReason};
 use super::outbound::{Outbound, Taken};
@@ -87,8 +87,10 @@ pub struct MuxSession {
     streams: BTreeMap<Uuid, Stream>,
     /// Sum of the queued inbound payload bytes of all streams.
     inbound_bytes: usize,
-    /// Streams whose inbound queue is over its bound ([`OverloadPolicy::Wait`] only).
-    over_bound: BTreeSet<Uuid>,
+    /// Streams whose inbound queue is over its bound (waiting policies only), and since when.
+    over_bound: BTreeMap<Uuid, Millis>,
+    /// Since when the connection's inbound bytes are over their bound (waiting policies only).
+    connection_over_since: Option<Millis>,
     tombstones: Tombstones,
     outbound: Outbound,
     events: VecDeque<MuxEvent>,
@@ -113,7 +115,8 @@ impl MuxSession {
             next_heartbeat: None,
             streams: BTreeMap::new(),
             inbound_bytes: 0,
-            over_bound: BTreeSet::new(),
+            over_bound: BTreeMap::new(),
+            connection_over_since: None,
             tombstones,
             outbound: Outbound::default(),
             events: VecDeque::new(),
@@ -176,8 +179,8 @@ impl MuxSession {
             .max_by_key(|(_, bytes)| *bytes)
     }
 
-    /// With [`OverloadPolicy::Wait`]: whether a stream's inbound queue, or the connection's, is over
-    /// its bound, so the driver must not read more frames until the application has taken some.
+    /// With a waiting [`OverloadPolicy`]: whether a stream's inbound queue, or the connection's, is
+    /// over its bound, so the driver must not read more frames until the application has taken some.
     pub fn is_backlogged(&self) -> bool {
         !self.over_bound.is_empty() || self.inbound_bytes > self.config.connection_queue_bytes
     }
@@ -258,6 +261,7 @@ impl MuxSession {
             return;
         }
         self.tombstones.prune(now);
+        self.close_overdue(now);
         let Some(deadline) = self.next_heartbeat else { return };
         if now < deadline {
             return;
@@ -386,6 +390,9 @@ impl MuxSession {
         if !self.over_bound.is_empty() && !self.is_over_bound(channel) {
             self.over_bound.remove(&channel);
         }
+        if self.inbound_bytes <= self.config.connection_queue_bytes {
+            self.connection_over_since = None;
+        }
         Some(item)
     }
 
@@ -448,7 +455,49 @@ impl MuxSession {
         if !self.events.is_empty() || !self.sent.is_empty() {
             return Some((self.now, TimeoutReason::PendingEvents));
         }
-        self.next_heartbeat.map(|t| (t, TimeoutReason::Heartbeat))
+        let heartbeat = self.next_heartbeat.map(|t| (t, TimeoutReason::Heartbeat));
+        let overload = self.overload_deadline().map(|t| (t, TimeoutReason::Overload));
+        match (heartbeat, overload) {
+            (Some(h), Some(o)) => Some(if o.0 < h.0 { o } else { h }),
+            (h, o) => h.or(o),
+        }
+    }
+
+    /// When the first stream (or the connection) that is over its bound runs out of patience.
+    fn overload_deadline(&self) -> Option<Millis> {
+        let patience = self.config.overload.patience()?;
+        let since = self.over_bound.values().copied().chain(self.connection_over_since).min()?;
+        Some(since + patience)
+    }
+
+    /// With [`OverloadPolicy::WaitThenClose`]: closes the streams that stayed over their bound for
+    /// the whole patience, then the largest streams while the connection stayed over its bound as long.
+    fn close_overdue(&mut self, now: Millis) {
+        let Some(patience) = self.config.overload.patience() else { return };
+        let overdue: Vec<Uuid> = self
+            .over_bound
+            .iter()
+            .filter(|(_, since)| now.saturating_since(**since) >= patience)
+            .map(|(channel, _)| *channel)
+            .collect();
+        for channel in overdue {
+            self.counters.overloaded_streams += 1;
+            self.abort_stream(channel, OVERLOAD_REASON);
+        }
+        if self.connection_over_since.is_some_and(|since| now.saturating_since(since) >= patience) {
+            while !self.shut_down && self.inbound_bytes > self.config.connection_queue_bytes {
+                let Some(victim) = self.largest_inbound_stream() else { break };
+                self.counters.overloaded_streams += 1;
+                self.abort_stream(victim, OVERLOAD_REASON);
+            }
+            self.connection_over_since =
+                (self.inbound_bytes > self.config.connection_queue_bytes).then_some(now);
+        }
+    }
+
+    /// The stream with the most queued inbound bytes.
+    fn largest_inbound_stream(&self) -> Option<Uuid> {
+        self.streams.iter().max_by_key(|(_, s)| s.queued_bytes()).map(|(c, _)| *c)
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -560,6 +609,7 @@ impl MuxSession {
         let streams = core::mem::take(&mut self.streams);
         self.inbound_bytes = 0;
         self.over_bound.clear();
+        self.connection_over_since = None;
         self.sent.clear();
         self.tombstones.clear();
         self.events.retain(|e| !matches!(e, MuxEvent::Readable { .. }));
@@ -667,10 +717,15 @@ impl MuxSession {
     /// blocks or fails the others.
     fn enforce_bounds(&mut self, channel: Uuid) {
         let over = self.is_over_bound(channel);
-        if self.config.overload == OverloadPolicy::Wait {
-            // Nothing is aborted: the driver stops reading while `is_backlogged`.
+        if self.config.overload.waits() {
+            // Nothing is aborted now: the driver stops reading while `is_backlogged` (and
+            // `WaitThenClose` closes what stays over its bound too long, see `close_overdue`).
+            let now = self.now;
             if over {
-                self.over_bound.insert(channel);
+                self.over_bound.entry(channel).or_insert(now);
+            }
+            if self.inbound_bytes > self.config.connection_queue_bytes {
+                self.connection_over_since.get_or_insert(now);
             }
             return;
         }
@@ -679,8 +734,7 @@ impl MuxSession {
             self.abort_stream(channel, OVERLOAD_REASON);
         }
         while !self.shut_down && self.inbound_bytes > self.config.connection_queue_bytes {
-            let victim = self.streams.iter().max_by_key(|(_, s)| s.queued_bytes()).map(|(c, _)| *c);
-            let Some(victim) = victim else { break };
+            let Some(victim) = self.largest_inbound_stream() else { break };
             self.counters.overloaded_streams += 1;
             self.abort_stream(victim, OVERLOAD_REASON);
         }

@@ -5,7 +5,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::*;
-use crate::mux::{CONTROL_OVERLOAD_REASON, MAX_QUEUED_CONTROL_FRAMES, OVERLOAD_REASON};
+use crate::mux::{
+    CONTROL_OVERLOAD_REASON, MAX_QUEUED_CONTROL_FRAMES, OVERLOAD_REASON, OverloadPolicy, TimeoutReason,
+};
 
 fn overloaded(channel: Uuid) -> MuxEvent {
     MuxEvent::Aborted { channel, reason: OVERLOAD_REASON.into() }
@@ -133,7 +135,7 @@ fn sent_events_report_transmitted_frames_per_stream() {
     c.close_send(T0, a, None).unwrap();
     assert_eq!(c.poll_timeout(), None, "pending transmits alone do not make the timer fire");
     assert_eq!(transmits(&mut c).len(), 4);
-    assert_eq!(c.poll_timeout(), Some((T0, crate::mux::TimeoutReason::PendingEvents)));
+    assert_eq!(c.poll_timeout(), Some((T0, TimeoutReason::PendingEvents)));
     let mut sent = events(&mut c);
     sent.sort_by_key(|e| match e {
         MuxEvent::Sent { channel, .. } => *channel,
@@ -179,4 +181,67 @@ fn error_frames_are_bounded_by_shutting_down() {
     let sent = transmits(&mut s);
     assert_eq!(sent.len(), MAX_QUEUED_CONTROL_FRAMES + 1);
     assert_eq!(sent.last().unwrap().control, ControlType::Close);
+}
+
+/// Go's server `close` policy: a stream over its bound is first only waited for (the session is
+/// backlogged); after `threshold + 1` timeouts without the application taking anything it is closed
+/// like with `Close`, while a stream that makes progress keeps its place.
+#[test]
+fn wait_then_close_closes_a_stream_that_stays_over_its_bound() {
+    let policy = OverloadPolicy::GO_CLOSE;
+    assert_eq!(policy.patience(), Some(Millis(400)));
+    for codec in CODECS {
+        let config = MuxConfig { stream_queue_messages: 2, overload: policy, ..quiet() };
+        let mut s = server_with(codec, config, StoreScopes::All);
+        let (stuck, slow) = (ch(1), ch(2));
+        open(&mut s, stuck, b"1");
+        open(&mut s, slow, b"1");
+        events(&mut s);
+        for p in [b"2", b"3"] {
+            s.handle_frame(T0, &data(codec, STORE, stuck, p));
+            s.handle_frame(T0, &data(codec, STORE, slow, p));
+        }
+        assert!(s.is_backlogged(), "{codec:?}: over the bound, the driver stops reading");
+        assert_eq!(events(&mut s), vec![], "nothing is aborted yet");
+        assert_eq!(s.poll_timeout(), Some((T0 + Millis(400), TimeoutReason::Overload)));
+        // The slow stream's reader takes one item 300 ms later: its patience starts again.
+        s.handle_timeout(T0 + Millis(300));
+        assert_eq!(s.recv(slow), Some(payload(b"1")));
+        s.handle_frame(T0 + Millis(300), &data(codec, STORE, slow, b"4"));
+        s.handle_timeout(T0 + Millis(399));
+        assert_eq!(events(&mut s), vec![], "{codec:?}: not before 400 ms");
+        s.handle_timeout(T0 + Millis(400));
+        assert_eq!(events(&mut s), vec![overloaded(stuck)], "{codec:?}");
+        assert!(s.is_tombstoned(stuck));
+        assert_eq!(s.counters().overloaded_streams, 1);
+        let sent = transmits(&mut s);
+        assert_eq!((sent[0].control.clone(), sent[0].channel_id), (ControlType::Error, stuck));
+        assert_eq!(
+            s.poll_timeout(),
+            Some((T0 + Millis(700), TimeoutReason::Overload)),
+            "the slow one's turn"
+        );
+        // It catches up in time: nothing more is closed.
+        while s.recv(slow).is_some() {}
+        assert!(!s.is_backlogged());
+        assert_eq!(s.poll_timeout(), None);
+        s.handle_timeout(T0 + Millis(800));
+        assert_eq!(events(&mut s), vec![]);
+        assert_eq!(s.stream_count(), 1);
+    }
+}
+
+/// `Wait` never closes a stream, however long it stays over its bound.
+#[test]
+fn wait_never_closes_a_stream() {
+    let config = MuxConfig { stream_queue_messages: 1, overload: OverloadPolicy::Wait, ..quiet() };
+    let mut s = server_with(Codec::Json, config, StoreScopes::All);
+    open(&mut s, ch(1), b"1");
+    s.handle_frame(T0, &data(Codec::Json, STORE, ch(1), b"2"));
+    events(&mut s);
+    assert!(s.is_backlogged());
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(T0 + Millis(3_600_000));
+    assert_eq!(events(&mut s), vec![]);
+    assert_eq!(s.stream_count(), 1);
 }
