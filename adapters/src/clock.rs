@@ -71,6 +71,34 @@ impl MonotonicClock {
     }
 }
 
+/// The clocks of an engine: it is driven with monotonic milliseconds (every timer ignores steps of
+/// the system clock) and learns the wall clock as an offset
+/// ([`Engine::set_wall_offset`](streamkit_core::server::Engine::set_wall_offset)).
+#[derive(Clone, Debug, Default)]
+pub struct EngineClock {
+    mono: MonotonicClock,
+    wall: WallClock,
+}
+
+impl EngineClock {
+    /// Monotonic milliseconds: the engine's `now`.
+    pub fn now(&self) -> Millis {
+        self.mono.now()
+    }
+
+    /// The wall clock (non-decreasing) minus [`now`](Self::now), in milliseconds.
+    pub fn wall_offset(&self) -> i64 {
+        let mono = self.mono.now().as_u64();
+        let wall = self.wall.now().as_u64();
+        i64::try_from(wall).unwrap_or(i64::MAX).saturating_sub(i64::try_from(mono).unwrap_or(i64::MAX))
+    }
+
+    /// The instant at which [`now`](Self::now) reads `at`.
+    pub fn instant_of(&self, at: Millis) -> Instant {
+        self.mono.instant_of(at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,7 +45,7 @@ use streamkit_core::wire::Message;
 use uuid::Uuid;
 
 use crate::bus::{BusDelivery, MemoryBus, MessageBus};
-use crate::clock::WallClock;
+use crate::clock::EngineClock;
 use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit, limited_log};
 use crate::metrics::{ErrorKind, GaugeGuard, Metrics, Operation, Outcome};
 use crate::runtime::{BoxFuture, Runtime, RuntimeExt};
@@ -279,8 +279,9 @@ struct Shard {
 fn spawn_shard(runtime: &Arc<dyn Runtime>, shard: Shard) -> Sender<EngineMsg> {
     let (tx, rx) = async_channel::bounded(INBOX_CAPACITY);
     let (bus_tx, bus_rx) = async_channel::bounded(BUS_QUEUE_CAPACITY);
-    let clock = WallClock::default();
-    let engine = Engine::new(shard.engine, clock.now(), shard.seed);
+    let clock = EngineClock::default();
+    let mut engine = Engine::new(shard.engine, clock.now(), shard.seed);
+    engine.set_wall_offset(clock.wall_offset());
     let task = EngineTask {
         engine,
         clock,
@@ -340,7 +341,8 @@ enum Phase {
 
 struct EngineTask {
     engine: Engine,
-    clock: WallClock,
+    /// Monotonic time drives the engine; the wall clock enters as an offset, refreshed every round.
+    clock: EngineClock,
     runtime: Arc<dyn Runtime>,
     factory: Arc<StoreFactory>,
     bus: Arc<dyn MessageBus>,
@@ -373,7 +375,9 @@ impl EngineTask {
             }
             timer.as_mut().reset(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
             let inputs = select(Box::pin(rx.recv()), Box::pin(bus_rx.recv()));
-            match select(inputs, timer.as_mut()).await {
+            let woken = select(inputs, timer.as_mut()).await;
+            self.engine.set_wall_offset(self.clock.wall_offset());
+            match woken {
                 Either::Left((Either::Left((Ok(msg), _)), _)) => {
                     self.handle(msg);
                     // Take whatever else is already waiting, applying the effects of each message before

@@ -194,6 +194,9 @@ pub struct NodeManager<W> {
     next_check: Option<Millis>,
     rng: Rng,
     closed: bool,
+    /// Wall clock minus the monotonic `now` the manager is driven with (see
+    /// [`Node::set_wall_offset`]); handed to every node before it is driven.
+    wall_offset: i64,
 }
 
 impl<W> NodeManager<W> {
@@ -212,7 +215,14 @@ impl<W> NodeManager<W> {
             next_check: None,
             rng: Rng::new(seed),
             closed: false,
+            wall_offset: 0,
         }
+    }
+
+    /// Sets how far the wall clock is ahead of the monotonic `now` of the inputs (every node gets it
+    /// before it is driven; see [`Node::set_wall_offset`]).
+    pub fn set_wall_offset(&mut self, offset: i64) {
+        self.wall_offset = offset;
     }
 
     fn advance(&mut self, now: Millis) {
@@ -266,6 +276,7 @@ impl<W> NodeManager<W> {
     fn access(&mut self, store_id: Uuid) -> Option<&mut Node> {
         let managed = self.nodes.get_mut(&store_id)?;
         managed.last_access = self.now;
+        managed.node.set_wall_offset(self.wall_offset);
         self.dirty.insert(store_id);
         Some(&mut managed.node)
     }
@@ -316,8 +327,9 @@ impl<W> NodeManager<W> {
                 self.forget_failures(&store_id);
                 match opening {
                     Some(opening) if !opening.cancelled && !self.closed => {
-                        let node =
+                        let mut node =
                             Node::new(store_id, self.config.node.clone(), self.now, self.rng.next_u64());
+                        node.set_wall_offset(self.wall_offset);
                         let managed = Managed { node, last_access: self.now, indexed: None };
                         self.nodes.insert(store_id, managed);
                         self.arm_check();
@@ -415,6 +427,7 @@ impl<W> NodeManager<W> {
             self.deadlines.pop_first();
             if let Some(managed) = self.nodes.get_mut(&store_id) {
                 managed.indexed = None;
+                managed.node.set_wall_offset(self.wall_offset);
                 managed.node.handle_timeout(self.now);
                 // Re-indexed when its outputs are drained.
                 self.dirty.insert(store_id);

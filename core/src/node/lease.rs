@@ -317,7 +317,8 @@ impl StoredLeaseOp {
             LeaseCall::Renew(_) => LeaseRequest::Renew { holder, ttl: self.ttl },
             LeaseCall::Release(_) => LeaseRequest::Release { holder },
         };
-        let (ok, change) = decide(request, current.as_ref(), sv.now.as_timestamp());
+        // Leases in shared storage are compared across instances: wall time.
+        let (ok, change) = decide(request, current.as_ref(), sv.wall.as_timestamp());
         let precondition = match stored {
             // An unreadable value is replaced like an absent one, but only if it is still the same.
             Some(value) => Precondition::Equals { key: self.key.clone(), value },

@@ -274,7 +274,14 @@ pub(crate) enum Wait {
 /// Everything a stream operation may use besides its own state.
 pub(crate) struct Services {
     pub io: Io,
+    /// Monotonic time: every timer, rate and timeout of the node runs on it.
     pub now: Millis,
+    /// Wall-clock Unix milliseconds, never decreasing: entry timestamps, space-read bounds, presence
+    /// timestamps and leases kept in shared storage. `now + wall_offset`; when the wall clock is
+    /// stepped back it keeps advancing with `now` from where it was instead (see `Node::advance`).
+    pub wall: Millis,
+    /// What to add to `now` to get the wall clock (see [`Node::set_wall_offset`]).
+    pub wall_offset: i64,
     pub store_id: Uuid,
     /// This node's identity among the server instances sharing the store (presence announcements).
     pub instance: Uuid,
@@ -322,7 +329,7 @@ impl Services {
     /// The greatest timestamp readers of `space` may see right now (spec §5.5 and §4.3): the watermark,
     /// and never beyond `now`.
     pub fn visible_max(&self, space: &str) -> i64 {
-        let now = self.now.as_timestamp();
+        let now = self.wall.as_timestamp();
         self.watermarks.safe_max(space).map_or(now, |m| m.min(now))
     }
 }
@@ -367,6 +374,8 @@ impl Node {
             sv: Services {
                 io: Io::default(),
                 now,
+                wall: now,
+                wall_offset: 0,
                 store_id,
                 instance,
                 config,
@@ -419,9 +428,38 @@ impl Node {
 
     fn advance(&mut self, now: Millis) {
         // Time never goes backwards inside the node, whatever the driver's clock does.
+        let elapsed = now.saturating_since(self.sv.now);
         if now > self.sv.now {
             self.sv.now = now;
         }
+        // The wall clock moves on with the monotonic one even while the system clock is behind (it
+        // was stepped back): frozen, it would hide every entry written meanwhile from space reads,
+        // which stop below the current millisecond. A step forward is taken as it is.
+        self.sv.wall = self.sv.wall + elapsed;
+        self.advance_wall();
+    }
+
+    fn advance_wall(&mut self) {
+        let wall = Millis(self.sv.now.as_u64().saturating_add_signed(self.sv.wall_offset));
+        self.sv.wall = self.sv.wall.max(wall);
+    }
+
+    /// Sets how far the wall clock is ahead of the monotonic time this node is driven with (wall
+    /// minus monotonic, in milliseconds; 0 by default, when the driver's time is wall time).
+    ///
+    /// The `now` of every input is monotonic: timers (heartbeats, stall and sweep timers, idle
+    /// eviction), rates and in-memory lease expiries run on it, so a step of the system clock neither
+    /// fires them early nor holds them back. Wall time, `now + offset` and never decreasing, is used
+    /// only where the protocol needs it: entry timestamps, space-read bounds, presence timestamps and
+    /// leases kept in shared storage. Adapters call this with the latest offset before each input.
+    pub fn set_wall_offset(&mut self, offset: i64) {
+        self.sv.wall_offset = offset;
+        self.advance_wall();
+    }
+
+    /// The node's wall clock (Unix milliseconds, never decreasing).
+    pub fn wall(&self) -> Millis {
+        self.sv.wall
     }
 
     /// A stream opened with `envelope` as its first message.

@@ -74,8 +74,11 @@ struct Worker {
     metadata: Metadata,
     /// The stream that registered it; only that stream renews or removes it.
     stream: StreamId,
-    /// Last renewal, on the worker's clock (as in Go).
+    /// Last renewal, on the worker's clock (as in Go): what inventories report.
     last_seen_at: i64,
+    /// Last renewal, on the node's monotonic clock: what expiry is decided on, so that a step of
+    /// either wall clock does not expire live workers.
+    renewed_at: Millis,
     renew_seconds: i64,
 }
 
@@ -155,7 +158,7 @@ fn inventory(sv: &Services) -> WorkerInventory {
             }
         }
     }
-    WorkerInventory { workers: merged.into_values().collect(), timestamp: sv.now.as_timestamp() }
+    WorkerInventory { workers: merged.into_values().collect(), timestamp: sv.wall.as_timestamp() }
 }
 
 /// How long another instance's announcement stays valid: `max(floor, 3 × announce interval)`, the floor
@@ -305,7 +308,7 @@ fn flush(sv: &mut Services, stream: StreamId) {
         && sv.io.credit(&stream) > 0
     {
         sub.heartbeat = false;
-        let heartbeat = Presence { worker_id, heartbeat: true, timestamp: sv.now.as_timestamp() };
+        let heartbeat = Presence { worker_id, heartbeat: true, timestamp: sv.wall.as_timestamp() };
         sv.io.send(stream, Message::Envelope(Envelope::Presence(heartbeat)));
     }
 }
@@ -347,14 +350,12 @@ fn arm_sweeper(sv: &mut Services) {
 /// The sweep timer fired: evict workers that stopped renewing, tell everyone, close their streams.
 pub(crate) fn on_sweep(sv: &mut Services) {
     sv.presence.sweeping = false;
-    let now = sv.now.as_timestamp();
+    let now = sv.now;
     let stale: Vec<(Uuid, StreamId)> = sv
         .presence
         .workers
         .iter()
-        .filter(|(_, w)| {
-            now.saturating_sub(w.last_seen_at) > worker_presence_ttl(w.renew_seconds).as_timestamp()
-        })
+        .filter(|(_, w)| now.saturating_since(w.renewed_at) > worker_presence_ttl(w.renew_seconds))
         .map(|(id, w)| (*id, w.stream))
         .collect();
     for (id, stream) in &stale {
@@ -362,7 +363,6 @@ pub(crate) fn on_sweep(sv: &mut Services) {
         // Unregistered before the fan-out, so the evicted stream gets the close, not the inventory.
         sv.presence.subscribers.remove(stream);
     }
-    let now = sv.now;
     let before = sv.presence.remote.len();
     sv.presence.remote.retain(|_, r| r.expires_at > now);
     let remote_expired = sv.presence.remote.len() != before;
@@ -416,7 +416,8 @@ impl PresenceOp {
                 let entry = Worker {
                     metadata: request.metadata,
                     stream,
-                    last_seen_at: sv.now.as_timestamp(),
+                    last_seen_at: sv.wall.as_timestamp(),
+                    renewed_at: sv.now,
                     renew_seconds: worker_renew_interval_seconds(heartbeat_seconds),
                 };
                 if let Some(previous) = sv.presence.workers.insert(id, entry)
@@ -482,9 +483,10 @@ impl StreamOp for PresenceOp {
                     return Self::tear_down(sv, stream, reason);
                 }
                 // The worker's clock, as in Go; a missing timestamp means now.
-                let seen = if presence.timestamp <= 0 { sv.now.as_timestamp() } else { presence.timestamp };
+                let seen = if presence.timestamp <= 0 { sv.wall.as_timestamp() } else { presence.timestamp };
                 if let Some(entry) = sv.presence.workers.get_mut(&worker).filter(|w| w.stream == stream) {
                     entry.last_seen_at = seen;
+                    entry.renewed_at = sv.now;
                     // Not a change worth a fan-out, but the next inventory built must show it.
                     sv.presence.latest = None;
                 }

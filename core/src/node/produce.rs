@@ -369,7 +369,7 @@ impl ProduceOp {
         let before = self.known_head();
         // Timestamps never go backwards within a segment, so its space-index order matches its sequence
         // order; with a shared clock they strictly increase within the space.
-        let mut ts = before.map_or(i64::MIN, |h| h.last_timestamp).max(sv.now.as_timestamp());
+        let mut ts = before.map_or(i64::MIN, |h| h.last_timestamp).max(sv.wall.as_timestamp());
         if let Some(Some(last)) = clock {
             ts = ts.max(last.saturating_add(1));
         }

@@ -201,7 +201,7 @@ impl ConsumeSegmentOp {
         } else {
             request.max_timestamp
         };
-        let min_ts = request.min_timestamp.min(sv.now.as_timestamp());
+        let min_ts = request.min_timestamp.min(sv.wall.as_timestamp());
         let (next, end) = keys::segment_range(&request.space, &request.segment, min_seq, max_seq);
         let mut op = Self {
             space: request.space,
@@ -358,7 +358,7 @@ impl ConsumeSpacesOp {
             sv.io.close(stream, None);
             return None;
         }
-        let now = sv.now.as_timestamp();
+        let now = sv.wall.as_timestamp();
         let mut op = Self {
             cursors,
             min_ts: min_ts.min(now),
@@ -385,7 +385,7 @@ impl ConsumeSpacesOp {
     /// Fixes each space's upper bound and starts reading.
     fn begin(&mut self, sv: &mut Services, stream: StreamId) -> Step {
         self.started = true;
-        let before_now = sv.now.as_timestamp().saturating_sub(1);
+        let before_now = sv.wall.as_timestamp().saturating_sub(1);
         for cursor in &mut self.cursors {
             let mut bound = sv.watermarks.safe_max(&cursor.space).map_or(before_now, |m| m.min(before_now));
             if self.max_ts != 0 {

@@ -115,6 +115,17 @@ impl Engine {
         self.now = self.now.max(now);
     }
 
+    /// Sets how far the wall clock is ahead of the monotonic `now` of the inputs, in milliseconds.
+    ///
+    /// Adapters drive the engine with monotonic time, so that every timer (heartbeats, stalls,
+    /// presence sweeps, idle eviction, in-memory leases) ignores steps of the system clock, and call
+    /// this with the latest wall-minus-monotonic offset before each input; the nodes derive wall time
+    /// from it for what must be wall time (entry timestamps, leases in shared storage). 0 by default:
+    /// `now` is then wall time itself.
+    pub fn set_wall_offset(&mut self, offset: i64) {
+        self.manager.set_wall_offset(offset);
+    }
+
     /// Number of open streams.
     pub fn stream_count(&self) -> usize {
         self.slots.len()

@@ -158,6 +158,8 @@ pub struct SystemSim {
     pub published: u64,
     /// Instances that died: they process nothing any more.
     halted: BTreeSet<usize>,
+    /// The servers' wall clock minus the virtual (monotonic) time that drives everything.
+    wall_offset: i64,
 }
 
 impl SystemSim {
@@ -181,6 +183,7 @@ impl SystemSim {
             routes: BTreeMap::new(),
             published: 0,
             halted: BTreeSet::new(),
+            wall_offset: 0,
             config,
         }
     }
@@ -313,6 +316,15 @@ impl SystemSim {
         self.close_send(client, channel, None);
         self.run_until(|sim| sim.op(client, channel).is_done());
         self.op(client, channel).clone()
+    }
+
+    /// Steps the servers' wall clock by `delta` milliseconds (an NTP correction, an operator's `date`),
+    /// leaving the monotonic time that drives timers as it is.
+    pub fn step_wall_clock(&mut self, delta: i64) {
+        self.wall_offset = self.wall_offset.saturating_add(delta);
+        for engine in &mut self.engines {
+            engine.set_wall_offset(self.wall_offset);
+        }
     }
 
     /// Kills server `instance` (as `kill -9` would): its clients' connections break, and it never runs,

@@ -841,3 +841,60 @@ fn producers_with_stale_cached_heads_on_three_instances_finish() {
         assert_eq!(seqs(&entries), (1..=60).collect::<Vec<_>>(), "clock {clock}");
     }
 }
+
+/// A step of the wall clock (minutes forward, then back) changes no timer: the connection, a worker's
+/// presence, a subscription and an in-memory lease all outlive it; entry timestamps never go back and
+/// a space cursor still sees every entry once.
+#[test]
+fn a_wall_clock_step_closes_nothing_and_expires_no_lease() {
+    let (mut sim, c) = sim(Codec::Cbor, 40);
+    let worker_id = Uuid::from_u128(0xaaaa);
+    let worker = sim.open(
+        c,
+        STORE,
+        Request::SubscribeWorkers(SubscribeWorkers {
+            worker_id,
+            heartbeat_interval_seconds: 5,
+            ..Default::default()
+        }),
+    );
+    let subscription = sim.open(
+        c,
+        STORE,
+        Request::SubscribeToSegmentStatus(SubscribeToSegmentStatus {
+            space: "sp".into(),
+            segment: "*".into(),
+            heartbeat_interval_seconds: 0,
+        }),
+    );
+    let acquire = |holder: &str| {
+        Request::LeaseAcquire(LeaseAcquire { key: "k".into(), holder: holder.into(), ttl_seconds: 30 })
+    };
+    let granted = |log: &super::system::OpLog| matches!(&log.messages[..], [Message::LeaseResult(r)] if r.ok);
+    assert!(granted(&sim.call(c, STORE, acquire("a"))));
+    assert!(sim.produce(c, STORE, "sp", "a", records(1..=3)).error().is_none());
+    sim.settle();
+
+    // Ten minutes forward: far beyond the idle timeout (90 s), the worker's TTL and the lease's 30 s.
+    sim.step_wall_clock(10 * 60 * 1000);
+    sim.run_for(Millis(3_000));
+    assert!(!sim.op(c, worker).is_done(), "the worker's presence stream is open");
+    assert!(!sim.op(c, subscription).is_done(), "the subscription is open");
+    assert!(!granted(&sim.call(c, STORE, acquire("b"))), "the lease is still held by a");
+    assert!(sim.produce(c, STORE, "sp", "b", records(1..=3)).error().is_none());
+
+    // Twenty minutes back: timestamps hold still rather than go back.
+    sim.step_wall_clock(-20 * 60 * 1000);
+    sim.run_for(Millis(3_000));
+    assert!(sim.produce(c, STORE, "sp", "a", records(4..=6)).error().is_none());
+    assert!(!sim.op(c, worker).is_done() && !sim.op(c, subscription).is_done());
+    let space =
+        sim.call(c, STORE, Request::ConsumeSpace(ConsumeSpace { space: "sp".into(), ..Default::default() }));
+    let entries = space.entries();
+    assert_eq!(entries.len(), 9, "a space read sees every entry once");
+    let a: Vec<i64> = entries.iter().filter(|e| e.segment == "a").map(|e| e.timestamp).collect();
+    assert!(a.windows(2).all(|w| w[0] <= w[1]), "timestamps never go back: {a:?}");
+    // The lease expires on its own time: 30 s after it was taken, whatever the wall clock did.
+    sim.run_for(Millis(30_000));
+    assert!(granted(&sim.call(c, STORE, acquire("b"))));
+}
