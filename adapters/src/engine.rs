@@ -5,10 +5,11 @@
 //! there are shards and stores of different shards never wait for each other. Connections and
 //! in-process clients reach the shards through one [`EngineHandle`], which routes every input to the
 //! shard of its stream's store; storage completions and bus deliveries go straight back to the shard
-//! that asked. Every shard answers a connection through that connection's one outbox. Storage
-//! effects run on the store's [`Store`] (a local store's
-//! worker threads with group commit, or the shared PostgreSQL committers and pool) and come back as
-//! completions; bus effects go to a [`MessageBus`] (the in-process
+//! that asked. Every shard answers a connection through that connection's one outbox, one batch per
+//! input handled (everything it produced for that connection meanwhile). Storage effects run on the
+//! store's [`Store`] (a local store's worker threads with group commit, or the shared PostgreSQL
+//! committers and pool); the shard polls the operations in flight itself (no task per operation)
+//! and handles each completion as it lands. Bus effects go to a [`MessageBus`] (the in-process
 //! [`MemoryBus`] by default) whose deliveries come back through a second bounded queue.
 //!
 //! Outboxes are unbounded channels, but what flows through them is bounded by the core's flow control:
@@ -33,7 +34,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender, TrySendError};
-use futures_util::future::{Either, select};
+use futures_util::future::poll_fn;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Stream, StreamExt};
 use streamkit_core::api::Envelope;
 use streamkit_core::node::{BusCommand, BusEvent, BusMessage, OpId, PEER_CANCELLED};
 use streamkit_core::server::{
@@ -67,7 +70,7 @@ pub type RoutedInput = (Uuid, EngineInput);
 enum EngineMsg {
     Register {
         conn: u64,
-        outbox: Sender<EngineOutput>,
+        outbox: Sender<Vec<EngineOutput>>,
     },
     Unregister {
         conn: u64,
@@ -78,12 +81,6 @@ enum EngineMsg {
         store: Uuid,
         result: Result<Store, KvError>,
     },
-    StorageDone {
-        store: Uuid,
-        op: OpId,
-        result: StorageResult,
-        commit_latency: Option<Duration>,
-    },
     StoreClosed {
         store: Uuid,
     },
@@ -91,6 +88,23 @@ enum EngineMsg {
         grace: Duration,
         done: futures_channel::oneshot::Sender<()>,
     },
+}
+
+/// A storage operation that completed, for the shard that asked.
+struct StorageDone {
+    store: Uuid,
+    op: OpId,
+    result: StorageResult,
+    /// How long a commit took (none for reads).
+    commit_latency: Option<Duration>,
+}
+
+/// What woke a shard's task.
+enum Wake {
+    Message(Option<EngineMsg>),
+    Bus(Option<(Uuid, BusEvent)>),
+    Storage(StorageDone),
+    Timer,
 }
 
 /// A cheap, cloneable handle to the engine shards: how connections and in-process clients reach them.
@@ -133,7 +147,9 @@ impl EngineHandle {
 
     /// Registers a new connection with every shard; returns its id and the receiver of its outputs
     /// (from all shards).
-    pub async fn register(&self) -> Result<(u64, Receiver<EngineOutput>), EngineStopped> {
+    /// Outputs arrive in batches: everything a shard produced for the connection while handling one
+    /// input (a read's entries, a produce's statuses) is one message of the outbox.
+    pub async fn register(&self) -> Result<(u64, Receiver<Vec<EngineOutput>>), EngineStopped> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (outbox, rx) = async_channel::unbounded();
         for shard in self.shards.iter() {
@@ -293,10 +309,12 @@ fn spawn_shard(runtime: &Arc<dyn Runtime>, shard: Shard) -> Sender<EngineMsg> {
         tx: tx.clone(),
         bus_tx,
         outboxes: BTreeMap::new(),
+        pending_outputs: BTreeMap::new(),
         stores: BTreeMap::new(),
         streams: BTreeMap::new(),
         local_bus: VecDeque::new(),
         closing_stores: BTreeMap::new(),
+        storage: FuturesUnordered::new(),
         commits_in_flight: 0,
         opening: 0,
         closing: 0,
@@ -350,7 +368,10 @@ struct EngineTask {
     metrics: Arc<Metrics>,
     tx: Sender<EngineMsg>,
     bus_tx: Sender<(Uuid, BusEvent)>,
-    outboxes: BTreeMap<u64, Sender<EngineOutput>>,
+    outboxes: BTreeMap<u64, Sender<Vec<EngineOutput>>>,
+    /// Outputs produced since the last flush, by connection: each connection gets them as one batch
+    /// once the input that produced them is handled (`flush_outputs`).
+    pending_outputs: BTreeMap<u64, Vec<EngineOutput>>,
     stores: BTreeMap<Uuid, OpenStore>,
     streams: BTreeMap<StreamId, StreamMeta>,
     /// Bus completions that were ready at once, handled before anything else the bus sends.
@@ -359,6 +380,9 @@ struct EngineTask {
     /// A store evicted while idle and requested again at once must not be reopened before that:
     /// redb locks its file until the close finished.
     closing_stores: BTreeMap<Uuid, Receiver<()>>,
+    /// Storage operations in flight, polled by the shard's own task: no task is spawned per
+    /// operation, and a completion is handled where it lands, without crossing a channel.
+    storage: FuturesUnordered<BoxFuture<'static, StorageDone>>,
     commits_in_flight: usize,
     opening: usize,
     closing: usize,
@@ -368,41 +392,56 @@ struct EngineTask {
 impl EngineTask {
     async fn run(mut self, rx: Receiver<EngineMsg>, bus_rx: Receiver<(Uuid, BusEvent)>) {
         let mut timer = self.runtime.sleep(Duration::from_secs(3600));
+        // Pinned once: a receiver that is polled registers a listener inside it.
+        let (mut inbox, mut bus) = (Box::pin(rx), Box::pin(bus_rx));
         loop {
             let mut deadline = self.engine.poll_timeout().map(|at| self.clock.instant_of(at));
             if let Phase::Draining { deadline: drain, .. } = &self.phase {
                 deadline = Some(deadline.map_or(*drain, |d| d.min(*drain)));
             }
             timer.as_mut().reset(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
-            let inputs = select(Box::pin(rx.recv()), Box::pin(bus_rx.recv()));
-            let woken = select(inputs, timer.as_mut()).await;
+            let storage = &mut self.storage;
+            // Completions first: they release what the inputs wait for.
+            let woken = poll_fn(|cx| {
+                if let Poll::Ready(Some(done)) = storage.poll_next_unpin(cx) {
+                    return Poll::Ready(Wake::Storage(done));
+                }
+                if let Poll::Ready(msg) = inbox.as_mut().poll_next(cx) {
+                    return Poll::Ready(Wake::Message(msg));
+                }
+                if let Poll::Ready(event) = bus.as_mut().poll_next(cx) {
+                    return Poll::Ready(Wake::Bus(event));
+                }
+                timer.as_mut().poll_elapsed(cx).map(|()| Wake::Timer)
+            })
+            .await;
             self.engine.set_wall_offset(self.clock.wall_offset());
             match woken {
-                Either::Left((Either::Left((Ok(msg), _)), _)) => {
+                Wake::Message(Some(msg)) => {
                     self.handle(msg);
                     // Take whatever else is already waiting, applying the effects of each message before
                     // the next: what the engine produced reaches its connections (and their memory
                     // budgets) at once, instead of piling up behind a thousand inputs.
                     for _ in 0..1024 {
-                        let Ok(msg) = rx.try_recv() else { break };
-                        self.drain(&bus_rx);
+                        let Ok(msg) = inbox.try_recv() else { break };
+                        self.drain(&bus);
                         self.handle(msg);
                     }
                 }
-                Either::Left((Either::Left((Err(_), _)), _)) => break,
-                Either::Left((Either::Right((Ok((store, event)), _)), _)) => {
+                Wake::Message(None) => break,
+                Wake::Bus(Some((store, event))) => {
                     let now = self.clock.now();
                     self.engine.handle_bus(now, store, event);
                 }
                 // The task holds a sender of the bus queue: it cannot close while the task runs.
-                Either::Left((Either::Right((Err(_), _)), _)) => {}
-                Either::Right(_) => {}
+                Wake::Bus(None) | Wake::Timer => {}
+                Wake::Storage(done) => self.storage_done(done),
             }
             let now = self.clock.now();
             if self.engine.poll_timeout().is_some_and(|at| at <= now) {
                 self.engine.handle_timeout(now);
             }
-            self.drain(&bus_rx);
+            self.drain(&bus);
             if self.advance_shutdown() {
                 break;
             }
@@ -430,6 +469,7 @@ impl EngineTask {
                 while let Some(effect) = self.engine.poll_effect() {
                     self.apply(effect);
                 }
+                self.flush_outputs();
                 self.advance_shutdown()
             }
             Phase::Closing { done } => {
@@ -476,17 +516,6 @@ impl EngineTask {
                         self.engine.handle_store_opened(now, store, Err(e.0));
                     }
                 }
-            }
-            EngineMsg::StorageDone { store, op, result, commit_latency } => {
-                if let Some(latency) = commit_latency {
-                    self.commits_in_flight = self.commits_in_flight.saturating_sub(1);
-                    self.metrics.commit_latency(latency);
-                }
-                if let StorageResult::Failed(e) = &result {
-                    limited_log!(warn, [store_id = %store, error = %e], "storage operation failed");
-                    self.metrics.error(ErrorKind::Storage);
-                }
-                self.engine.handle_storage(now, store, op, result);
             }
             EngineMsg::StoreClosed { store } => {
                 self.closing = self.closing.saturating_sub(1);
@@ -566,17 +595,52 @@ impl EngineTask {
         self.streams.insert(stream, meta);
     }
 
-    /// Executes every effect the engine has queued and hands it what the bus delivered, until neither
-    /// has anything left.
+    /// A storage operation completed: metrics, then the engine.
+    fn storage_done(&mut self, done: StorageDone) {
+        let StorageDone { store, op, result, commit_latency } = done;
+        if let Some(latency) = commit_latency {
+            self.commits_in_flight = self.commits_in_flight.saturating_sub(1);
+            self.metrics.commit_latency(latency);
+        }
+        if let StorageResult::Failed(e) = &result {
+            limited_log!(warn, [store_id = %store, error = %e], "storage operation failed");
+            self.metrics.error(ErrorKind::Storage);
+        }
+        let now = self.clock.now();
+        self.engine.handle_storage(now, store, op, result);
+    }
+
+    /// Executes every effect the engine has queued, hands it the storage operations that completed
+    /// and what the bus delivered, until none has anything left.
     fn drain(&mut self, bus_rx: &Receiver<(Uuid, BusEvent)>) {
         loop {
             while let Some(effect) = self.engine.poll_effect() {
                 self.apply(effect);
             }
+            // Polling the operations just queued submits them to their stores now rather than after
+            // the rest of this round. The no-op waker is fine: the task polls the set with its own
+            // waker before it sleeps, and that poll registers it.
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(Some(done)) = self.storage.poll_next_unpin(&mut cx) {
+                self.storage_done(done);
+                continue;
+            }
             let next = self.local_bus.pop_front().or_else(|| bus_rx.try_recv().ok());
             let Some((store, event)) = next else { break };
             let now = self.clock.now();
             self.engine.handle_bus(now, store, event);
+        }
+        self.flush_outputs();
+    }
+
+    /// Hands every connection the outputs produced for it since the last flush, as one batch.
+    fn flush_outputs(&mut self) {
+        while let Some((conn, batch)) = self.pending_outputs.pop_first() {
+            let Some(outbox) = self.outboxes.get(&conn) else { continue };
+            // Unbounded: only fails once the connection dropped its receiver.
+            if outbox.try_send(batch).is_err() {
+                self.outboxes.remove(&conn);
+            }
         }
     }
 
@@ -626,19 +690,16 @@ impl EngineTask {
                     self.engine.handle_storage(now, store, op, result);
                     return;
                 };
-                let tx = self.tx.clone();
                 let is_commit = matches!(request, StorageOp::Commit(_));
                 if is_commit {
                     self.commits_in_flight += 1;
                 }
-                self.runtime
-                    .spawn(async move {
-                        let started = Instant::now();
-                        let result = handle.execute(request).await;
-                        let commit_latency = is_commit.then(|| started.elapsed());
-                        let _ = tx.send(EngineMsg::StorageDone { store, op, result, commit_latency }).await;
-                    })
-                    .detach();
+                self.storage.push(Box::pin(async move {
+                    let started = Instant::now();
+                    let result = handle.execute(request).await;
+                    let commit_latency = is_commit.then(|| started.elapsed());
+                    StorageDone { store, op, result, commit_latency }
+                }));
             }
             EngineEffect::Bus { store, command } => self.bus(store, command),
             EngineEffect::Refused { refusal, .. } => self.metrics.refused(refusal),
@@ -711,14 +772,8 @@ impl EngineTask {
             _ => {}
         }
         let conn = output.stream().conn;
-        if let Some(outbox) = self.outboxes.get(&conn) {
-            match outbox.try_send(output) {
-                Ok(()) => {}
-                // Unbounded: only fails once the connection dropped its receiver.
-                Err(TrySendError::Closed(_) | TrySendError::Full(_)) => {
-                    self.outboxes.remove(&conn);
-                }
-            }
+        if self.outboxes.contains_key(&conn) {
+            self.pending_outputs.entry(conn).or_default().push(output);
         }
     }
 

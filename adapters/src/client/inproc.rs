@@ -74,7 +74,7 @@ struct Driver {
 
 enum Wake {
     Signal(Signal),
-    Output(Option<EngineOutput>),
+    Output(Option<Vec<EngineOutput>>),
     Command(Option<Command>),
 }
 
@@ -83,7 +83,7 @@ impl Driver {
         mut self,
         commands: Receiver<Command>,
         signals: Receiver<Signal>,
-        outbox: Receiver<EngineOutput>,
+        outbox: Receiver<Vec<EngineOutput>>,
     ) {
         // Boxed: async-channel receivers are `!Unpin` while they wait.
         let (mut commands, mut signals, mut outbox) =
@@ -106,11 +106,15 @@ impl Driver {
             let mut inputs = Vec::new();
             match wake {
                 Wake::Signal(signal) => self.handle_signal(signal, &mut inputs),
-                Wake::Output(Some(output)) => {
-                    self.handle_output(output, &mut inputs);
-                    // Take what else is ready before talking to the engine: batching.
-                    while let Ok(output) = outbox.try_recv() {
+                Wake::Output(Some(batch)) => {
+                    for output in batch {
                         self.handle_output(output, &mut inputs);
+                    }
+                    // Take what else is ready before talking to the engine: batching.
+                    while let Ok(batch) = outbox.try_recv() {
+                        for output in batch {
+                            self.handle_output(output, &mut inputs);
+                        }
                     }
                 }
                 Wake::Output(None) => {

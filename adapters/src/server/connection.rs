@@ -141,7 +141,7 @@ struct Driver {
     conn: ServerConnection,
     engine: EngineHandle,
     /// Pinned: polling a receiver registers a listener inside it.
-    outbox: Pin<Box<Receiver<EngineOutput>>>,
+    outbox: Pin<Box<Receiver<Vec<EngineOutput>>>>,
     reader: WsReader,
     writer: WsWriter,
     timer: Pin<Box<dyn AsyncTimer>>,
@@ -289,10 +289,18 @@ impl Driver {
     /// Handles what the engine sent this connection.
     fn poll_outbox(&mut self, cx: &mut Context<'_>) -> bool {
         let now = self.now();
-        for handled in 0..MAX_BATCH {
+        let mut handled = 0;
+        while handled < MAX_BATCH {
             match self.outbox.as_mut().poll_next(cx) {
                 Poll::Pending => return handled > 0,
-                Poll::Ready(Some(output)) => self.conn.handle_engine(now, output),
+                Poll::Ready(Some(batch)) => {
+                    // A batch is what the engine produced for this connection from one input: bounded
+                    // by the send credit of the streams concerned.
+                    handled += batch.len().max(1);
+                    for output in batch {
+                        self.conn.handle_engine(now, output);
+                    }
+                }
                 Poll::Ready(None) => {
                     self.engine_stopped();
                     return true;
