@@ -56,9 +56,11 @@ impl MonotonicClock {
         Millis(self.origin.elapsed().as_millis() as u64 + 1_000)
     }
 
-    /// The instant at which this clock reads `at`.
+    /// The instant at which this clock reads `at` (a day from now for a deadline too far to
+    /// represent: timers are re-armed long before).
     pub fn instant_of(&self, at: Millis) -> Instant {
-        self.origin + Duration::from_millis(at.as_u64().saturating_sub(1_000))
+        let since_origin = Duration::from_millis(at.as_u64().saturating_sub(1_000));
+        self.origin.checked_add(since_origin).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400))
     }
 
     /// When this clock will read what `wall` reads at `deadline` (e.g. a token's expiry), from the two

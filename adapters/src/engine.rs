@@ -44,7 +44,6 @@ use streamkit_core::server::{
 };
 use streamkit_core::storage::{KvError, StorageOp, StorageResult};
 use streamkit_core::stream::StreamId;
-use streamkit_core::wire::Message;
 use uuid::Uuid;
 
 use crate::bus::{BusDelivery, MemoryBus, MessageBus};
@@ -61,7 +60,7 @@ pub const INBOX_CAPACITY: usize = 65_536;
 pub const BUS_QUEUE_CAPACITY: usize = 65_536;
 
 /// Why streams are refused once the server is shutting down.
-pub const SHUTTING_DOWN: &str = "server shutting down";
+pub use streamkit_core::server::SHUTTING_DOWN;
 
 /// An input for the engine with the store of its stream, which decides the shard it goes to.
 pub type RoutedInput = (Uuid, EngineInput);
@@ -336,9 +335,6 @@ struct StreamMeta {
     op: Operation,
     space: String,
     segment: String,
-    /// Produce streams: records handed to the engine and not yet acknowledged, as (sequence, payload
-    /// bytes). Bounded by what the node holds (its chunk) plus the input window.
-    unacknowledged: Option<VecDeque<(u64, u64)>>,
     _stream: GaugeGuard,
     _subscription: Option<GaugeGuard>,
     _worker: Option<GaugeGuard>,
@@ -532,6 +528,7 @@ impl EngineTask {
                         "engine draining"
                     );
                     self.phase = Phase::Draining { deadline: Instant::now() + grace, done };
+                    self.engine.refuse_new_streams();
                 }
                 // A second shutdown request while one is in progress: dropping its sender here
                 // answers it at once; the first caller is the one that waits for the end.
@@ -543,20 +540,7 @@ impl EngineTask {
     fn input(&mut self, now: streamkit_core::Millis, input: EngineInput) {
         match &input {
             EngineInput::Open { stream, store, request, .. } => {
-                if !matches!(self.phase, Phase::Running) {
-                    let operation = request.as_ref().map_or(Operation::Invalid, |e| describe(e).0);
-                    self.metrics.operation(operation, Outcome::Rejected);
-                    let reject = EngineOutput::Reject { stream: *stream, error: SHUTTING_DOWN.to_owned() };
-                    self.output(reject);
-                    return;
-                }
                 self.opened(*stream, *store, request);
-            }
-            EngineInput::Message { stream, message: Message::Record(record), .. } => {
-                if let Some(pending) = self.streams.get_mut(stream).and_then(|m| m.unacknowledged.as_mut()) {
-                    let bytes = record.payload.as_ref().map_or(0, |p| p.len() as u64);
-                    pending.push_back((record.sequence, bytes));
-                }
             }
             EngineInput::Aborted { stream } => {
                 if let Some(meta) = self.streams.remove(stream) {
@@ -587,7 +571,6 @@ impl EngineTask {
             op,
             space,
             segment,
-            unacknowledged: (op == Operation::Produce).then(VecDeque::new),
             _stream: self.metrics.stream_opened(),
             _subscription: matches!(role, Role::Subscriber).then(|| self.metrics.subscription_opened()),
             _worker: matches!(role, Role::Worker).then(|| self.metrics.worker_registered()),
@@ -703,28 +686,13 @@ impl EngineTask {
             }
             EngineEffect::Bus { store, command } => self.bus(store, command),
             EngineEffect::Refused { refusal, .. } => self.metrics.refused(refusal),
+            EngineEffect::Produced { records, bytes, .. } => self.metrics.produced(records, bytes),
         }
     }
 
     /// Routes an output to its connection, after the bookkeeping it implies.
     fn output(&mut self, output: EngineOutput) {
         match &output {
-            EngineOutput::Send { stream, message: Message::Status(status), .. } => {
-                if let Some(pending) = self.streams.get_mut(stream).and_then(|m| m.unacknowledged.as_mut()) {
-                    let (mut records, mut bytes) = (0, 0);
-                    while let Some(&(sequence, size)) = pending.front() {
-                        if sequence > status.last_sequence {
-                            break;
-                        }
-                        pending.pop_front();
-                        records += 1;
-                        bytes += size;
-                    }
-                    if records > 0 {
-                        self.metrics.produced(records, bytes);
-                    }
-                }
-            }
             EngineOutput::Close { stream, error } => {
                 if let Some(meta) = self.streams.remove(stream) {
                     match error {
@@ -762,11 +730,14 @@ impl EngineTask {
                     if error == STORE_UNAVAILABLE {
                         self.metrics.error(ErrorKind::StoreUnavailable);
                     }
-                    limited_log!(
-                        warn,
-                        [store_id = %meta.store, channel_id = %stream.channel, op = meta.op.as_str(), %error],
-                        "stream rejected"
-                    );
+                    // Refusals while the server drains are expected, not worth a line each.
+                    if error != SHUTTING_DOWN {
+                        limited_log!(
+                            warn,
+                            [store_id = %meta.store, channel_id = %stream.channel, op = meta.op.as_str(), %error],
+                            "stream rejected"
+                        );
+                    }
                 }
             }
             _ => {}

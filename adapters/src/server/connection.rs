@@ -33,8 +33,7 @@ use crate::metrics::{ErrorKind, Metrics};
 use crate::runtime::{AsyncTimer, BoxFuture, Runtime, RuntimeExt};
 use crate::ws::{WsReader, WsWriter};
 
-/// Why a connection whose token expired is closed (invariant 5: no request outlives its authorization).
-pub const TOKEN_EXPIRED: &str = "token expired";
+pub use streamkit_core::server::TOKEN_EXPIRED;
 /// Why connections are closed when the server shuts down.
 pub const SERVER_SHUTDOWN: &str = "server shutting down";
 
@@ -94,15 +93,19 @@ pub async fn run_connection(accepted: AcceptedWebSocket, context: ConnectionCont
     let session = MuxSession::new(Role::Server { scopes: principal.scopes }, codec, mux, clock.now(), seed);
     let (reader, writer) = connection.split();
     tracing::debug!(conn = conn_id, %peer, ?codec, "connection opened");
+    let mut conn = ServerConnection::with_config(conn_id, session, budget);
+    if principal.expires_at != Millis(u64::MAX) {
+        // The token's expiry becomes a deadline on the monotonic clock.
+        conn.set_token_expiry(clock.from_wall(&WallClock::default(), principal.expires_at));
+    }
     let mut driver = Driver {
-        conn: ServerConnection::with_config(conn_id, session, budget),
+        conn,
         engine: engine.clone(),
         outbox: Box::pin(outbox),
         reader,
         writer,
         timer: runtime.sleep(Duration::from_secs(3600)),
         clock,
-        expires_at: clock.from_wall(&WallClock::default(), principal.expires_at),
         metrics: metrics.clone(),
         counters: MuxCounters::default(),
         forwarding: None,
@@ -146,8 +149,6 @@ struct Driver {
     writer: WsWriter,
     timer: Pin<Box<dyn AsyncTimer>>,
     clock: MonotonicClock,
-    /// The token's expiry, on `clock`.
-    expires_at: Millis,
     metrics: Arc<Metrics>,
     /// What the mux had refused at the last look (for the metrics).
     counters: MuxCounters,
@@ -344,13 +345,13 @@ impl Driver {
     /// Runs the connection's timers: heartbeats, idle timeout, token expiry, and the deadline of the
     /// last writes once the connection is over.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut deadline =
-            self.conn.poll_timeout().map_or(self.expires_at, |(at, _)| at.min(self.expires_at));
+        let mut deadline = self.conn.poll_timeout().map(|(at, _)| at);
         let now = self.now();
         if self.conn.shutdown_reason().is_some() {
             let since = *self.over_since.get_or_insert(now);
-            deadline = since + Millis(SHUTDOWN_FLUSH.as_millis() as u64);
+            deadline = Some(since + Millis(SHUTDOWN_FLUSH.as_millis() as u64));
         }
+        let Some(deadline) = deadline else { return false };
         // Re-arming costs a trip through the runtime's timer wheel: only when the deadline moved.
         if self.armed != Some(deadline) {
             self.armed = Some(deadline);
@@ -373,14 +374,12 @@ impl Driver {
             }
             return false;
         }
-        if now >= self.expires_at {
+        self.conn.handle_timeout(now);
+        if self.conn.shutdown_reason() == Some(TOKEN_EXPIRED) {
             // Clients choose their tokens' expiry: a thousand connections can expire in one instant.
             limited_log!(info, [conn = self.conn.id()], "closing connection: token expired");
             self.metrics.error(ErrorKind::TokenExpired);
             self.ending = Ending::Server;
-            self.conn.shutdown(now, TOKEN_EXPIRED);
-        } else {
-            self.conn.handle_timeout(now);
         }
         true
     }

@@ -81,6 +81,9 @@ pub enum TimeoutReason {
     Heartbeat,
     /// Events are waiting in `poll_event`: the deadline is "now".
     PendingEvents,
+    /// The connection's token expires (server connections,
+    /// [`ServerConnection::set_token_expiry`](crate::server::ServerConnection::set_token_expiry)).
+    TokenExpiry,
     /// A stream (or the connection) has been over its inbound bound since a while: with
     /// [`OverloadPolicy::WaitThenClose`](super::OverloadPolicy::WaitThenClose), it is closed then.
     Overload,

@@ -139,6 +139,8 @@ pub struct NodeHarness {
     pub bus_calls: Vec<String>,
     /// Refusals the node reported, in order.
     pub refusals: Vec<super::Refusal>,
+    /// Records and payload bytes the node reported committed (`NodeOutput::Produced`), summed.
+    pub produced: (u64, u64),
     /// Input footprint each stream's operation reported released ([`NodeOutput::InputReleased`]).
     pub released_input: BTreeMap<StreamId, u64>,
     held: VecDeque<(OpId, StorageOp)>,
@@ -169,6 +171,7 @@ impl NodeHarness {
             publish_attempts: 0,
             bus_calls: Vec::new(),
             refusals: Vec::new(),
+            produced: (0, 0),
             released_input: BTreeMap::new(),
             held: VecDeque::new(),
             held_subscribes: VecDeque::new(),
@@ -431,6 +434,10 @@ impl NodeHarness {
             }
             NodeOutput::Ready { .. } => {}
             NodeOutput::Refused(refusal) => self.refusals.push(refusal),
+            NodeOutput::Produced { records, bytes } => {
+                self.produced.0 += records;
+                self.produced.1 += bytes;
+            }
             NodeOutput::InputReleased { stream, bytes } => {
                 *self.released_input.entry(stream).or_default() += bytes;
             }

@@ -57,6 +57,14 @@ pub enum NodeOutput {
     /// A request or record was refused by a limit or a quota (already answered on its stream): for
     /// metrics. Nothing to execute.
     Refused(Refusal),
+    /// A producer's chunk was committed and its status sent: `records` records of `bytes` payload
+    /// bytes are stored (for metrics). Nothing to execute.
+    Produced {
+        /// Records committed.
+        records: u64,
+        /// Their payload bytes.
+        bytes: u64,
+    },
     /// The stream's operation let go of `bytes` of [`Message::footprint`] of input it held (a producer's
     /// committed chunk): tell the transport, which counts it against the connection's memory budget.
     InputReleased {

@@ -125,6 +125,11 @@ impl Io {
         }
     }
 
+    /// Reports a committed chunk (for metrics).
+    pub fn produced(&mut self, records: u64, bytes: u64) {
+        self.out.push_back(NodeOutput::Produced { records, bytes });
+    }
+
     /// Reports a refusal (for metrics).
     pub fn refused(&mut self, refusal: super::io::Refusal) {
         self.out.push_back(NodeOutput::Refused(refusal));

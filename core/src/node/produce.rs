@@ -439,6 +439,8 @@ impl ProduceOp {
         sv.quotas.committed(self.committing_bytes);
         if let Some(chunk) = self.committing.take() {
             sv.io.release_input(stream, chunk.footprint as u64);
+            let bytes = chunk.records.iter().map(|r| r.payload.as_ref().map_or(0, Vec::len) as u64).sum();
+            sv.io.produced(chunk.records.len() as u64, bytes);
         }
         let status = new_head.status(&self.key.0, &self.key.1);
         sv.io.send(stream, Message::Status(status.clone()));

@@ -83,6 +83,9 @@ fn produce_chunks_large_streams() {
     // Each chunk is one TRX: numbers 1,1,1,1,2,2,2,2,3,3.
     let numbers: Vec<u64> = entries.iter().map(|e| e.trx.number).collect();
     assert_eq!(numbers, [1, 1, 1, 1, 2, 2, 2, 2, 3, 3]);
+    // Every committed record is reported for the metrics, with its payload bytes.
+    let payload: u64 = entries.iter().map(|e| e.payload.as_ref().map_or(0, Vec::len) as u64).sum();
+    assert_eq!(h.produced, (10, payload));
 }
 
 #[test]
@@ -112,6 +115,7 @@ fn sequence_gap_discards_the_chunk() {
     assert_eq!(seqs(&consume_segment(&mut h, seg_req("sp", "sg"))), [1, 2]);
     let s = produce(&mut h, "sp", "sg", [4]);
     assert_eq!(h.log(s).close_error(), Some("sequence gap: expected 3, got 4"));
+    assert_eq!(h.produced.0, 2, "refused chunks are not reported produced");
 }
 
 #[test]

@@ -21,6 +21,10 @@ pub const MAX_STARTING: usize = 16;
 /// Default [`ConnectionConfig::memory_budget`]: 64 MiB.
 pub const DEFAULT_MEMORY_BUDGET: usize = 64 << 20;
 
+/// Why a connection whose token expired is closed (invariant 5: no request outlives its
+/// authorization).
+pub const TOKEN_EXPIRED: &str = "token expired";
+
 /// The `error` frame text (and connection close reason) when a connection's output outgrows its
 /// memory budget because the peer does not read.
 pub const MEMORY_BUDGET_EXCEEDED: &str = "connection memory budget exceeded";
@@ -123,6 +127,8 @@ pub struct ServerConnection {
     /// Inputs for the engine, each with the store of its stream (which shard it goes to).
     to_engine: VecDeque<(Uuid, EngineInput)>,
     shutdown: Option<String>,
+    /// When the connection's token expires: the connection is closed with [`TOKEN_EXPIRED`] then.
+    token_expiry: Option<Millis>,
     /// The latest time an input brought.
     now: Millis,
 }
@@ -147,6 +153,7 @@ impl ServerConnection {
             credit_deferred: false,
             to_engine: VecDeque::new(),
             shutdown: None,
+            token_expiry: None,
             now: Millis::ZERO,
         }
     }
@@ -203,8 +210,18 @@ impl ServerConnection {
         self.process(now);
     }
 
-    /// Timers are due.
+    /// Closes the connection with [`TOKEN_EXPIRED`] at `at` (on the clock of the inputs): no request
+    /// outlives the authorization of its connection.
+    pub fn set_token_expiry(&mut self, at: Millis) {
+        self.token_expiry = Some(at);
+    }
+
+    /// Timers are due: the token's expiry, heartbeats, overloaded streams.
     pub fn handle_timeout(&mut self, now: Millis) {
+        if self.shutdown.is_none() && self.token_expiry.is_some_and(|at| now >= at) {
+            self.shutdown(now, TOKEN_EXPIRED);
+            return;
+        }
         self.mux.handle_timeout(now);
         self.process(now);
     }
@@ -475,9 +492,15 @@ impl ServerConnection {
         self.mux.has_transmit()
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) is due; `now`-ish while engine inputs are queued.
+    /// When [`handle_timeout`](Self::handle_timeout) is due, and why.
     pub fn poll_timeout(&self) -> Option<(Millis, TimeoutReason)> {
-        self.mux.poll_timeout()
+        let mux = self.mux.poll_timeout();
+        let expiry =
+            self.token_expiry.filter(|_| self.shutdown.is_none()).map(|at| (at, TimeoutReason::TokenExpiry));
+        match (mux, expiry) {
+            (Some(m), Some(e)) => Some(if e.0 < m.0 { e } else { m }),
+            (m, e) => m.or(e),
+        }
     }
 
     /// Whether engine inputs are queued.

@@ -21,6 +21,10 @@ use crate::wire::Message;
 /// Text of the rejection when a store cannot be opened (spec §2.5.1).
 pub const STORE_UNAVAILABLE: &str = "store unavailable";
 
+/// Text of the rejection of new streams once the server drains before it stops
+/// ([`Engine::refuse_new_streams`]).
+pub const SHUTTING_DOWN: &str = "server shutting down";
+
 /// Engine tunables.
 #[derive(Clone, Debug, Default)]
 pub struct EngineConfig {
@@ -60,6 +64,15 @@ pub enum EngineEffect {
         /// The command.
         command: BusCommand,
     },
+    /// A chunk of `store` was committed and acknowledged: count it.
+    Produced {
+        /// The store.
+        store: Uuid,
+        /// Records committed.
+        records: u64,
+        /// Their payload bytes.
+        bytes: u64,
+    },
     /// A request or record of `store` was refused by a limit or quota (already answered): count it.
     Refused {
         /// The store.
@@ -98,6 +111,8 @@ pub struct Engine {
     manager: NodeManager<PendingOpen>,
     slots: BTreeMap<StreamId, Slot>,
     effects: VecDeque<EngineEffect>,
+    /// New streams are refused with [`SHUTTING_DOWN`].
+    refusing: bool,
 }
 
 impl Engine {
@@ -108,6 +123,7 @@ impl Engine {
             manager: NodeManager::new(config.manager, now, seed),
             slots: BTreeMap::new(),
             effects: VecDeque::new(),
+            refusing: false,
         }
     }
 
@@ -124,6 +140,13 @@ impl Engine {
     /// `now` is then wall time itself.
     pub fn set_wall_offset(&mut self, offset: i64) {
         self.manager.set_wall_offset(offset);
+    }
+
+    /// Refuses every new stream from now on with [`SHUTTING_DOWN`] (an `error` frame), while the
+    /// streams already open go on: the first step of a graceful shutdown, which lets in-flight
+    /// produces finish before [`shutdown`](Self::shutdown).
+    pub fn refuse_new_streams(&mut self) {
+        self.refusing = true;
     }
 
     /// Number of open streams.
@@ -176,6 +199,11 @@ impl Engine {
     }
 
     fn open(&mut self, stream: StreamId, store: Uuid, request: Result<Envelope, String>, charge: u64) {
+        if self.refusing {
+            let error = String::from(SHUTTING_DOWN);
+            self.effects.push_back(EngineEffect::Output(EngineOutput::Reject { stream, error }));
+            return;
+        }
         self.slots.insert(stream, Slot { store, request_charge: charge, inbox: VecDeque::new() });
         match self.manager.get_or_create(self.now, store, (stream, request)) {
             Access::Ready(node, (stream, request)) => {
@@ -315,6 +343,9 @@ impl Engine {
                         NodeOutput::Storage { op, request } => EngineEffect::Storage { store, op, request },
                         NodeOutput::Bus(command) => EngineEffect::Bus { store, command },
                         NodeOutput::Refused(refusal) => EngineEffect::Refused { store, refusal },
+                        NodeOutput::Produced { records, bytes } => {
+                            EngineEffect::Produced { store, records, bytes }
+                        }
                     };
                     self.effects.push_back(effect);
                 }

@@ -29,8 +29,9 @@ mod tests;
 
 pub use connection::{
     ConnectionConfig, DEFAULT_MEMORY_BUDGET, MAX_STARTING, MEMORY_BUDGET_EXCEEDED, ServerConnection,
+    TOKEN_EXPIRED,
 };
-pub use engine::{Engine, EngineConfig, EngineEffect, STORE_UNAVAILABLE};
+pub use engine::{Engine, EngineConfig, EngineEffect, SHUTTING_DOWN, STORE_UNAVAILABLE};
 
 use alloc::string::String;
 use uuid::Uuid;

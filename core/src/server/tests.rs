@@ -158,3 +158,58 @@ fn a_peer_that_does_not_read_holds_back_credit_then_loses_its_largest_stream() {
         .sum();
     assert_eq!(credit, 5);
 }
+
+/// Once the engine refuses new streams (a draining server), a new request is rejected with
+/// `server shutting down` while a stream already open goes on to its end.
+#[test]
+fn a_draining_engine_refuses_new_streams_and_finishes_open_ones() {
+    use super::{Engine, EngineConfig, EngineEffect, SHUTTING_DOWN};
+    let mut engine = Engine::new(EngineConfig::default(), NOW, 1);
+    let request = |channel: u128| EngineInput::Open {
+        stream: StreamId { conn: 1, channel: Uuid::from_u128(channel) },
+        store: STORE,
+        request: Ok(Envelope::Produce(Produce { space: "sp".into(), segment: "sg".into() })),
+        charge: 0,
+    };
+    engine.handle_input(NOW, request(1));
+    assert!(matches!(engine.poll_effect(), Some(EngineEffect::OpenStore { store }) if store == STORE));
+    engine.handle_store_opened(NOW, STORE, Ok(()));
+    let effects: Vec<EngineEffect> = core::iter::from_fn(|| engine.poll_effect()).collect();
+    assert!(effects.iter().any(|e| matches!(e, EngineEffect::Storage { .. })), "the produce started");
+    engine.refuse_new_streams();
+    engine.handle_input(NOW, request(2));
+    let refused = EngineOutput::Reject {
+        stream: StreamId { conn: 1, channel: Uuid::from_u128(2) },
+        error: SHUTTING_DOWN.into(),
+    };
+    assert_eq!(engine.poll_effect(), Some(EngineEffect::Output(refused)));
+    assert_eq!(engine.stream_count(), 1, "the open produce goes on");
+}
+
+/// A connection whose token expires is closed then, whatever its streams are doing: its streams are
+/// reported aborted to the engine and the peer gets a `close` frame.
+#[test]
+fn a_connection_is_closed_when_its_token_expires() {
+    use crate::mux::TimeoutReason;
+    let (mut client, mut server) = pair();
+    server.set_token_expiry(NOW + Millis(5_000));
+    let channel = open(&mut client, Envelope::Produce(Produce { space: "s".into(), segment: "g".into() }));
+    deliver(&mut client, &mut server, &mut Vec::new());
+    assert!(matches!(engine_inputs(&mut server)[..], [EngineInput::Open { .. }]));
+    assert_eq!(server.poll_timeout(), Some((NOW + Millis(5_000), TimeoutReason::TokenExpiry)));
+    server.handle_timeout(NOW + Millis(4_999));
+    assert_eq!(server.shutdown_reason(), None);
+    server.handle_timeout(NOW + Millis(5_000));
+    assert_eq!(server.shutdown_reason(), Some(super::TOKEN_EXPIRED));
+    let aborted = EngineInput::Aborted { stream: StreamId { conn: 9, channel } };
+    assert_eq!(engine_inputs(&mut server), [aborted]);
+    let mut frames = Vec::new();
+    while let Some(frame) = server.poll_transmit() {
+        frames.push(frame);
+    }
+    for frame in frames {
+        client.handle_frame(NOW + Millis(5_000), &frame);
+    }
+    assert!(client.is_shut_down(), "the peer got the close frame");
+    assert_eq!(server.poll_timeout().map(|(_, reason)| reason), None, "nothing more to wait for");
+}

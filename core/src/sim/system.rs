@@ -156,6 +156,8 @@ pub struct SystemSim {
     routes: BTreeMap<String, BTreeSet<(usize, Uuid)>>,
     /// Every notification published on the bus.
     pub published: u64,
+    /// Records the engines reported committed and acknowledged.
+    pub produced: u64,
     /// Instances that died: they process nothing any more.
     halted: BTreeSet<usize>,
     /// The servers' wall clock minus the virtual (monotonic) time that drives everything.
@@ -182,6 +184,7 @@ impl SystemSim {
             storage_seq: 0,
             routes: BTreeMap::new(),
             published: 0,
+            produced: 0,
             halted: BTreeSet::new(),
             wall_offset: 0,
             config,
@@ -572,6 +575,7 @@ impl SystemSim {
                 };
                 self.engines[engine].handle_store_opened(now, store, result);
             }
+            EngineEffect::Produced { records, .. } => self.produced += records,
             EngineEffect::CloseStore { .. } | EngineEffect::Refused { .. } => {}
             EngineEffect::Storage { store, op, request } => {
                 let delay = self.rng.below(self.config.max_storage_latency + 1);
