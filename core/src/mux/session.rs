@@ -179,8 +179,9 @@ impl MuxSession {
             .max_by_key(|(_, bytes)| *bytes)
     }
 
-    /// With a waiting [`OverloadPolicy`]: whether a stream's inbound queue, or the connection's, is
-    /// over its bound, so the driver must not read more frames until the application has taken some.
+    /// With a waiting [`OverloadPolicy`](super::OverloadPolicy): whether a stream's inbound queue, or
+    /// the connection's, is over its bound, so the driver must not read more frames until the
+    /// application has taken some.
     pub fn is_backlogged(&self) -> bool {
         !self.over_bound.is_empty() || self.inbound_bytes > self.config.connection_queue_bytes
     }
