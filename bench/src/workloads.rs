@@ -319,19 +319,35 @@ pub async fn multi_store(conn: &StreamkitConn, metric: Metric, sizes: &Sizes) ->
     let stores = sizes.w6_stores.max(1);
     let per_store = (sizes.w6_events / stores).max(1);
     let producers = sizes.w1_producers.clamp(1, stores);
-    let batch = sizes.w1_batch.max(1);
+    let shares = (0..producers)
+        .map(|p| {
+            let mine = (p..stores).step_by(producers as usize);
+            mine.map(|_| (conn.for_store(uuid::Uuid::new_v4()), "s0".to_owned())).collect()
+        })
+        .collect();
     let started = Instant::now();
+    append_round_robin(shares, per_store, sizes.w1_batch, &payload).await?;
+    Ok(Measurement::new(metric, per_store * stores, sizes.payload, started.elapsed(), Vec::new()))
+}
+
+/// Each producer (its own task) appends `per_stream` records to every stream of its share, in batches
+/// of `batch`, one batch per stream in turn; resolves when all are acknowledged.
+async fn append_round_robin<C: Conn>(
+    shares: Vec<Vec<(C, String)>>,
+    per_stream: u64,
+    batch: u64,
+    payload: &Bytes,
+) -> Result<()> {
+    let batch = batch.max(1);
     let mut tasks = Vec::new();
-    for p in 0..producers {
-        let mine: Vec<StreamkitConn> =
-            (p..stores).step_by(producers as usize).map(|_| conn.for_store(uuid::Uuid::new_v4())).collect();
+    for share in shares {
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
             let mut first = 1;
-            while first <= per_store {
-                let count = batch.min(per_store - first + 1);
-                for store in &mine {
-                    store.append_batch("s0", first, count, &payload).await?;
+            while first <= per_stream {
+                let count = batch.min(per_stream - first + 1);
+                for (conn, stream) in &share {
+                    conn.append_batch(stream, first, count, &payload).await?;
                 }
                 first += count;
             }
@@ -341,7 +357,7 @@ pub async fn multi_store(conn: &StreamkitConn, metric: Metric, sizes: &Sizes) ->
     for task in tasks {
         task.await.map_err(|e| format!("producer task: {e}"))??;
     }
-    Ok(Measurement::new(metric, per_store * stores, sizes.payload, started.elapsed(), Vec::new()))
+    Ok(())
 }
 
 fn stream_name(i: u64) -> String {
@@ -358,28 +374,14 @@ fn per_stream(sizes: &Sizes) -> u64 {
 async fn fan_in<C: Conn>(conn: &C, sizes: &Sizes, payload: &Bytes) -> Result<Measurement> {
     let per_stream = per_stream(sizes);
     let producers = sizes.w1_producers.clamp(1, sizes.w1_streams);
+    let shares = (0..producers)
+        .map(|p| {
+            let mine = (p..sizes.w1_streams).step_by(producers as usize);
+            mine.map(|i| (conn.clone(), stream_name(i))).collect()
+        })
+        .collect();
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for p in 0..producers {
-        let conn = conn.clone();
-        let payload = payload.clone();
-        let mine: Vec<String> = (p..sizes.w1_streams).step_by(producers as usize).map(stream_name).collect();
-        let batch = sizes.w1_batch.max(1);
-        tasks.push(tokio::spawn(async move {
-            let mut first = 1;
-            while first <= per_stream {
-                let count = batch.min(per_stream - first + 1);
-                for stream in &mine {
-                    conn.append_batch(stream, first, count, &payload).await?;
-                }
-                first += count;
-            }
-            Ok::<_, crate::Error>(())
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| format!("producer task: {e}"))??;
-    }
+    append_round_robin(shares, per_stream, sizes.w1_batch, payload).await?;
     let elapsed = started.elapsed();
     Ok(Measurement::new(
         Metric::FanInAppend,
