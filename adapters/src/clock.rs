@@ -64,12 +64,9 @@ impl MonotonicClock {
     }
 
     /// When this clock will read what `wall` reads at `deadline` (e.g. a token's expiry), from the two
-    /// clocks' readings now; `Millis(u64::MAX)` stays "never".
-    pub fn from_wall(&self, wall: &WallClock, deadline: Millis) -> Millis {
-        if deadline.as_u64() == u64::MAX {
-            return deadline;
-        }
-        self.now() + deadline.saturating_since(wall.now())
+    /// clocks' readings now; `None` for `Millis(u64::MAX)`, which means "never".
+    pub fn from_wall(&self, wall: &WallClock, deadline: Millis) -> Option<Millis> {
+        (deadline.as_u64() != u64::MAX).then(|| self.now() + deadline.saturating_since(wall.now()))
     }
 }
 
@@ -117,15 +114,20 @@ mod tests {
     #[test]
     fn the_monotonic_clock_maps_to_instants_and_wall_deadlines() {
         let clock = MonotonicClock::new();
+        // Bounds from instants read around the clock, so a descheduled thread cannot fail the test.
+        let before = Instant::now();
         let now = clock.now();
+        let after = Instant::now();
         assert!(now >= Millis(1_000));
+        // `now` is whole milliseconds: it maps back to at most 1 ms before it was read.
         let at = clock.instant_of(now + Millis(500));
-        let expected = Instant::now() + Duration::from_millis(500);
-        assert!(at <= expected && expected - at < Duration::from_millis(100));
+        let half_second = Duration::from_millis(500);
+        assert!(at + Duration::from_millis(1) >= before + half_second && at <= after + half_second);
         let wall = WallClock::default();
-        let in_a_minute = clock.from_wall(&wall, wall.now() + Millis(60_000));
-        assert!(in_a_minute.saturating_since(clock.now()) > Millis(59_000));
-        assert_eq!(clock.from_wall(&wall, Millis(u64::MAX)), Millis(u64::MAX));
-        assert!(clock.from_wall(&wall, Millis(5)) <= clock.now(), "a past deadline is due now");
+        let in_an_hour = clock.from_wall(&wall, wall.now() + Millis(3_600_000)).unwrap();
+        assert!(in_an_hour.saturating_since(clock.now()) > Millis(3_500_000));
+        assert_eq!(clock.from_wall(&wall, Millis(u64::MAX)), None, "never stays never");
+        let past = clock.from_wall(&wall, Millis(5)).unwrap();
+        assert!(past <= clock.now(), "a past deadline is due now");
     }
 }

@@ -168,8 +168,10 @@ impl EngineHandle {
     /// Splits inputs by the shard of their store, keeping their order within each shard.
     fn split(&self, inputs: Vec<RoutedInput>) -> Vec<(usize, Vec<RoutedInput>)> {
         let shards = self.shards.len();
-        if shards == 1 {
-            return vec![(0, inputs)];
+        let first = inputs.first().map_or(0, |input| shard_of(&input.0, shards));
+        // Usual case: a connection's batch is for one store (or stores of one shard) and moves as is.
+        if inputs.iter().all(|input| shard_of(&input.0, shards) == first) {
+            return vec![(first, inputs)];
         }
         let mut batches: Vec<Vec<RoutedInput>> = (0..shards).map(|_| Vec::new()).collect();
         for input in inputs {

@@ -94,9 +94,9 @@ pub async fn run_connection(accepted: AcceptedWebSocket, context: ConnectionCont
     let (reader, writer) = connection.split();
     tracing::debug!(conn = conn_id, %peer, ?codec, "connection opened");
     let mut conn = ServerConnection::with_config(conn_id, session, budget);
-    if principal.expires_at != Millis(u64::MAX) {
-        // The token's expiry becomes a deadline on the monotonic clock.
-        conn.set_token_expiry(clock.from_wall(&WallClock::default(), principal.expires_at));
+    // The token's expiry becomes a deadline on the monotonic clock.
+    if let Some(expiry) = clock.from_wall(&WallClock::default(), principal.expires_at) {
+        conn.set_token_expiry(expiry);
     }
     let mut driver = Driver {
         conn,

@@ -684,7 +684,7 @@ pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> io::R
     let engine = spawn_engine(
         runtime.clone(),
         EngineTaskConfig {
-            shards: config.shards.max(1),
+            shards: config.shards,
             engine: engine_config,
             stores,
             bus,

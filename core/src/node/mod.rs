@@ -457,11 +457,6 @@ impl Node {
         self.advance_wall();
     }
 
-    /// The node's wall clock (Unix milliseconds, never decreasing).
-    pub fn wall(&self) -> Millis {
-        self.sv.wall
-    }
-
     /// A stream opened with `envelope` as its first message.
     pub fn handle_request(&mut self, now: Millis, stream: StreamId, envelope: Envelope) {
         self.advance(now);

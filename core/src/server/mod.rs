@@ -47,18 +47,15 @@ pub const INPUT_WINDOW: u32 = 256;
 ///
 /// A server may run several independent [`Engine`]s, each owning the nodes of a share of the stores;
 /// every input of a stream goes to the engine of its store ([`ServerConnection::poll_engine_input`]
-/// says which store that is). The store id is mixed (splitmix64) before the modulo, so stores with
-/// sequential ids still spread evenly.
+/// says which store that is). The store id is mixed ([`mix64`](crate::rand::mix64)) before the
+/// modulo, so stores with sequential ids still spread evenly.
 pub fn shard_of(store: &Uuid, shards: usize) -> usize {
     if shards <= 1 {
         return 0;
     }
     let id = store.as_u128();
-    let mut x = (id as u64) ^ ((id >> 64) as u64);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    (x % shards as u64) as usize
+    let mixed = crate::rand::mix64((id as u64) ^ ((id >> 64) as u64));
+    (mixed % shards as u64) as usize
 }
 
 /// From a connection (or an in-process client) to the engine.

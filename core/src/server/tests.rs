@@ -213,3 +213,17 @@ fn a_connection_is_closed_when_its_token_expires() {
     assert!(client.is_shut_down(), "the peer got the close frame");
     assert_eq!(server.poll_timeout().map(|(_, reason)| reason), None, "nothing more to wait for");
 }
+
+/// Stores spread evenly over shards, sequential ids included; with one shard (or none) everything is
+/// on shard 0.
+#[test]
+fn shard_of_spreads_sequential_store_ids_evenly() {
+    use super::shard_of;
+    let mut counts = [0usize; 4];
+    for n in 0..4_000u128 {
+        counts[shard_of(&Uuid::from_u128(n), 4)] += 1;
+    }
+    assert!(counts.iter().all(|c| (850..=1_150).contains(c)), "{counts:?}");
+    assert_eq!(shard_of(&Uuid::from_u128(12_345), 1), 0);
+    assert_eq!(shard_of(&Uuid::from_u128(12_345), 0), 0);
+}

@@ -206,17 +206,8 @@ impl SystemSim {
         &self.engines[instance * self.shards()]
     }
 
-    /// The engine of `instance` that owns `store`.
-    pub fn engine_of(&self, instance: usize, store: &Uuid) -> &Engine {
-        &self.engines[self.engine_index(instance, store)]
-    }
-
     fn shards(&self) -> usize {
         self.config.shards.max(1)
-    }
-
-    fn engine_index(&self, instance: usize, store: &Uuid) -> usize {
-        instance * self.shards() + shard_of(store, self.shards())
     }
 
     /// Whether the instance of engine `index` was halted.
