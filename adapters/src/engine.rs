@@ -23,7 +23,7 @@
 //! are rate limited ([`LogLimit`]): the metrics count every one.
 //!
 //! **Shutdown** ([`EngineHandle::drain_and_shutdown`]): new streams are refused with
-//! [`SHUTTING_DOWN`]; in-flight commits get up to the grace period to finish (their producers get
+//! [`EndReason::ShuttingDown`]; in-flight commits get up to the grace period to finish (their producers get
 //! their statuses); then every node shuts down (open streams end with `store closed`), every store is
 //! closed (queued commits are written first) and the task exits.
 
@@ -38,12 +38,10 @@ use futures_util::future::poll_fn;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Stream, StreamExt};
 use streamkit_core::api::Envelope;
-use streamkit_core::node::{BusCommand, BusEvent, BusMessage, OpId, PEER_CANCELLED};
-use streamkit_core::server::{
-    Engine, EngineConfig, EngineEffect, EngineInput, EngineOutput, STORE_UNAVAILABLE, shard_of,
-};
+use streamkit_core::node::{BusCommand, BusEvent, BusMessage, OpId};
+use streamkit_core::server::{Engine, EngineConfig, EngineEffect, EngineInput, EngineOutput, shard_of};
 use streamkit_core::storage::{KvError, StorageOp, StorageResult};
-use streamkit_core::stream::StreamId;
+use streamkit_core::stream::{EndReason, StreamId};
 use uuid::Uuid;
 
 use crate::bus::{BusDelivery, MemoryBus, MessageBus};
@@ -58,9 +56,6 @@ pub const INBOX_CAPACITY: usize = 65_536;
 
 /// Bus deliveries and completions waiting for the engine at most; a bus delivering faster waits.
 pub const BUS_QUEUE_CAPACITY: usize = 65_536;
-
-/// Why streams are refused once the server is shutting down.
-pub use streamkit_core::server::SHUTTING_DOWN;
 
 /// An input for the engine with the store of its stream, which decides the shard it goes to.
 pub type RoutedInput = (Uuid, EngineInput);
@@ -700,9 +695,7 @@ impl EngineTask {
                     match error {
                         None => self.metrics.operation(meta.op, Outcome::Ok),
                         // A read the peer cancelled: stopped on purpose, not a failure worth a log line.
-                        Some(error) if error == PEER_CANCELLED => {
-                            self.metrics.operation(meta.op, Outcome::Cancelled)
-                        }
+                        Some(EndReason::Canceled) => self.metrics.operation(meta.op, Outcome::Cancelled),
                         Some(error) => {
                             let outcome = if matches!(self.phase, Phase::Running) {
                                 Outcome::Error
@@ -729,11 +722,11 @@ impl EngineTask {
             EngineOutput::Reject { stream, error } => {
                 if let Some(meta) = self.streams.remove(stream) {
                     self.metrics.operation(meta.op, Outcome::Rejected);
-                    if error == STORE_UNAVAILABLE {
+                    if *error == EndReason::StoreUnavailable {
                         self.metrics.error(ErrorKind::StoreUnavailable);
                     }
                     // Refusals while the server drains are expected, not worth a line each.
-                    if error != SHUTTING_DOWN {
+                    if *error != EndReason::ShuttingDown {
                         limited_log!(
                             warn,
                             [store_id = %meta.store, channel_id = %stream.channel, op = meta.op.as_str(), %error],

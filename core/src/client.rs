@@ -9,13 +9,13 @@
 
 use alloc::collections::BTreeMap;
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use uuid::Uuid;
 
 use crate::api::Request;
 use crate::mux::{MuxConfig, MuxError, MuxEvent, MuxSession, Role, StreamInput, TimeoutReason};
-use crate::stream::StreamEnd;
+use crate::stream::{EndReason, StreamEnd};
 use crate::time::Millis;
 use crate::wire::{Codec, Message, MessageKind};
 
@@ -50,12 +50,12 @@ pub enum ClientEvent {
         /// The stream.
         channel: Uuid,
         /// Why.
-        reason: String,
+        reason: EndReason,
     },
     /// The connection is over; every stream was aborted first.
     Shutdown {
         /// Why.
-        reason: String,
+        reason: EndReason,
     },
 }
 
@@ -107,9 +107,10 @@ impl ClientConnection {
         self.mux.release(channel);
     }
 
-    /// Cancels an operation: `mux::close` with `err` (Go sends `context canceled`), then forgets it.
-    pub fn cancel(&mut self, now: Millis, channel: Uuid, err: &str) {
-        let _ = self.mux.close_send(now, channel, Some(err));
+    /// Gives an operation up: `mux::close` with the text of `reason` (Go's client sends
+    /// `context canceled`, [`EndReason::Canceled`], when the caller cancels), then forgets it.
+    pub fn cancel(&mut self, now: Millis, channel: Uuid, reason: &EndReason) {
+        let _ = self.mux.close_send(now, channel, Some(&reason.to_string()));
         self.release(channel);
     }
 
@@ -136,12 +137,12 @@ impl ClientConnection {
     }
 
     /// The socket closed or failed.
-    pub fn handle_transport_closed(&mut self, now: Millis, reason: &str) {
+    pub fn handle_transport_closed(&mut self, now: Millis, reason: EndReason) {
         self.mux.handle_transport_closed(now, reason);
     }
 
     /// Closes the connection: a `close` frame, every stream aborted.
-    pub fn shutdown(&mut self, now: Millis, reason: &str) {
+    pub fn shutdown(&mut self, now: Millis, reason: EndReason) {
         self.mux.shutdown(now, reason);
     }
 

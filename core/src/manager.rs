@@ -40,6 +40,7 @@ use uuid::Uuid;
 
 use crate::node::{Node, NodeConfig, NodeOutput};
 use crate::rand::Rng;
+use crate::stream::EndReason;
 use crate::time::{GoDuration, Millis};
 
 /// Failed opens of one store that open its circuit.
@@ -50,13 +51,6 @@ pub const DEFAULT_FAILURE_WINDOW: Millis = Millis::from_secs(30);
 pub const DEFAULT_MAX_FAILURE_RECORDS: usize = 1024;
 /// Work items that may wait for one store to open.
 pub const DEFAULT_MAX_WAITING_PER_STORE: usize = 8192;
-
-/// Close reason of the streams of a store that is removed or closed.
-pub const STORE_CLOSED: &str = "store closed";
-/// Refusal once the manager is closed.
-pub const MANAGER_CLOSED: &str = "node manager closed";
-/// Refusal of work that waited for a store that was removed meanwhile.
-pub const STORE_REMOVED: &str = "store removed";
 
 /// When idle nodes are closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,8 +116,8 @@ pub enum ManagerOutput<W> {
     StoreFailed {
         /// The store.
         store_id: Uuid,
-        /// The factory's error, as is (or the removal reason).
-        error: String,
+        /// The factory's error ([`EndReason::Failed`], its text as is) or the removal reason.
+        error: EndReason,
         /// Work queued while it opened.
         work: Vec<W>,
     },
@@ -150,7 +144,7 @@ pub enum Access<'a, W> {
     /// [`ManagerOutput::StoreFailed`].
     Queued,
     /// The work cannot be done: circuit open, too much work waiting, or the manager is closed.
-    Refused(W, String),
+    Refused(W, EndReason),
 }
 
 #[derive(Debug)]
@@ -234,20 +228,20 @@ impl<W> NodeManager<W> {
     pub fn get_or_create(&mut self, now: Millis, store_id: Uuid, work: W) -> Access<'_, W> {
         self.advance(now);
         if self.closed {
-            return Access::Refused(work, MANAGER_CLOSED.into());
+            return Access::Refused(work, EndReason::ManagerClosed);
         }
         self.prune_failures();
         if self.nodes.contains_key(&store_id) {
             return match self.access(store_id) {
                 Some(node) => Access::Ready(node, work),
-                None => Access::Refused(work, MANAGER_CLOSED.into()),
+                None => Access::Refused(work, EndReason::ManagerClosed),
             };
         }
         if let Some(opening) = self.opening.get_mut(&store_id) {
             if opening.waiting.len() >= self.config.max_waiting_per_store {
                 return Access::Refused(
                     work,
-                    format!("too many requests waiting for store {store_id} to open"),
+                    format!("too many requests waiting for store {store_id} to open").into(),
                 );
             }
             // Someone wants the store again: a removal during the open no longer applies.
@@ -266,7 +260,7 @@ impl<W> NodeManager<W> {
                 failure.count,
                 GoDuration(remaining)
             );
-            return Access::Refused(work, error);
+            return Access::Refused(work, error.into());
         }
         self.opening.insert(store_id, Opening { waiting: alloc::vec![work], cancelled: false });
         self.out.push_back(ManagerOutput::OpenStore { store_id });
@@ -345,14 +339,18 @@ impl<W> NodeManager<W> {
                 }
                 self.record_failure(store_id);
                 if let Some(opening) = opening.filter(|o| !o.waiting.is_empty()) {
-                    self.out.push_back(ManagerOutput::StoreFailed { store_id, error, work: opening.waiting });
+                    self.out.push_back(ManagerOutput::StoreFailed {
+                        store_id,
+                        error: error.into(),
+                        work: opening.waiting,
+                    });
                 }
             }
         }
     }
 
-    /// Closes and drops the node of `store_id` (its streams are closed with [`STORE_CLOSED`]) and forgets
-    /// its failures. Work waiting for it to open fails with [`STORE_REMOVED`].
+    /// Closes and drops the node of `store_id` (its streams are closed with [`EndReason::StoreClosed`])
+    /// and forgets its failures. Work waiting for it to open fails with [`EndReason::StoreRemoved`].
     pub fn remove(&mut self, now: Millis, store_id: Uuid) {
         self.advance(now);
         self.forget_failures(&store_id);
@@ -363,7 +361,7 @@ impl<W> NodeManager<W> {
             if !work.is_empty() {
                 self.out.push_back(ManagerOutput::StoreFailed {
                     store_id,
-                    error: STORE_REMOVED.into(),
+                    error: EndReason::StoreRemoved,
                     work,
                 });
             }
@@ -389,7 +387,7 @@ impl<W> NodeManager<W> {
                 let store_id = *store_id;
                 self.out.push_back(ManagerOutput::StoreFailed {
                     store_id,
-                    error: MANAGER_CLOSED.into(),
+                    error: EndReason::ManagerClosed,
                     work,
                 });
             }
@@ -405,7 +403,7 @@ impl<W> NodeManager<W> {
         if let Some(at) = managed.indexed {
             self.deadlines.remove(&(at, store_id));
         }
-        managed.node.shutdown(self.now, STORE_CLOSED);
+        managed.node.shutdown(self.now, EndReason::StoreClosed);
         while let Some(output) = managed.node.poll_output() {
             self.out.push_back(ManagerOutput::Node { store_id, output });
         }
@@ -598,7 +596,7 @@ mod tests {
                     }
                     ManagerOutput::StoreOpened { store_id, work } => self.opened.push((store_id, work)),
                     ManagerOutput::StoreFailed { store_id, error, work } => {
-                        self.failed.push((store_id, error, work))
+                        self.failed.push((store_id, error.to_string(), work))
                     }
                     ManagerOutput::Node { store_id, output } => self.node_outputs.push((store_id, output)),
                     ManagerOutput::CloseStore { store_id } => self.closed.push(store_id),
@@ -624,7 +622,7 @@ mod tests {
                 Access::Queued => Ok(false),
                 Access::Refused(w, error) => {
                     assert_eq!(w, work);
-                    Err(error)
+                    Err(error.to_string())
                 }
             };
             self.drain();
@@ -914,7 +912,7 @@ mod tests {
         a.drain();
         assert!(matches!(
             a.node_outputs.last(),
-            Some((_, NodeOutput::Close { error: Some(e), .. })) if e == "store closed"
+            Some((_, NodeOutput::Close { error: Some(EndReason::StoreClosed), .. }))
         ));
         assert_eq!(a.closed, [id(1)]);
     }

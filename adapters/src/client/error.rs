@@ -2,15 +2,10 @@
 
 use std::fmt;
 
-use streamkit_core::mux::{MUXER_CLOSED, OVERLOAD_REASON};
+use streamkit_core::stream::EndReason;
 
 use crate::ws::DialError;
 
-/// Text of an operation ended because its caller dropped it (Go's `context canceled`, which is also
-/// what the server is told in the `mux::close` it receives).
-pub const CANCELED: &str = "context canceled";
-/// Text of operations on a client after [`Client::close`](super::Client::close).
-pub const CLIENT_CLOSED: &str = "client closed";
 /// Text of a consume entry that is not a stored entry (Go `invalid consume entry payload`).
 pub const INVALID_ENTRY: &str = "invalid consume entry payload";
 /// Text when a publish got no status back (Go).
@@ -112,33 +107,33 @@ impl Error {
         }
     }
 
-    /// The error a reader sees for a stream that ended with `text` (the core's `StreamEnd` texts:
-    /// `remote closed stream: X`, `remote error: X`, or a local reason such as `muxer closed`).
-    pub fn from_stream_end(text: &str) -> Self {
-        let kind = if text.starts_with("remote closed stream: ") {
-            ErrorKind::RemoteClosed
-        } else if text.starts_with("remote error: ") {
-            ErrorKind::RemoteError
-        } else if text == OVERLOAD_REASON {
-            ErrorKind::Overloaded
-        } else if text == CANCELED {
-            ErrorKind::Canceled
-        } else if text == CLIENT_CLOSED {
-            ErrorKind::Closed
-        } else {
-            ErrorKind::Connection
+    /// The error a reader sees for a stream that ended for `reason`, with the reason's text.
+    pub fn from_stream_end(reason: &EndReason) -> Self {
+        let kind = match reason {
+            EndReason::RemoteClosed(_) => ErrorKind::RemoteClosed,
+            EndReason::RemoteError(_) => ErrorKind::RemoteError,
+            EndReason::Overloaded => ErrorKind::Overloaded,
+            EndReason::Canceled => ErrorKind::Canceled,
+            EndReason::ClientClosed => ErrorKind::Closed,
+            EndReason::Malformed(_) | EndReason::UnknownControl { .. } => ErrorKind::Protocol,
+            _ => ErrorKind::Connection,
         };
-        Self::new(kind, text)
+        Self::new(kind, reason.to_string())
     }
 
     /// A lost connection (`muxer closed`).
     pub(crate) fn muxer_closed() -> Self {
-        Self::new(ErrorKind::Connection, MUXER_CLOSED)
+        Self::from_stream_end(&EndReason::MuxerClosed)
     }
 
-    /// The client was closed.
+    /// The client was closed (`client closed`).
     pub(crate) fn closed() -> Self {
-        Self::new(ErrorKind::Closed, CLIENT_CLOSED)
+        Self::from_stream_end(&EndReason::ClientClosed)
+    }
+
+    /// The caller gave the operation up (`context canceled`, as Go reports it).
+    pub(crate) fn canceled() -> Self {
+        Self::from_stream_end(&EndReason::Canceled)
     }
 
     /// An answer of the wrong type for the operation.
@@ -212,17 +207,26 @@ mod tests {
     }
 
     #[test]
-    fn stream_end_texts_classify() {
-        let gap = Error::from_stream_end("remote closed stream: sequence gap: expected 3, got 4");
+    fn stream_ends_classify() {
+        let gap = Error::from_stream_end(&EndReason::RemoteClosed("sequence gap: expected 3, got 4".into()));
         assert_eq!(gap.kind(), ErrorKind::RemoteClosed);
         assert_eq!(gap.to_string(), "remote closed stream: sequence gap: expected 3, got 4");
-        let denied = Error::from_stream_end("remote error: access denied");
+        let denied = Error::from_stream_end(&EndReason::RemoteError("access denied".into()));
         assert_eq!(denied.kind(), ErrorKind::RemoteError);
+        assert_eq!(denied.to_string(), "remote error: access denied");
         assert!(!denied.is_retryable());
-        assert_eq!(Error::from_stream_end("muxer closed").kind(), ErrorKind::Connection);
-        assert!(Error::from_stream_end("muxer closed").is_retryable());
-        assert_eq!(Error::from_stream_end(OVERLOAD_REASON).kind(), ErrorKind::Overloaded);
-        assert!(!Error::from_stream_end(CANCELED).is_retryable());
+        let lost = Error::muxer_closed();
+        assert_eq!((lost.kind(), lost.message()), (ErrorKind::Connection, "muxer closed"));
+        assert!(lost.is_retryable());
+        let overloaded = Error::from_stream_end(&EndReason::Overloaded);
+        assert_eq!(overloaded.kind(), ErrorKind::Overloaded);
+        let canceled = Error::canceled();
+        assert_eq!((canceled.kind(), canceled.message()), (ErrorKind::Canceled, "context canceled"));
+        assert!(!canceled.is_retryable());
+        let closed = Error::closed();
+        assert_eq!((closed.kind(), closed.message()), (ErrorKind::Closed, "client closed"));
+        let garbled = Error::from_stream_end(&EndReason::Malformed("malformed message: eof".into()));
+        assert_eq!(garbled.kind(), ErrorKind::Protocol);
     }
 
     #[test]

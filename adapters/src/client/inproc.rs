@@ -16,12 +16,12 @@ use async_channel::{Receiver, Sender, WeakSender};
 use futures_core::Stream as _;
 use streamkit_core::api::Request;
 use streamkit_core::server::{EngineInput, EngineOutput, INPUT_WINDOW};
-use streamkit_core::stream::{StreamEnd, StreamId};
+use streamkit_core::stream::{EndReason, StreamEnd, StreamId};
 use streamkit_core::wire::Message;
 use uuid::Uuid;
 
 use super::ClientOptions;
-use super::error::{CANCELED, Error};
+use super::error::Error;
 use super::stream::{Command, DriverStream, OpStream, Signal, new_stream};
 use crate::engine::{EngineHandle, RoutedInput};
 use crate::runtime::{Runtime, RuntimeExt};
@@ -151,7 +151,9 @@ impl Driver {
             Signal::Cancel(channel) => {
                 if let Some(removed) = self.streams.remove(&channel) {
                     let stream = self.stream_id(channel);
-                    let end = StreamEnd::Failed(format!("remote closed stream: {CANCELED}"));
+                    // What a socket client's cancel looks like to the server: `mux::close` with
+                    // `context canceled`.
+                    let end = StreamEnd::Failed(EndReason::RemoteClosed(EndReason::Canceled.to_string()));
                     inputs.push((removed.store, EngineInput::End { stream, end }));
                     inputs.push((removed.store, EngineInput::Aborted { stream }));
                 }
@@ -168,11 +170,11 @@ impl Driver {
             }
             EngineOutput::Close { error, .. } => stream.pending.push_back(Pending::End(match error {
                 None => Ok(()),
-                Some(error) => Err(Error::from_stream_end(&format!("remote closed stream: {error}"))),
+                Some(error) => Err(Error::from_stream_end(&EndReason::RemoteClosed(error.to_string()))),
             })),
-            EngineOutput::Reject { error, .. } => stream
-                .pending
-                .push_back(Pending::End(Err(Error::from_stream_end(&format!("remote error: {error}"))))),
+            EngineOutput::Reject { error, .. } => stream.pending.push_back(Pending::End(Err(
+                Error::from_stream_end(&EndReason::RemoteError(error.to_string())),
+            ))),
             EngineOutput::InputCredit { messages, .. } => stream.handle.add_credit(messages),
         }
         self.pump(channel, inputs);
@@ -231,7 +233,7 @@ impl Driver {
                 if let Some(store) = self.streams.get(&channel).map(|s| s.store) {
                     let end = match err {
                         None => StreamEnd::Finished,
-                        Some(err) => StreamEnd::Failed(format!("remote closed stream: {err}")),
+                        Some(err) => StreamEnd::Failed(EndReason::RemoteClosed(err)),
                     };
                     inputs.push((store, EngineInput::End { stream: self.stream_id(channel), end }));
                 }

@@ -52,8 +52,8 @@ mod socket;
 mod stream;
 
 pub use error::{
-    CANCELED, CLIENT_CLOSED, Error, ErrorKind, HEARTBEAT_MISSED, INVALID_ENTRY, LEASE_LOST,
-    LEASE_NOT_ACQUIRED, NO_STATUS_CONFIRMATION, is_retryable_text,
+    Error, ErrorKind, HEARTBEAT_MISSED, INVALID_ENTRY, LEASE_LOST, LEASE_NOT_ACQUIRED,
+    NO_STATUS_CONFIRMATION, is_retryable_text,
 };
 pub use items::ItemStream;
 pub use lease::Lease;

@@ -34,12 +34,13 @@ use bytes::Bytes;
 use futures_core::Stream;
 use streamkit_core::api::Request;
 use streamkit_core::client::{ClientConnection, ClientEvent, ClientItem};
-use streamkit_core::mux::{MUXER_CLOSED, MuxError, OVERLOAD_REASON};
+use streamkit_core::mux::MuxError;
+use streamkit_core::stream::EndReason;
 use streamkit_core::time::Millis;
 use streamkit_core::wire::Codec;
 use uuid::Uuid;
 
-use super::error::{CANCELED, CLIENT_CLOSED, Error, ErrorKind};
+use super::error::{Error, ErrorKind};
 use super::retry::random_seed;
 use super::stream::{Command, DriverStream, OpStream, Signal, end_result, new_stream};
 use super::{ClientOptions, TokenSource};
@@ -212,7 +213,7 @@ impl Driver {
                 if self.streams.remove(&channel).is_some()
                     && let Some(live) = self.live.as_mut()
                 {
-                    live.conn.cancel(now, channel, CANCELED);
+                    live.conn.cancel(now, channel, &EndReason::Canceled);
                 }
             }
         }
@@ -222,8 +223,10 @@ impl Driver {
         let Some(live) = self.live.as_mut() else { return };
         match ack {
             Some(Ok(())) => live.in_flight = live.in_flight.saturating_sub(1),
-            Some(Err(error)) => live.conn.handle_transport_closed(self.clock.now(), &error),
-            None => live.conn.handle_transport_closed(self.clock.now(), MUXER_CLOSED),
+            Some(Err(error)) => {
+                live.conn.handle_transport_closed(self.clock.now(), EndReason::Transport(error))
+            }
+            None => live.conn.handle_transport_closed(self.clock.now(), EndReason::MuxerClosed),
         }
     }
 
@@ -234,8 +237,10 @@ impl Driver {
             let now = self.clock.now();
             match next {
                 Some(Ok(Some(bytes))) => live.conn.handle_frame(now, &bytes),
-                Some(Ok(None)) | None => live.conn.handle_transport_closed(now, MUXER_CLOSED),
-                Some(Err(error)) => live.conn.handle_transport_closed(now, &error.to_string()),
+                Some(Ok(None)) | None => live.conn.handle_transport_closed(now, EndReason::MuxerClosed),
+                Some(Err(error)) => {
+                    live.conn.handle_transport_closed(now, EndReason::Transport(error.to_string()))
+                }
             }
             self.process();
             let Some(live) = self.live.as_mut() else { return };
@@ -263,11 +268,11 @@ impl Driver {
                     Ok(()) => {}
                     Err(MuxError::PayloadTooLarge { .. }) => {
                         // Go fails the Encode with this text; the stream cannot go on without the record.
-                        let text = MuxError::PayloadTooLarge { len: 0, limit: 0 }.to_string();
-                        live.conn.cancel(self.clock.now(), channel, &text);
+                        let reason = EndReason::PayloadTooLarge;
+                        live.conn.cancel(self.clock.now(), channel, &reason);
                         self.stalled.remove(&channel);
                         if let Some(stream) = self.streams.remove(&channel) {
-                            stream.finish(Err(Error::new(ErrorKind::InvalidArgument, text)));
+                            stream.finish(Err(Error::new(ErrorKind::InvalidArgument, reason.to_string())));
                         }
                     }
                     // The stream ended meanwhile; its operation learns it from the stream.
@@ -307,8 +312,8 @@ impl Driver {
             for channel in std::mem::take(&mut self.stalled) {
                 if let Some(stream) = self.streams.remove(&channel) {
                     tracing::warn!(%channel, "client stream aborted: its reader stalled the connection");
-                    live.conn.cancel(now, channel, OVERLOAD_REASON);
-                    stream.finish(Err(Error::from_stream_end(OVERLOAD_REASON)));
+                    live.conn.cancel(now, channel, &EndReason::Overloaded);
+                    stream.finish(Err(Error::from_stream_end(&EndReason::Overloaded)));
                 }
             }
             live.paused_since = None;
@@ -467,7 +472,7 @@ impl Driver {
                 if live.writer.try_send(batch).is_ok() {
                     live.in_flight += 1;
                 } else {
-                    live.conn.handle_transport_closed(self.clock.now(), MUXER_CLOSED);
+                    live.conn.handle_transport_closed(self.clock.now(), EndReason::MuxerClosed);
                 }
                 // Taking frames produced `Sent` events.
                 continue;
@@ -516,7 +521,7 @@ impl Driver {
         let mut writer_done = None;
         if let Some(live) = self.live.as_mut() {
             writer_done = Some(live.writer_done.clone());
-            live.conn.shutdown(now, CLIENT_CLOSED);
+            live.conn.shutdown(now, EndReason::ClientClosed);
             // Hand everything to the writer; `process` lets go of the connection once it is drained.
             let deadline = Instant::now() + CLOSE_GRACE;
             loop {
@@ -566,8 +571,9 @@ fn pump(
             ClientItem::Invalid(error) => {
                 stalled.remove(&channel);
                 if let Some(stream) = streams.remove(&channel) {
-                    conn.cancel(now, channel, &error);
-                    stream.finish(Err(Error::new(ErrorKind::Protocol, error)));
+                    let reason = EndReason::Malformed(error);
+                    conn.cancel(now, channel, &reason);
+                    stream.finish(Err(Error::from_stream_end(&reason)));
                 }
                 return;
             }

@@ -20,7 +20,7 @@ use streamkit_core::stream::StreamEnd;
 use streamkit_core::wire::Message;
 use uuid::Uuid;
 
-use super::error::{CANCELED, Error};
+use super::error::Error;
 
 /// A request from operations to a driver, through its bounded request channel.
 pub(crate) enum Command {
@@ -109,7 +109,7 @@ impl DriverStream {
 pub(crate) fn end_result(end: &StreamEnd) -> Result<(), Error> {
     match end {
         StreamEnd::Finished => Ok(()),
-        StreamEnd::Failed(text) => Err(Error::from_stream_end(text)),
+        StreamEnd::Failed(reason) => Err(Error::from_stream_end(reason)),
     }
 }
 
@@ -236,7 +236,7 @@ impl OpSender {
         match self.shared.end.lock().ok().and_then(|slot| slot.clone()) {
             Some(Err(e)) => e,
             Some(Ok(())) => Error::new(super::ErrorKind::Connection, "stream closed"),
-            None => Error::new(super::ErrorKind::Canceled, CANCELED),
+            None => Error::canceled(),
         }
     }
 }

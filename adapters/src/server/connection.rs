@@ -22,8 +22,9 @@ use std::time::Duration;
 use async_channel::Receiver;
 use futures_util::{Stream, future::poll_fn};
 use streamkit_core::Millis;
-use streamkit_core::mux::{MUXER_CLOSED, MuxConfig, MuxCounters, MuxSession, Role};
+use streamkit_core::mux::{MuxConfig, MuxCounters, MuxSession, Role};
 use streamkit_core::server::{ConnectionConfig, EngineOutput, ServerConnection};
+use streamkit_core::stream::EndReason;
 
 use crate::clock::{MonotonicClock, WallClock};
 use crate::engine::{EngineHandle, EngineStopped, TrySendInputs};
@@ -32,10 +33,6 @@ use crate::log_limit::limited_log;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::runtime::{AsyncTimer, BoxFuture, Runtime, RuntimeExt};
 use crate::ws::{WsReader, WsWriter};
-
-pub use streamkit_core::server::TOKEN_EXPIRED;
-/// Why connections are closed when the server shuts down.
-pub const SERVER_SHUTDOWN: &str = "server shutting down";
 
 /// Frames read, or engine outputs handled, in one go before the driver writes (and so returns
 /// credit): large enough to batch, small enough that writes are never starved by a busy peer.
@@ -125,17 +122,19 @@ pub async fn run_connection(accepted: AcceptedWebSocket, context: ConnectionCont
         let drain = async { while let Ok(Some(_)) = reader.recv().await {} };
         let _ = runtime.timeout(CLOSE_LINGER, drain).await;
     }
-    let reason = conn.shutdown_reason().unwrap_or("");
-    match ending {
-        Ending::Transport => metrics.error(ErrorKind::Transport),
-        Ending::Mux if reason != MUXER_CLOSED && reason != SERVER_SHUTDOWN => {
+    let reason = conn.shutdown_reason();
+    match (ending, reason) {
+        (Ending::Transport, _) => metrics.error(ErrorKind::Transport),
+        (Ending::Mux, Some(reason))
+            if !matches!(reason, EndReason::MuxerClosed | EndReason::ShuttingDown) =>
+        {
             metrics.error(ErrorKind::Protocol);
             // A client can end connections with protocol errors as fast as it can open them.
-            limited_log!(info, [conn = conn_id, %peer, reason], "connection closed on a protocol error");
+            limited_log!(info, [conn = conn_id, %peer, %reason], "connection closed on a protocol error");
         }
         _ => {}
     }
-    tracing::debug!(conn = conn_id, %peer, reason, "connection closed");
+    tracing::debug!(conn = conn_id, %peer, reason = reason.map(tracing::field::display), "connection closed");
     engine.unregister(conn_id).await;
 }
 
@@ -281,7 +280,7 @@ impl Driver {
             if self.conn.shutdown_reason().is_none() {
                 self.ending = Ending::Transport;
             }
-            self.conn.handle_transport_closed(self.now(), "write failed");
+            self.conn.handle_transport_closed(self.now(), EndReason::Transport("write failed".into()));
             progress = true;
         }
         progress
@@ -325,13 +324,13 @@ impl Driver {
                 }
                 Poll::Ready(Ok(None)) => {
                     self.input_ended = true;
-                    self.conn.handle_transport_closed(now, MUXER_CLOSED);
+                    self.conn.handle_transport_closed(now, EndReason::MuxerClosed);
                     return true;
                 }
                 Poll::Ready(Err(e)) => {
                     self.input_ended = true;
                     self.ending = Ending::Transport;
-                    self.conn.handle_transport_closed(now, &e.to_string());
+                    self.conn.handle_transport_closed(now, EndReason::Transport(e.to_string()));
                     return true;
                 }
             }
@@ -375,7 +374,7 @@ impl Driver {
             return false;
         }
         self.conn.handle_timeout(now);
-        if self.conn.shutdown_reason() == Some(TOKEN_EXPIRED) {
+        if self.conn.shutdown_reason() == Some(&EndReason::TokenExpired) {
             // Clients choose their tokens' expiry: a thousand connections can expire in one instant.
             limited_log!(info, [conn = self.conn.id()], "closing connection: token expired");
             self.metrics.error(ErrorKind::TokenExpired);
@@ -388,7 +387,7 @@ impl Driver {
     fn engine_stopped(&mut self) {
         if self.conn.shutdown_reason().is_none() {
             self.ending = Ending::Server;
-            self.conn.shutdown(self.now(), SERVER_SHUTDOWN);
+            self.conn.shutdown(self.now(), EndReason::ShuttingDown);
         }
         // Nothing can reach the engine any more.
         while self.conn.poll_engine_input().is_some() {}

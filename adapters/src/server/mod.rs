@@ -21,7 +21,7 @@
 
 mod connection;
 
-pub use connection::{ConnectionContext, SERVER_SHUTDOWN, TOKEN_EXPIRED, run_connection};
+pub use connection::{ConnectionContext, run_connection};
 
 use std::fmt;
 use std::io;

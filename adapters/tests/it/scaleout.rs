@@ -362,7 +362,7 @@ async fn ended(runtime: &Arc<dyn Runtime>, op: &Op) -> String {
         loop {
             match op.next().await {
                 Some(ClientItem::Message(_)) => {}
-                Some(ClientItem::End(StreamEnd::Failed(error))) => return error,
+                Some(ClientItem::End(StreamEnd::Failed(error))) => return error.to_string(),
                 other => panic!("unexpected end {other:?}"),
             }
         }

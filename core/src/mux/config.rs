@@ -18,11 +18,8 @@ pub const DEFAULT_TOMBSTONE_CAPACITY: usize = 1024;
 /// Control frames are produced by the peer's behaviour (pings, denied frames, streams over the cap), not
 /// by our application, so no send credit limits them. A peer that keeps provoking them without reading
 /// what we write would grow this queue forever; past this many frames (Go's write-queue size) the session
-/// shuts down with [`CONTROL_OVERLOAD_REASON`] instead.
+/// shuts down with [`EndReason::ControlOverloaded`](crate::stream::EndReason::ControlOverloaded) instead.
 pub const MAX_QUEUED_CONTROL_FRAMES: usize = 8192;
-
-/// Shutdown reason when [`MAX_QUEUED_CONTROL_FRAMES`] is exceeded.
-pub const CONTROL_OVERLOAD_REASON: &str = "muxer write queue overloaded";
 
 /// What a session does when a stream's inbound queue (or the connection's) is over its bound.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

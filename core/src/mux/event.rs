@@ -1,6 +1,5 @@
 //! What a mux session hands to its application: stream items, events and timer reasons.
 
-use alloc::string::String;
 use alloc::vec::Vec;
 use uuid::Uuid;
 
@@ -16,14 +15,14 @@ pub enum StreamInput {
     End(StreamEnd),
 }
 
-pub use crate::stream::StreamEnd;
+pub use crate::stream::{EndReason, StreamEnd};
 
 impl StreamEnd {
     /// The end a received stream-control object means for the reader.
-    pub fn from_control(control: &StreamControl) -> Self {
-        match control.reader_error() {
+    pub fn from_control(control: StreamControl) -> Self {
+        match control.into_reader_error() {
             None => StreamEnd::Finished,
-            Some(text) => StreamEnd::Failed(text),
+            Some(reason) => StreamEnd::Failed(reason),
         }
     }
 }
@@ -63,13 +62,13 @@ pub enum MuxEvent {
         /// The stream.
         channel: Uuid,
         /// Why, e.g. `stream receive buffer overloaded`, `muxer closed`, `heartbeat timeout`.
-        reason: String,
+        reason: EndReason,
     },
     /// The connection is over (emitted once, after the `Aborted` of every stream). The adapter writes
     /// what `poll_transmit` still yields, then closes the socket.
     Shutdown {
         /// Why the session shut down.
-        reason: String,
+        reason: EndReason,
     },
 }
 

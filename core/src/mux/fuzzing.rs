@@ -10,7 +10,7 @@ use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use uuid::Uuid;
 
-use super::{MAX_QUEUED_CONTROL_FRAMES, MuxConfig, MuxEvent, MuxSession, Role, StreamInput};
+use super::{EndReason, MAX_QUEUED_CONTROL_FRAMES, MuxConfig, MuxEvent, MuxSession, Role, StreamInput};
 use crate::auth::StoreScopes;
 use crate::time::Millis;
 use crate::wire::{Codec, ControlType, Frame, Limits, StreamControl};
@@ -292,7 +292,7 @@ pub fn run_server_session(data: &[u8]) -> SessionChecker {
                         model.removed_by_app(channel);
                     }
                     _ => {
-                        session.reject(now, channel, "store unavailable");
+                        session.reject(now, channel, &EndReason::StoreUnavailable);
                         model.removed_by_app(channel);
                     }
                 }
@@ -304,7 +304,7 @@ pub fn run_server_session(data: &[u8]) -> SessionChecker {
                     assert!(codec.decode_frame(&bytes, &limits).is_ok(), "transmitted an undecodable frame");
                 }
                 if input.u8() == 0xff {
-                    session.handle_transport_closed(now, "connection reset");
+                    session.handle_transport_closed(now, EndReason::Transport("connection reset".into()));
                 }
             }
         }
@@ -325,7 +325,7 @@ pub fn run_server_session(data: &[u8]) -> SessionChecker {
         }
     }
 
-    session.shutdown(now, "fuzz over");
+    session.shutdown(now, EndReason::MuxerClosed);
     model.drain_events(&mut session);
     assert!(model.is_shut_down(), "no Shutdown after shutdown()");
     assert_eq!(model.registered, model.removed, "a stream was never removed");

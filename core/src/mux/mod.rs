@@ -120,13 +120,9 @@ pub mod fuzzing;
 mod tests;
 
 pub use config::{
-    CONTROL_OVERLOAD_REASON, DEFAULT_CONNECTION_QUEUE_BYTES, DEFAULT_STREAM_QUEUE_BYTES,
-    DEFAULT_STREAM_QUEUE_MESSAGES, DEFAULT_TOMBSTONE_CAPACITY, MAX_QUEUED_CONTROL_FRAMES, MuxConfig,
-    OverloadPolicy, Role,
+    DEFAULT_CONNECTION_QUEUE_BYTES, DEFAULT_STREAM_QUEUE_BYTES, DEFAULT_STREAM_QUEUE_MESSAGES,
+    DEFAULT_TOMBSTONE_CAPACITY, MAX_QUEUED_CONTROL_FRAMES, MuxConfig, OverloadPolicy, Role,
 };
 pub use error::MuxError;
-pub use event::{MuxEvent, StreamEnd, StreamInput, TimeoutReason};
-pub use session::{
-    ACCESS_DENIED, FRAME_TOO_LARGE, HEARTBEAT_TIMEOUT, MUXER_CLOSED, MuxCounters, MuxSession,
-    OVERLOAD_REASON, PAYLOAD_TOO_LARGE, StreamInfo, TOO_MANY_STREAMS,
-};
+pub use event::{EndReason, MuxEvent, StreamEnd, StreamInput, TimeoutReason};
+pub use session::{MuxCounters, MuxSession, StreamInfo};

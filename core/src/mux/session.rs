@@ -5,30 +5,15 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use uuid::Uuid;
 
-use super::config::{CONTROL_OVERLOAD_REASON, MAX_QUEUED_CONTROL_FRAMES, MuxConfig, Role};
+use super::config::{MAX_QUEUED_CONTROL_FRAMES, MuxConfig, Role};
 use super::error::MuxError;
-use super::event::{MuxEvent, StreamEnd, StreamInput, TimeoutReason};
+use super::event::{EndReason, MuxEvent, StreamEnd, StreamInput, TimeoutReason};
 use super::outbound::{Outbound, Taken};
 use super::stream::Stream;
 use super::tombstones::Tombstones;
 use crate::rand::Rng;
 use crate::time::Millis;
 use crate::wire::{Codec, ControlType, Frame, StreamControl, WireError};
-
-/// `error` frame text and abort reason when a stream's inbound queue overflows (spec §2.9).
-pub const OVERLOAD_REASON: &str = "stream receive buffer overloaded";
-/// `error` frame text for a data frame whose store the token does not cover (spec §2.5.1).
-pub const ACCESS_DENIED: &str = "access denied";
-/// `error` frame text when the server is at `max_streams` (spec §2.5.1).
-pub const TOO_MANY_STREAMS: &str = "too many active streams";
-/// Shutdown reason for a received `close` frame and for benign disconnects.
-pub const MUXER_CLOSED: &str = "muxer closed";
-/// Shutdown reason when the peer stayed silent longer than `idle_timeout`.
-pub const HEARTBEAT_TIMEOUT: &str = "heartbeat timeout";
-/// Shutdown reason for an inbound frame over `limits.max_frame` (x/net/websocket's text).
-pub const FRAME_TOO_LARGE: &str = "frame payload size exceeds limit";
-/// Shutdown reason for an inbound frame whose payload is over `limits.max_payload`.
-pub const PAYLOAD_TOO_LARGE: &str = "muxer payload too large";
 
 /// A snapshot of one registered stream, for drivers and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,7 +224,7 @@ impl MuxSession {
         let frame = match self.codec.decode_frame(bytes, &self.config.limits) {
             Ok(frame) => frame,
             Err(e) => {
-                self.shutdown_inner(&decode_failure_reason(&e), Teardown::SendClose);
+                self.shutdown_inner(decode_failure_reason(e), Teardown::SendClose);
                 return;
             }
         };
@@ -249,7 +234,7 @@ impl MuxSession {
             ControlType::Ping => self.outbound.queue_pong(),
             ControlType::Pong => {}
             // The peer has shut its muxer down: answering with our own close would be pointless.
-            ControlType::Close => self.shutdown_inner(MUXER_CLOSED, Teardown::Silent),
+            ControlType::Close => self.shutdown_inner(EndReason::MuxerClosed, Teardown::Silent),
             // Go logs and ignores unknown control types, so newer peers can add some.
             ControlType::Unknown(_) => {}
         }
@@ -268,7 +253,7 @@ impl MuxSession {
             return;
         }
         if now.saturating_since(self.last_activity) > self.config.idle_timeout {
-            self.shutdown_inner(HEARTBEAT_TIMEOUT, Teardown::SendClose);
+            self.shutdown_inner(EndReason::HeartbeatTimeout, Teardown::SendClose);
             return;
         }
         self.outbound.queue_ping();
@@ -276,7 +261,7 @@ impl MuxSession {
     }
 
     /// The socket is gone: abort every stream with `reason` and shut down without sending anything.
-    pub fn handle_transport_closed(&mut self, now: Millis, reason: &str) {
+    pub fn handle_transport_closed(&mut self, now: Millis, reason: EndReason) {
         self.advance(now);
         self.shutdown_inner(reason, Teardown::Silent);
     }
@@ -369,7 +354,7 @@ impl MuxSession {
     /// Rejects `channel` (server: e.g. `store unavailable`): queues an `error` control frame
     /// `{"type":"mux::error","err":err}` with the stream's ids, drops the stream and its unsent data, and
     /// tombstones the channel. Unknown channels are ignored.
-    pub fn reject(&mut self, now: Millis, channel: Uuid, err: &str) {
+    pub fn reject(&mut self, now: Millis, channel: Uuid, err: &EndReason) {
         self.advance(now);
         if self.shut_down {
             return;
@@ -399,7 +384,7 @@ impl MuxSession {
 
     /// Shuts the connection down: queues a `close` frame after what is already queued, aborts every
     /// stream with `reason`, then emits [`MuxEvent::Shutdown`]. Idempotent.
-    pub fn shutdown(&mut self, now: Millis, reason: &str) {
+    pub fn shutdown(&mut self, now: Millis, reason: EndReason) {
         self.advance(now);
         self.shutdown_inner(reason, Teardown::SendClose);
     }
@@ -483,13 +468,13 @@ impl MuxSession {
             .collect();
         for channel in overdue {
             self.counters.overloaded_streams += 1;
-            self.abort_stream(channel, OVERLOAD_REASON);
+            self.abort_stream(channel, EndReason::Overloaded);
         }
         if self.connection_over_since.is_some_and(|since| now.saturating_since(since) >= patience) {
             while !self.shut_down && self.inbound_bytes > self.config.connection_queue_bytes {
                 let Some(victim) = self.largest_inbound_stream() else { break };
                 self.counters.overloaded_streams += 1;
-                self.abort_stream(victim, OVERLOAD_REASON);
+                self.abort_stream(victim, EndReason::Overloaded);
             }
             self.connection_over_since =
                 (self.inbound_bytes > self.config.connection_queue_bytes).then_some(now);
@@ -577,27 +562,27 @@ impl MuxSession {
 
     /// The session tears one stream down: the application is told, the peer gets an `error` frame, and
     /// the channel is tombstoned so the peer's in-flight frames are dropped.
-    fn abort_stream(&mut self, channel: Uuid, reason: &str) {
+    fn abort_stream(&mut self, channel: Uuid, reason: EndReason) {
         let Some(stream) = self.remove_stream(channel) else { return };
         self.outbound.drop_stream(channel, stream.generation);
-        self.events.push_back(MuxEvent::Aborted { channel, reason: reason.to_string() });
         self.tombstones.insert(channel, self.now);
-        self.queue_error(stream.store_id, channel, reason);
+        self.queue_error(stream.store_id, channel, &reason);
+        self.events.push_back(MuxEvent::Aborted { channel, reason });
     }
 
-    fn queue_error(&mut self, store_id: Uuid, channel: Uuid, err: &str) {
+    fn queue_error(&mut self, store_id: Uuid, channel: Uuid, err: &EndReason) {
         if self.shut_down {
             return;
         }
         if self.outbound.queued_errors() >= MAX_QUEUED_CONTROL_FRAMES {
-            self.shutdown_inner(CONTROL_OVERLOAD_REASON, Teardown::SendClose);
+            self.shutdown_inner(EndReason::ControlOverloaded, Teardown::SendClose);
             return;
         }
-        let payload = StreamControl::error(err).encode(self.codec);
+        let payload = StreamControl::error(err.to_string()).encode(self.codec);
         self.outbound.queue_error(self.codec.encode_frame(&Frame::error(store_id, channel, payload)));
     }
 
-    fn shutdown_inner(&mut self, reason: &str, teardown: Teardown) {
+    fn shutdown_inner(&mut self, reason: EndReason, teardown: Teardown) {
         if self.shut_down {
             return;
         }
@@ -615,9 +600,9 @@ impl MuxSession {
         self.tombstones.clear();
         self.events.retain(|e| !matches!(e, MuxEvent::Readable { .. }));
         for channel in streams.into_keys() {
-            self.events.push_back(MuxEvent::Aborted { channel, reason: reason.to_string() });
+            self.events.push_back(MuxEvent::Aborted { channel, reason: reason.clone() });
         }
-        self.events.push_back(MuxEvent::Shutdown { reason: reason.to_string() });
+        self.events.push_back(MuxEvent::Shutdown { reason });
     }
 
     /// Routing of a data frame (spec §2.5.1).
@@ -630,7 +615,7 @@ impl MuxSession {
             && !scopes.allows(&store_id)
         {
             self.counters.denied_frames += 1;
-            self.queue_error(store_id, channel, ACCESS_DENIED);
+            self.queue_error(store_id, channel, &EndReason::AccessDenied);
             return;
         }
         let control = StreamControl::parse(self.codec, &payload);
@@ -640,7 +625,7 @@ impl MuxSession {
                 return;
             }
             match control {
-                Some(control) => self.enqueue_end(channel, StreamEnd::from_control(&control)),
+                Some(control) => self.enqueue_end(channel, StreamEnd::from_control(control)),
                 None => self.enqueue_payload(channel, payload),
             }
             return;
@@ -664,7 +649,7 @@ impl MuxSession {
         if self.config.max_streams > 0 && self.streams.len() >= self.config.max_streams {
             self.counters.refused_streams += 1;
             self.tombstones.insert(channel, self.now);
-            self.queue_error(store_id, channel, TOO_MANY_STREAMS);
+            self.queue_error(store_id, channel, &EndReason::TooManyStreams);
             return;
         }
         self.register(channel, store_id);
@@ -680,10 +665,10 @@ impl MuxSession {
         }
         let payload = frame.payload.unwrap_or_default();
         let end = match StreamControl::parse(self.codec, &payload) {
-            Some(control) => StreamEnd::from_control(&control),
+            Some(control) => StreamEnd::from_control(control),
             // An `error` frame is terminal whatever it carries; Go would hand a malformed one to the
             // reader as data, which no reader expects.
-            None => StreamEnd::from_control(&StreamControl::error(String::new())),
+            None => StreamEnd::from_control(StreamControl::error(String::new())),
         };
         self.enqueue_end(channel, end);
     }
@@ -732,12 +717,12 @@ impl MuxSession {
         }
         if over {
             self.counters.overloaded_streams += 1;
-            self.abort_stream(channel, OVERLOAD_REASON);
+            self.abort_stream(channel, EndReason::Overloaded);
         }
         while !self.shut_down && self.inbound_bytes > self.config.connection_queue_bytes {
             let Some(victim) = self.largest_inbound_stream() else { break };
             self.counters.overloaded_streams += 1;
-            self.abort_stream(victim, OVERLOAD_REASON);
+            self.abort_stream(victim, EndReason::Overloaded);
         }
     }
 
@@ -751,10 +736,10 @@ impl MuxSession {
 }
 
 /// The shutdown reason for an inbound frame that cannot be accepted, with Go's texts for the limits.
-fn decode_failure_reason(error: &WireError) -> String {
+fn decode_failure_reason(error: WireError) -> EndReason {
     match error {
-        WireError::FrameTooLarge { .. } => FRAME_TOO_LARGE.to_string(),
-        WireError::PayloadTooLarge { .. } => PAYLOAD_TOO_LARGE.to_string(),
-        other => other.to_string(),
+        WireError::FrameTooLarge { .. } => EndReason::FrameTooLarge,
+        WireError::PayloadTooLarge { .. } => EndReason::PayloadTooLarge,
+        other => EndReason::Malformed(other.to_string()),
     }
 }

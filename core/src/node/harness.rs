@@ -10,7 +10,7 @@
 //! instance had published it, and subscribes can be held, failed or their routes lost.
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use uuid::Uuid;
 
@@ -20,7 +20,7 @@ use crate::api::{
 };
 use crate::storage::memory::MemoryKv;
 use crate::storage::{OrderedKv, StorageOp};
-use crate::stream::{StreamEnd, StreamId};
+use crate::stream::{EndReason, StreamEnd, StreamId};
 use crate::time::Millis;
 use crate::wire::Message;
 
@@ -30,7 +30,9 @@ pub struct StreamLog {
     /// Messages sent to the client, in order.
     pub sent: Vec<Message>,
     /// `Some(error)` once the node closed the stream.
-    pub closed: Option<Option<String>>,
+    pub closed: Option<Option<EndReason>>,
+    /// The text of the close error, as the `mux::close` carries it.
+    close_text: Option<String>,
 }
 
 impl StreamLog {
@@ -98,9 +100,15 @@ impl StreamLog {
             .collect()
     }
 
-    /// The close error, panicking if the stream is still open (tests only).
+    /// The text of the close error, panicking if the stream is still open (tests only).
     pub fn close_error(&self) -> Option<&str> {
-        self.closed.as_ref().expect("stream still open").as_deref()
+        assert!(self.closed.is_some(), "stream still open");
+        self.close_text.as_deref()
+    }
+
+    /// Why the stream was closed with an error, panicking if it is still open (tests only).
+    pub fn close_reason(&self) -> Option<&EndReason> {
+        self.closed.as_ref().expect("stream still open").as_ref()
     }
 }
 
@@ -429,6 +437,7 @@ impl NodeHarness {
             NodeOutput::Close { stream, error } => {
                 let log = self.logs.entry(stream).or_default();
                 assert!(log.closed.is_none(), "stream {stream:?} closed twice");
+                log.close_text = error.as_ref().map(ToString::to_string);
                 log.closed = Some(error);
                 self.inbox.remove(&stream);
             }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{SegmentNotification, WorkerInfo};
 use crate::storage::StorageOp;
-use crate::stream::StreamId;
+use crate::stream::{EndReason, StreamId};
 use crate::wire::Message;
 
 /// Identifies one effect (storage or bus operation) so its completion can be routed back.
@@ -34,8 +34,8 @@ pub enum NodeOutput {
     Close {
         /// The stream.
         stream: StreamId,
-        /// The error text for `{"type":"mux::close","err":...}`.
-        error: Option<String>,
+        /// Why the operation failed, if it did: the text of `{"type":"mux::close","err":...}`.
+        error: Option<EndReason>,
     },
     /// The stream accepts input again: deliver its queued messages with
     /// [`Node::handle_message`](super::Node::handle_message) while

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 use super::io::{BusCommand, NodeOutput, OpId};
 use crate::storage::StorageOp;
-use crate::stream::StreamId;
+use crate::stream::{EndReason, StreamId};
 use crate::time::Millis;
 use crate::wire::Message;
 
@@ -98,7 +98,7 @@ impl Io {
     }
 
     /// Ends a stream (`mux::close`, with the error if any) and forgets it.
-    pub fn close(&mut self, stream: StreamId, error: Option<String>) {
+    pub fn close(&mut self, stream: StreamId, error: Option<EndReason>) {
         if self.open.remove(&stream) {
             self.credit.remove(&stream);
             self.closed.push(stream);

@@ -305,7 +305,7 @@ impl StoredLeaseOp {
             StorageResult::Failed(e) => e.0,
             other => format!("unexpected storage result: {other:?}"),
         };
-        sv.io.close(stream, Some(error));
+        sv.io.close(stream, Some(error.into()));
         Step::Done
     }
 

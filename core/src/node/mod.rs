@@ -72,18 +72,13 @@ use crate::api::{Envelope, Request, SegmentStatus};
 use crate::limits::RequestLimits;
 use crate::rand::Rng;
 use crate::storage::StorageResult;
-use crate::stream::{StreamEnd, StreamId};
+use crate::stream::{EndReason, StreamEnd, StreamId};
 use crate::time::Millis;
 use crate::wire::Message;
 use watermark::Watermarks;
 
 /// Maximum entries one consume may return when a limit is given (spec §6.5).
 pub const MAX_CONSUME_ENTRIES: u64 = 10_000_000;
-
-/// The error a read closes its stream with when the peer gave up on it (ended its side with an error,
-/// as a cancelled consume does): Go's `context canceled`, what a Go server's handler context reports
-/// once the stream is cancelled.
-pub const PEER_CANCELLED: &str = "context canceled";
 
 /// Longest server heartbeat interval a subscription or worker may ask for, in seconds.
 pub const MAX_HEARTBEAT_SECONDS: i64 = 300;
@@ -207,7 +202,7 @@ pub(crate) trait StreamOp: Send {
     /// A later message from the peer could not be decoded. By default the stream is closed with the
     /// decoder's error (what Go's handlers do when `Decode` fails) and the operation is then aborted.
     fn on_bad_message(&mut self, sv: &mut Services, stream: StreamId, error: String) -> Step {
-        sv.io.close(stream, Some(error));
+        sv.io.close(stream, Some(error.into()));
         Step::Continue
     }
     /// The peer ended its side of the stream.
@@ -342,7 +337,7 @@ fn refuse(sv: &mut Services, stream: StreamId, request: &Request, message: Strin
             sv.io.send(stream, Message::LeaseResult(crate::api::LeaseResult::refused(message)));
             sv.io.close(stream, None);
         }
-        _ => sv.io.close(stream, Some(message)),
+        _ => sv.io.close(stream, Some(message.into())),
     }
 }
 
@@ -470,7 +465,7 @@ impl Node {
             Ok(request) => request,
             Err(other) => {
                 let error = format!("invalid request msg type: *api.{}", other.go_type_name());
-                self.sv.io.close(stream, Some(error));
+                self.sv.io.close(stream, Some(error.into()));
                 self.finish_input();
                 return;
             }
@@ -493,7 +488,7 @@ impl Node {
     pub fn handle_bad_request(&mut self, now: Millis, stream: StreamId, error: String) {
         self.advance(now);
         self.sv.io.open_stream(stream, 0, 0);
-        self.sv.io.close(stream, Some(error));
+        self.sv.io.close(stream, Some(error.into()));
         self.finish_input();
     }
 
@@ -614,7 +609,7 @@ impl Node {
             }
             BusEvent::Lost { route, error } => {
                 for stream in self.sv.subscriptions.lost(&route) {
-                    self.sv.io.close(stream, Some(error.clone()));
+                    self.sv.io.close(stream, Some(error.clone().into()));
                 }
             }
         }
@@ -698,12 +693,12 @@ impl Node {
     }
 
     /// Closes every stream with `reason` (node shutdown or eviction). In-flight effects are abandoned.
-    pub fn shutdown(&mut self, now: Millis, reason: &str) {
+    pub fn shutdown(&mut self, now: Millis, reason: EndReason) {
         self.advance(now);
         let streams: Vec<StreamId> = self.streams.keys().copied().collect();
         for stream in streams {
             if let Some(mut op) = self.streams.remove(&stream) {
-                self.sv.io.close(stream, Some(reason.into()));
+                self.sv.io.close(stream, Some(reason.clone()));
                 let _ = op.on_abort(&mut self.sv, stream);
                 self.sv.io.cancel_stream(&stream);
             }

@@ -403,7 +403,7 @@ impl PresenceOp {
                 .sum();
             if let Err(refused) = sv.config.limits.check_inventory(current, &request.metadata) {
                 sv.io.refused(super::Refusal::Limit(refused.kind));
-                sv.io.close(stream, Some(refused.message));
+                sv.io.close(stream, Some(refused.message.into()));
                 return None;
             }
         }
@@ -454,7 +454,7 @@ impl PresenceOp {
         if remove_stream(sv, stream) {
             changed(sv);
         }
-        sv.io.close(stream, Some(reason));
+        sv.io.close(stream, Some(reason.into()));
         cluster_leave(sv);
         Step::Done
     }

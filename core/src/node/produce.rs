@@ -28,7 +28,7 @@ use super::{Services, Step, StreamOp, Wait, segment_notification_route};
 use crate::api::{Produce, Record, SegmentNotification, SegmentStatus, Trx};
 use crate::storage::encoding::{SegmentHead, encode_entry};
 use crate::storage::{CommitOutcome, Precondition, StorageOp, StorageResult, WriteBatch, keys};
-use crate::stream::{StreamEnd, StreamId};
+use crate::stream::{EndReason, StreamEnd, StreamId};
 use crate::wire::Message;
 
 const TAG_HEAD: u32 = 1;
@@ -329,7 +329,7 @@ impl ProduceOp {
         let lock = self.lock_key(sv);
         sv.locks.release(&lock, stream);
         let error = self.failure.take().or_else(|| self.stopped.take());
-        sv.io.close(stream, error);
+        sv.io.close(stream, error.map(EndReason::from));
         Step::Done
     }
 

@@ -18,11 +18,11 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::io_queue::Owner;
-use super::{MAX_CONSUME_ENTRIES, PEER_CANCELLED, Services, Step, StreamOp};
+use super::{MAX_CONSUME_ENTRIES, Services, Step, StreamOp};
 use crate::api::{Consume, ConsumeSegment, ConsumeSpace, Entry, GetSegments, Peek};
 use crate::storage::encoding::decode_entry;
 use crate::storage::{ScanRange, StorageOp, StorageResult, keys};
-use crate::stream::{StreamEnd, StreamId};
+use crate::stream::{EndReason, StreamEnd, StreamId};
 use crate::time::Millis;
 use crate::wire::Message;
 
@@ -106,7 +106,7 @@ fn peer_end(sv: &mut Services, stream: StreamId, end: StreamEnd) -> Step {
     match end {
         StreamEnd::Finished => Step::Continue,
         StreamEnd::Failed(_) => {
-            sv.io.close(stream, Some(String::from(PEER_CANCELLED)));
+            sv.io.close(stream, Some(EndReason::Canceled));
             Step::Done
         }
     }
@@ -149,13 +149,13 @@ impl StreamOp for PeekOp {
                     Ok(entry) if sv.watermarks.is_visible(&self.space, entry.timestamp) => entry,
                     Ok(_) => Entry::empty(&*self.space, &*self.segment),
                     Err(e) => {
-                        sv.io.close(stream, Some(format!("{e}")));
+                        sv.io.close(stream, Some(format!("{e}").into()));
                         return Step::Done;
                     }
                 },
             },
             other => {
-                sv.io.close(stream, Some(storage_error(other)));
+                sv.io.close(stream, Some(storage_error(other).into()));
                 return Step::Done;
             }
         };
@@ -245,7 +245,7 @@ impl StreamOp for ConsumeSegmentOp {
     fn on_storage(&mut self, sv: &mut Services, stream: StreamId, _tag: u32, result: StorageResult) -> Step {
         let Some(requested) = self.requested.take() else { return Step::Continue };
         let StorageResult::Pairs(pairs) = result else {
-            sv.io.close(stream, Some(storage_error(result)));
+            sv.io.close(stream, Some(storage_error(result).into()));
             return Step::Done;
         };
         let exhausted = requested.exhausted(&pairs);
@@ -256,7 +256,7 @@ impl StreamOp for ConsumeSegmentOp {
             let entry = match decode_entry(value, &self.space, &self.segment) {
                 Ok(entry) => entry,
                 Err(e) => {
-                    sv.io.close(stream, Some(format!("{e}")));
+                    sv.io.close(stream, Some(format!("{e}").into()));
                     return Step::Done;
                 }
             };
@@ -454,7 +454,7 @@ impl ConsumeSpacesOp {
 
     fn on_scan(&mut self, sv: &mut Services, stream: StreamId, index: usize, result: StorageResult) -> Step {
         let StorageResult::Pairs(pairs) = result else {
-            sv.io.close(stream, Some(storage_error(result)));
+            sv.io.close(stream, Some(storage_error(result).into()));
             return Step::Done;
         };
         let Some(cursor) = self.cursors.get_mut(index) else { return Step::Continue };
@@ -471,7 +471,7 @@ impl ConsumeSpacesOp {
             match decode_entry(value, &cursor.space, segment) {
                 Ok(entry) => cursor.buffer.push_back(entry),
                 Err(e) => {
-                    sv.io.close(stream, Some(format!("{e}")));
+                    sv.io.close(stream, Some(format!("{e}").into()));
                     return Step::Done;
                 }
             }
@@ -559,7 +559,7 @@ impl StreamOp for ListOp {
     fn on_storage(&mut self, sv: &mut Services, stream: StreamId, _tag: u32, result: StorageResult) -> Step {
         let Some(requested) = self.requested.take() else { return Step::Continue };
         let StorageResult::Pairs(pairs) = result else {
-            sv.io.close(stream, Some(storage_error(result)));
+            sv.io.close(stream, Some(storage_error(result).into()));
             return Step::Done;
         };
         for (key, _) in &pairs {

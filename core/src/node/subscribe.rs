@@ -399,7 +399,7 @@ impl SubscribeOp {
     /// know).
     fn drop_subscriber(&mut self, sv: &mut Services, stream: StreamId, reason: String) -> Step {
         self.leave(sv, stream);
-        sv.io.close(stream, Some(reason));
+        sv.io.close(stream, Some(reason.into()));
         Step::Done
     }
 

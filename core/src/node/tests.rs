@@ -9,7 +9,7 @@ use super::NodeConfig;
 use super::harness::NodeHarness;
 use crate::api::*;
 use crate::lexkey::LexKey;
-use crate::stream::{StreamEnd, StreamId};
+use crate::stream::{EndReason, StreamEnd, StreamId};
 use crate::wire::Message;
 
 pub(super) fn produce_req(space: &str, segment: &str) -> Request {
@@ -499,7 +499,7 @@ fn reads_stop_when_the_peer_cancels() {
         let sent = h.log(s).entries().len();
         assert!(sent > 0 && sent <= 4, "{request:?}: {sent}");
         h.end(s, StreamEnd::Failed("remote closed stream: context canceled".into()));
-        assert_eq!(h.log(s).close_error(), Some(super::PEER_CANCELLED), "{request:?}");
+        assert_eq!(h.log(s).close_reason(), Some(&EndReason::Canceled), "{request:?}");
         assert_eq!(h.node.stream_count(), 0, "{request:?}: the stream is released");
         h.credit(s, 100);
         assert_eq!(h.log(s).entries().len(), sent, "{request:?}: nothing sent after the cancel");

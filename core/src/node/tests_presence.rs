@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::NodeConfig;
 use super::harness::NodeHarness;
 use crate::api::*;
-use crate::stream::{StreamEnd, StreamId};
+use crate::stream::{EndReason, StreamEnd, StreamId};
 use crate::wire::{Codec, Message};
 
 const A: Uuid = Uuid::from_u128(0xaaaa_aaaa_aaaa_4aaa_8aaa_aaaa_aaaa_aaaa);
@@ -278,7 +278,7 @@ fn shutdown_closes_presence_streams() {
     let obs = observer(&mut h);
     let w = h.open(workers(A, 1));
     let now = h.now;
-    h.node.shutdown(now, "store closed");
+    h.node.shutdown(now, EndReason::StoreClosed);
     h.run();
     assert_eq!(h.log(obs).close_error(), Some("store closed"));
     assert_eq!(h.log(w).close_error(), Some("store closed"));

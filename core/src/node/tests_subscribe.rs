@@ -12,7 +12,7 @@ use super::tests::{produce, produce_req, record};
 use crate::api::*;
 use crate::storage::encoding::SegmentHead;
 use crate::storage::{OrderedKv, keys};
-use crate::stream::{StreamEnd, StreamId};
+use crate::stream::{EndReason, StreamEnd, StreamId};
 use crate::time::Millis;
 
 fn subscribe(space: &str, segment: &str, heartbeat_seconds: i64) -> Request {
@@ -406,7 +406,7 @@ fn aborted_and_shut_down_subscribers_leave_their_routers() {
     let b = h.open(subscribe("s", "*", 1));
     let c = h.open(subscribe("u", "x", 0));
     let now = h.now;
-    h.node.shutdown(now, "store closed");
+    h.node.shutdown(now, EndReason::StoreClosed);
     h.run();
     assert_eq!(h.log(b).close_error(), Some("store closed"));
     assert_eq!(h.log(c).close_error(), Some("store closed"));

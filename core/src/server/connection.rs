@@ -4,13 +4,13 @@
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use uuid::Uuid;
 
 use super::{EngineInput, EngineOutput, INPUT_WINDOW};
 use crate::mux::{MuxError, MuxEvent, MuxSession, StreamInput, TimeoutReason};
-use crate::stream::StreamId;
+use crate::stream::{EndReason, StreamId};
 use crate::time::Millis;
 use crate::wire::{Codec, MessageKind};
 
@@ -20,14 +20,6 @@ pub const MAX_STARTING: usize = 16;
 
 /// Default [`ConnectionConfig::memory_budget`]: 64 MiB.
 pub const DEFAULT_MEMORY_BUDGET: usize = 64 << 20;
-
-/// Why a connection whose token expired is closed (invariant 5: no request outlives its
-/// authorization).
-pub const TOKEN_EXPIRED: &str = "token expired";
-
-/// The `error` frame text (and connection close reason) when a connection's output outgrows its
-/// memory budget because the peer does not read.
-pub const MEMORY_BUDGET_EXCEEDED: &str = "connection memory budget exceeded";
 
 /// Tunables of a [`ServerConnection`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,7 +87,7 @@ impl ConnStream {
 /// * **output**: the frames waiting to be written. While they hold half the budget, the send credit of
 ///   every stream is held back (the engine stops producing answers) and new requests wait in the mux.
 ///   Streams already sending can still finish their credit; if the output then holds more than the
-///   whole budget, the stream with the most queued bytes is ended with [`MEMORY_BUDGET_EXCEEDED`] (an
+///   whole budget, the stream with the most queued bytes is ended with [`EndReason::MemoryBudgetExceeded`] (an
 ///   `error` frame), and if the bytes belong to streams already finished, the connection is closed
 ///   with that reason.
 ///
@@ -126,8 +118,8 @@ pub struct ServerConnection {
     credit_deferred: bool,
     /// Inputs for the engine, each with the store of its stream (which shard it goes to).
     to_engine: VecDeque<(Uuid, EngineInput)>,
-    shutdown: Option<String>,
-    /// When the connection's token expires: the connection is closed with [`TOKEN_EXPIRED`] then.
+    shutdown: Option<EndReason>,
+    /// When the connection's token expires: the connection is closed with [`EndReason::TokenExpired`] then.
     token_expiry: Option<Millis>,
     /// The latest time an input brought.
     now: Millis,
@@ -174,8 +166,8 @@ impl ServerConnection {
     }
 
     /// Why the connection ended, once it has (the adapter flushes pending transmits, then closes).
-    pub fn shutdown_reason(&self) -> Option<&str> {
-        self.shutdown.as_deref()
+    pub fn shutdown_reason(&self) -> Option<&EndReason> {
+        self.shutdown.as_ref()
     }
 
     /// Bytes of input held for the connection: frames queued in the mux and messages the engine has
@@ -210,7 +202,7 @@ impl ServerConnection {
         self.process(now);
     }
 
-    /// Closes the connection with [`TOKEN_EXPIRED`] at `at` (on the clock of the inputs): no request
+    /// Closes the connection with [`EndReason::TokenExpired`] at `at` (on the clock of the inputs): no request
     /// outlives the authorization of its connection.
     pub fn set_token_expiry(&mut self, at: Millis) {
         self.token_expiry = Some(at);
@@ -219,7 +211,7 @@ impl ServerConnection {
     /// Timers are due: the token's expiry, heartbeats, overloaded streams.
     pub fn handle_timeout(&mut self, now: Millis) {
         if self.shutdown.is_none() && self.token_expiry.is_some_and(|at| now >= at) {
-            self.shutdown(now, TOKEN_EXPIRED);
+            self.shutdown(now, EndReason::TokenExpired);
             return;
         }
         self.mux.handle_timeout(now);
@@ -227,13 +219,13 @@ impl ServerConnection {
     }
 
     /// The socket closed or failed.
-    pub fn handle_transport_closed(&mut self, now: Millis, reason: &str) {
+    pub fn handle_transport_closed(&mut self, now: Millis, reason: EndReason) {
         self.mux.handle_transport_closed(now, reason);
         self.process(now);
     }
 
     /// Closes the connection (server shutdown): a `close` frame, every stream aborted.
-    pub fn shutdown(&mut self, now: Millis, reason: &str) {
+    pub fn shutdown(&mut self, now: Millis, reason: EndReason) {
         self.mux.shutdown(now, reason);
         self.process(now);
     }
@@ -261,7 +253,8 @@ impl ServerConnection {
                     Ok(()) => {}
                     Err(MuxError::PayloadTooLarge { .. }) => {
                         // Go: Encode fails with "muxer payload too large" and the operation closes with it.
-                        let _ = self.mux.close_send(now, channel, Some("muxer payload too large"));
+                        let text = EndReason::PayloadTooLarge.to_string();
+                        let _ = self.mux.close_send(now, channel, Some(&text));
                         self.mux.release(channel);
                         if let Some(forgotten) = self.forget(channel) {
                             let stream = self.stream_id(channel);
@@ -273,7 +266,7 @@ impl ServerConnection {
             }
             EngineOutput::Close { error, .. } => {
                 if self.forget(channel).is_some() {
-                    let _ = self.mux.close_send(now, channel, error.as_deref());
+                    let _ = self.mux.close_send(now, channel, error.map(|e| e.to_string()).as_deref());
                     self.mux.release(channel);
                 }
             }
@@ -383,7 +376,7 @@ impl ServerConnection {
             match self.mux.largest_outbound_stream() {
                 Some((channel, _)) => {
                     let forgotten = self.forget(channel);
-                    self.mux.reject(now, channel, MEMORY_BUDGET_EXCEEDED);
+                    self.mux.reject(now, channel, &EndReason::MemoryBudgetExceeded);
                     if let Some(forgotten) = forgotten {
                         let stream = self.stream_id(channel);
                         self.to_engine.push_back((forgotten.store, EngineInput::Aborted { stream }));
@@ -391,7 +384,7 @@ impl ServerConnection {
                 }
                 None => {
                     // What is queued belongs to streams already finished: the peer reads nothing.
-                    self.mux.shutdown(now, MEMORY_BUDGET_EXCEEDED);
+                    self.mux.shutdown(now, EndReason::MemoryBudgetExceeded);
                     self.process(now);
                 }
             }

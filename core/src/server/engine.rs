@@ -14,16 +14,9 @@ use crate::api::Envelope;
 use crate::manager::{Access, ManagerConfig, ManagerOutput, NodeManager};
 use crate::node::{BusCommand, BusEvent, Node, NodeOutput, OpId, Refusal};
 use crate::storage::{StorageOp, StorageResult};
-use crate::stream::{StreamEnd, StreamId};
+use crate::stream::{EndReason, StreamEnd, StreamId};
 use crate::time::Millis;
 use crate::wire::Message;
-
-/// Text of the rejection when a store cannot be opened (spec §2.5.1).
-pub const STORE_UNAVAILABLE: &str = "store unavailable";
-
-/// Text of the rejection of new streams once the server drains before it stops
-/// ([`Engine::refuse_new_streams`]).
-pub const SHUTTING_DOWN: &str = "server shutting down";
 
 /// Engine tunables.
 #[derive(Clone, Debug, Default)]
@@ -111,7 +104,7 @@ pub struct Engine {
     manager: NodeManager<PendingOpen>,
     slots: BTreeMap<StreamId, Slot>,
     effects: VecDeque<EngineEffect>,
-    /// New streams are refused with [`SHUTTING_DOWN`].
+    /// New streams are refused with [`EndReason::ShuttingDown`].
     refusing: bool,
 }
 
@@ -142,7 +135,7 @@ impl Engine {
         self.manager.set_wall_offset(offset);
     }
 
-    /// Refuses every new stream from now on with [`SHUTTING_DOWN`] (an `error` frame), while the
+    /// Refuses every new stream from now on with [`EndReason::ShuttingDown`] (an `error` frame), while the
     /// streams already open go on: the first step of a graceful shutdown, which lets in-flight
     /// produces finish before [`shutdown`](Self::shutdown).
     pub fn refuse_new_streams(&mut self) {
@@ -200,7 +193,7 @@ impl Engine {
 
     fn open(&mut self, stream: StreamId, store: Uuid, request: Result<Envelope, String>, charge: u64) {
         if self.refusing {
-            let error = String::from(SHUTTING_DOWN);
+            let error = EndReason::ShuttingDown;
             self.effects.push_back(EngineEffect::Output(EngineOutput::Reject { stream, error }));
             return;
         }
@@ -217,7 +210,7 @@ impl Engine {
 
     fn reject(&mut self, stream: StreamId) {
         self.slots.remove(&stream);
-        let error = String::from(STORE_UNAVAILABLE);
+        let error = EndReason::StoreUnavailable;
         self.effects.push_back(EngineEffect::Output(EngineOutput::Reject { stream, error }));
     }
 

@@ -27,17 +27,14 @@ mod engine;
 #[cfg(test)]
 mod tests;
 
-pub use connection::{
-    ConnectionConfig, DEFAULT_MEMORY_BUDGET, MAX_STARTING, MEMORY_BUDGET_EXCEEDED, ServerConnection,
-    TOKEN_EXPIRED,
-};
-pub use engine::{Engine, EngineConfig, EngineEffect, SHUTTING_DOWN, STORE_UNAVAILABLE};
+pub use connection::{ConnectionConfig, DEFAULT_MEMORY_BUDGET, MAX_STARTING, ServerConnection};
+pub use engine::{Engine, EngineConfig, EngineEffect};
 
 use alloc::string::String;
 use uuid::Uuid;
 
 use crate::api::Envelope;
-use crate::stream::{StreamEnd, StreamId};
+use crate::stream::{EndReason, StreamEnd, StreamId};
 use crate::wire::Message;
 
 /// Messages of a stream a connection may forward before the engine acknowledges them.
@@ -153,15 +150,15 @@ pub enum EngineOutput {
     Close {
         /// The stream.
         stream: StreamId,
-        /// The error text.
-        error: Option<String>,
+        /// Why, if the operation failed: its text goes in the `mux::close`.
+        error: Option<EndReason>,
     },
     /// Refuse the stream with an `error` control frame (`mux::error`), e.g. `store unavailable`.
     Reject {
         /// The stream.
         stream: StreamId,
-        /// The error text.
-        error: String,
+        /// Why: its text goes in the `mux::error`.
+        error: EndReason,
     },
     /// The engine took `messages` more messages of the stream (the connection may forward that many
     /// more), and released `bytes` of [`Message::footprint`] of the stream's input. Most operations

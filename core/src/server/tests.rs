@@ -5,11 +5,11 @@ use alloc::vec;
 use alloc::vec::Vec;
 use uuid::Uuid;
 
-use super::{ConnectionConfig, EngineInput, EngineOutput, MEMORY_BUDGET_EXCEEDED, ServerConnection};
+use super::{ConnectionConfig, EngineInput, EngineOutput, ServerConnection};
 use crate::api::{Entry, Envelope, Produce, Record};
 use crate::auth::StoreScopes;
 use crate::mux::{MuxConfig, MuxSession, OverloadPolicy, Role};
-use crate::stream::StreamId;
+use crate::stream::{EndReason, StreamId};
 use crate::time::Millis;
 use crate::wire::{Codec, Message};
 
@@ -142,10 +142,10 @@ fn a_peer_that_does_not_read_holds_back_credit_then_loses_its_largest_stream() {
     while let Some(frame) = server.poll_transmit() {
         frames.push(frame);
     }
+    const BUDGET_TEXT: &[u8] = b"connection memory budget exceeded";
     let refusal = frames.iter().any(|f| {
         let frame = Codec::Cbor.decode_frame(f, &crate::wire::Limits::default()).unwrap();
-        frame.channel_id == streams[2].channel
-            && f.windows(MEMORY_BUDGET_EXCEEDED.len()).any(|w| w == MEMORY_BUDGET_EXCEEDED.as_bytes())
+        frame.channel_id == streams[2].channel && f.windows(BUDGET_TEXT.len()).any(|w| w == BUDGET_TEXT)
     });
     assert!(refusal, "the ended stream is told why");
     // Once the output drained, the held-back credit of the other streams comes back, all of it.
@@ -163,7 +163,7 @@ fn a_peer_that_does_not_read_holds_back_credit_then_loses_its_largest_stream() {
 /// `server shutting down` while a stream already open goes on to its end.
 #[test]
 fn a_draining_engine_refuses_new_streams_and_finishes_open_ones() {
-    use super::{Engine, EngineConfig, EngineEffect, SHUTTING_DOWN};
+    use super::{Engine, EngineConfig, EngineEffect};
     let mut engine = Engine::new(EngineConfig::default(), NOW, 1);
     let request = |channel: u128| EngineInput::Open {
         stream: StreamId { conn: 1, channel: Uuid::from_u128(channel) },
@@ -180,7 +180,7 @@ fn a_draining_engine_refuses_new_streams_and_finishes_open_ones() {
     engine.handle_input(NOW, request(2));
     let refused = EngineOutput::Reject {
         stream: StreamId { conn: 1, channel: Uuid::from_u128(2) },
-        error: SHUTTING_DOWN.into(),
+        error: EndReason::ShuttingDown,
     };
     assert_eq!(engine.poll_effect(), Some(EngineEffect::Output(refused)));
     assert_eq!(engine.stream_count(), 1, "the open produce goes on");
@@ -200,7 +200,7 @@ fn a_connection_is_closed_when_its_token_expires() {
     server.handle_timeout(NOW + Millis(4_999));
     assert_eq!(server.shutdown_reason(), None);
     server.handle_timeout(NOW + Millis(5_000));
-    assert_eq!(server.shutdown_reason(), Some(super::TOKEN_EXPIRED));
+    assert_eq!(server.shutdown_reason(), Some(&EndReason::TokenExpired));
     let aborted = EngineInput::Aborted { stream: StreamId { conn: 9, channel } };
     assert_eq!(engine_inputs(&mut server), [aborted]);
     let mut frames = Vec::new();

@@ -26,4 +26,4 @@ mod tests;
 
 pub use clock::{Clock, earliest};
 pub use link::{Delivery, Link, LinkConfig};
-pub use mux_net::{Endpoint, MuxNet, MuxNetConfig, MuxPair, Observed, TRANSPORT_CLOSED};
+pub use mux_net::{Endpoint, MuxNet, MuxNetConfig, MuxPair, Observed};

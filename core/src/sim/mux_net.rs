@@ -7,13 +7,10 @@ use uuid::Uuid;
 use super::clock::{Clock, earliest};
 use super::link::{Delivery, Link, LinkConfig};
 use crate::auth::StoreScopes;
-use crate::mux::{MuxConfig, MuxEvent, MuxSession, Role, StreamEnd, StreamInput};
+use crate::mux::{EndReason, MuxConfig, MuxEvent, MuxSession, Role, StreamEnd, StreamInput};
 use crate::rand::Rng;
 use crate::time::Millis;
 use crate::wire::Codec;
-
-/// Reason handed to `handle_transport_closed` when a link delivers its close.
-pub const TRANSPORT_CLOSED: &str = "connection closed";
 
 /// Something an [`Endpoint`] observed, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,17 +109,17 @@ impl Endpoint {
     }
 
     /// Why the session aborted `channel`, if it did.
-    pub fn aborted(&self, channel: Uuid) -> Option<&str> {
+    pub fn aborted(&self, channel: Uuid) -> Option<&EndReason> {
         self.events().find_map(|e| match e {
-            MuxEvent::Aborted { channel: c, reason } if *c == channel => Some(reason.as_str()),
+            MuxEvent::Aborted { channel: c, reason } if *c == channel => Some(reason),
             _ => None,
         })
     }
 
     /// The shutdown reason, once the session shut down.
-    pub fn shutdown_reason(&self) -> Option<&str> {
+    pub fn shutdown_reason(&self) -> Option<&EndReason> {
         self.events().find_map(|e| match e {
-            MuxEvent::Shutdown { reason } => Some(reason.as_str()),
+            MuxEvent::Shutdown { reason } => Some(reason),
             _ => None,
         })
     }
@@ -173,7 +170,7 @@ impl Endpoint {
     pub fn deliver(&mut self, now: Millis, delivery: Delivery) {
         match delivery {
             Delivery::Frame(bytes) => self.session.handle_frame(now, &bytes),
-            Delivery::Closed => self.session.handle_transport_closed(now, TRANSPORT_CLOSED),
+            Delivery::Closed => self.session.handle_transport_closed(now, EndReason::MuxerClosed),
         }
     }
 

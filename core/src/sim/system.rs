@@ -9,7 +9,7 @@
 //! [`SystemSim::send`], [`SystemSim::close_send`] and read what each operation received.
 
 use alloc::collections::{BTreeMap, BTreeSet};
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use uuid::Uuid;
 
@@ -22,12 +22,9 @@ use crate::node::{BusCommand, BusEvent, OpId};
 use crate::rand::Rng;
 use crate::server::{ConnectionConfig, Engine, EngineConfig, EngineEffect, ServerConnection, shard_of};
 use crate::storage::{MemoryKv, OrderedKv, StorageOp};
-use crate::stream::StreamEnd;
+use crate::stream::{EndReason, StreamEnd};
 use crate::time::Millis;
 use crate::wire::{Codec, Message};
-
-/// Text of the transport close seen by sessions.
-const TRANSPORT_CLOSED: &str = "transport closed";
 
 /// Simulation settings.
 #[derive(Clone, Debug)]
@@ -74,8 +71,8 @@ impl Default for SystemConfig {
 pub struct OpLog {
     /// Decoded messages, in order.
     pub messages: Vec<Message>,
-    /// How the stream ended: `Ok(())` for a clean end, `Err(text)` otherwise; `None` while open.
-    pub end: Option<Result<(), String>>,
+    /// How the stream ended: `Ok(())` for a clean end, `Err(reason)` otherwise; `None` while open.
+    pub end: Option<Result<(), EndReason>>,
 }
 
 impl OpLog {
@@ -108,12 +105,14 @@ impl OpLog {
         self.end.is_some()
     }
 
-    /// The end's error text (`None` for a clean end); panics while the stream is open (tests only).
-    pub fn error(&self) -> Option<&str> {
-        match self.end.as_ref().expect("operation still running") {
-            Ok(()) => None,
-            Err(e) => Some(e),
-        }
+    /// Why the stream failed (`None` for a clean end); panics while the stream is open (tests only).
+    pub fn error(&self) -> Option<&EndReason> {
+        self.end.as_ref().expect("operation still running").as_ref().err()
+    }
+
+    /// The text of [`OpLog::error`], as the client sees it.
+    pub fn error_text(&self) -> Option<String> {
+        self.error().map(ToString::to_string)
     }
 }
 
@@ -273,11 +272,11 @@ impl SystemSim {
     pub fn cancel(&mut self, client: usize, channel: Uuid) {
         let now = self.now();
         let c = &mut self.clients[client];
-        c.conn.cancel(now, channel, "context canceled");
+        c.conn.cancel(now, channel, &EndReason::Canceled);
         if let Some(op) = c.ops.get_mut(&channel)
             && op.end.is_none()
         {
-            op.end = Some(Err("context canceled".into()));
+            op.end = Some(Err(EndReason::Canceled));
         }
     }
 
@@ -433,7 +432,7 @@ impl SystemSim {
                 if let Some(server) = self.servers.get_mut(&id) {
                     match delivery {
                         Delivery::Frame(bytes) => server.handle_frame(now, &bytes),
-                        Delivery::Closed => server.handle_transport_closed(now, TRANSPORT_CLOSED),
+                        Delivery::Closed => server.handle_transport_closed(now, EndReason::MuxerClosed),
                     }
                 }
                 self.pump();
@@ -442,7 +441,7 @@ impl SystemSim {
                 let c = &mut self.clients[index];
                 match delivery {
                     Delivery::Frame(bytes) => c.conn.handle_frame(now, &bytes),
-                    Delivery::Closed => c.conn.handle_transport_closed(now, TRANSPORT_CLOSED),
+                    Delivery::Closed => c.conn.handle_transport_closed(now, EndReason::MuxerClosed),
                 }
                 self.pump();
             }
@@ -482,7 +481,7 @@ impl SystemSim {
                                 let Some(op) = c.ops.get_mut(&channel) else { continue };
                                 match item {
                                     ClientItem::Message(m) => op.messages.push(m),
-                                    ClientItem::Invalid(e) => op.end = Some(Err(e)),
+                                    ClientItem::Invalid(e) => op.end = Some(Err(EndReason::Malformed(e))),
                                     ClientItem::End(StreamEnd::Finished) => op.end = Some(Ok(())),
                                     ClientItem::End(StreamEnd::Failed(e)) => op.end = Some(Err(e)),
                                 }

@@ -12,6 +12,7 @@ use super::system::{SystemConfig, SystemSim};
 use crate::api::*;
 use crate::auth::StoreScopes;
 use crate::lexkey::LexKey;
+use crate::stream::EndReason;
 use crate::time::Millis;
 use crate::wire::{Codec, Message};
 
@@ -124,7 +125,7 @@ fn concurrent_producers_leave_exactly_one_to_n() {
         assert_eq!(seqs(&entries), (1..=100).collect::<Vec<_>>());
         let winners = [sim.op(c, a).error(), sim.op(other, b).error()].iter().filter(|e| e.is_none()).count();
         assert_eq!(winners, 1);
-        let loser_error = sim.op(c, a).error().or_else(|| sim.op(other, b).error()).unwrap();
+        let loser_error = sim.op(c, a).error_text().or_else(|| sim.op(other, b).error_text()).unwrap();
         assert!(
             loser_error.starts_with("remote closed stream: sequence gap: expected 101, got 1"),
             "{loser_error}"
@@ -368,7 +369,7 @@ fn scopes_are_enforced_per_frame() {
     let ok = sim.call(c, STORE, Request::GetSpaces(GetSpaces {}));
     assert_eq!(ok.error(), None);
     let denied = sim.call(c, OTHER, Request::GetSpaces(GetSpaces {}));
-    assert_eq!(denied.error(), Some("remote error: access denied"));
+    assert_eq!(denied.error(), Some(&EndReason::RemoteError("access denied".into())));
     assert!(sim.engine().node(&OTHER).is_none(), "the denied store was never opened");
 }
 
@@ -378,7 +379,7 @@ fn store_that_cannot_be_opened_is_unavailable() {
     sim.failing_stores.insert(OTHER);
     for _ in 0..4 {
         let log = sim.call(c, OTHER, Request::GetSpaces(GetSpaces {}));
-        assert_eq!(log.error(), Some("remote error: store unavailable"));
+        assert_eq!(log.error(), Some(&EndReason::RemoteError("store unavailable".into())));
     }
     // Other stores are unaffected.
     assert_eq!(sim.call(c, STORE, Request::GetSpaces(GetSpaces {})).error(), None);
@@ -491,7 +492,7 @@ proptest! {
             producing.retain(|(c, t, s, ch, n)| {
                 let log = sim.op(clients[*c], *ch);
                 if !log.is_done() { return true; }
-                match log.error() {
+                match log.error_text() {
                     None => next[*c][*t][*s] += n,
                     Some(e) => {
                         // Learn the real head from "sequence gap: expected X, got Y".

@@ -14,6 +14,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use super::Codec;
+use crate::stream::EndReason;
 
 /// Prefix that marks a payload as stream control.
 pub const CONTROL_PREFIX: &str = "mux::";
@@ -131,15 +132,13 @@ impl StreamControl {
         }
     }
 
-    /// The error text a reader of the stream sees (spec §2.6): `None` for a clean end.
-    pub fn reader_error(&self) -> Option<String> {
+    /// Why the stream ended, for its reader (spec §2.6): `None` for a clean end.
+    pub fn into_reader_error(self) -> Option<EndReason> {
         match self {
             StreamControl::Close { err: None } => None,
-            StreamControl::Close { err: Some(e) } => Some(alloc::format!("remote closed stream: {e}")),
-            StreamControl::Error { err } => Some(alloc::format!("remote error: {err}")),
-            StreamControl::Unknown { kind, err } => {
-                Some(alloc::format!("unknown error type \"{kind}\": {err}"))
-            }
+            StreamControl::Close { err: Some(e) } => Some(EndReason::RemoteClosed(e)),
+            StreamControl::Error { err } => Some(EndReason::RemoteError(err)),
+            StreamControl::Unknown { kind, err } => Some(EndReason::UnknownControl { kind, err }),
         }
     }
 }
@@ -184,17 +183,20 @@ mod tests {
     fn parse_and_reader_errors() {
         for codec in [Codec::Json, Codec::Cbor] {
             let p = |c: StreamControl| StreamControl::parse(codec, &c.encode(codec));
-            assert_eq!(p(StreamControl::close()).unwrap().reader_error(), None);
+            assert_eq!(p(StreamControl::close()).unwrap().into_reader_error(), None);
             assert_eq!(
-                p(StreamControl::close_with("boom")).unwrap().reader_error().unwrap(),
+                p(StreamControl::close_with("boom")).unwrap().into_reader_error().unwrap().to_string(),
                 "remote closed stream: boom"
             );
             assert_eq!(
-                p(StreamControl::error("oops")).unwrap().reader_error().unwrap(),
+                p(StreamControl::error("oops")).unwrap().into_reader_error().unwrap().to_string(),
                 "remote error: oops"
             );
             let weird = StreamControl::Unknown { kind: "mux::weird".into(), err: "x".into() };
-            assert_eq!(p(weird).unwrap().reader_error().unwrap(), "unknown error type \"mux::weird\": x");
+            assert_eq!(
+                p(weird).unwrap().into_reader_error().unwrap().to_string(),
+                "unknown error type \"mux::weird\": x"
+            );
         }
     }
 

@@ -209,7 +209,10 @@ fn bad_requests_get_the_go_error_texts() {
             let (control, end) = stream_end(&mut socket, channel);
             assert_eq!(control, ControlType::Data, "{codec:?} {expected}");
             assert_eq!(end, StreamControl::close_with(expected.clone()), "{codec:?}");
-            assert_eq!(end.reader_error(), Some(format!("remote closed stream: {expected}")));
+            assert_eq!(
+                end.into_reader_error().map(|r| r.to_string()),
+                Some(format!("remote closed stream: {expected}"))
+            );
         }
         // Payloads that are not an envelope at all end the stream with an error as well.
         for payload in [b"\"just a string\"".to_vec(), b"12".to_vec(), vec![0xff, 0xfe], Vec::new()] {

@@ -22,7 +22,7 @@ use streamkit::ws::{DialError, DialOptions, dial};
 use streamkit_core::api::{Entry, LeaseResult, Produce, Record, Request, SegmentStatus};
 use streamkit_core::client::{ClientConnection, ClientEvent, ClientItem};
 use streamkit_core::mux::MuxConfig;
-use streamkit_core::stream::StreamEnd;
+use streamkit_core::stream::{EndReason, StreamEnd};
 use streamkit_core::wire::{Codec, Message};
 use uuid::Uuid;
 
@@ -235,7 +235,7 @@ impl Op {
                     Some(ClientItem::Invalid(error)) => panic!("undecodable answer: {error}"),
                     Some(ClientItem::End(StreamEnd::Finished)) => return outcome,
                     Some(ClientItem::End(StreamEnd::Failed(error))) => {
-                        outcome.end = Err(error);
+                        outcome.end = Err(error.to_string());
                         return outcome;
                     }
                     None => {
@@ -370,7 +370,7 @@ async fn drive(
                     conn.handle_frame(now, &bytes);
                 }
             }
-            Event::Frame(None) => conn.handle_transport_closed(now, "muxer closed"),
+            Event::Frame(None) => conn.handle_transport_closed(now, EndReason::MuxerClosed),
             Event::Command(Some(Command::Open { store, request, items, reply })) => {
                 let opened = conn.open(now, store, request).map_err(|e| e.to_string());
                 if let Ok(channel) = opened {
@@ -385,10 +385,10 @@ async fn drive(
                 let _ = conn.close_send(now, channel, None);
             }
             Event::Command(Some(Command::Cancel { channel })) => {
-                conn.cancel(now, channel, "context canceled");
+                conn.cancel(now, channel, &EndReason::Canceled);
                 ops.remove(&channel);
             }
-            Event::Command(Some(Command::Close) | None) => conn.shutdown(now, "client closed"),
+            Event::Command(Some(Command::Close) | None) => conn.shutdown(now, EndReason::ClientClosed),
             Event::Timer => conn.handle_timeout(now),
         }
         while let Some(event) = conn.poll_event() {
@@ -410,7 +410,7 @@ async fn drive(
                         let _ = items.try_send(ClientItem::End(StreamEnd::Failed(reason)));
                     }
                 }
-                ClientEvent::Shutdown { reason: why } => reason = why,
+                ClientEvent::Shutdown { reason: why } => reason = why.to_string(),
                 ClientEvent::Sent { .. } => {}
             }
         }
@@ -424,7 +424,7 @@ async fn drive(
             }
         }
         if failed || (wrote && writer.flush().await.is_err()) {
-            conn.handle_transport_closed(clock.now(), "write failed");
+            conn.handle_transport_closed(clock.now(), EndReason::Transport("write failed".into()));
         }
         if conn.is_shut_down() && !conn.has_transmit() {
             // Streams still registered learn about the end from the Aborted events already drained.

@@ -5,12 +5,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::*;
-use crate::mux::{
-    CONTROL_OVERLOAD_REASON, MAX_QUEUED_CONTROL_FRAMES, OVERLOAD_REASON, OverloadPolicy, TimeoutReason,
-};
+use crate::mux::{EndReason, MAX_QUEUED_CONTROL_FRAMES, OverloadPolicy, TimeoutReason};
 
 fn overloaded(channel: Uuid) -> MuxEvent {
-    MuxEvent::Aborted { channel, reason: OVERLOAD_REASON.into() }
+    MuxEvent::Aborted { channel, reason: EndReason::Overloaded }
 }
 
 #[test]
@@ -40,7 +38,10 @@ fn message_bound_aborts_only_the_slow_stream() {
         let sent = transmits(&mut s);
         assert_eq!(sent.len(), 1);
         assert_eq!((sent[0].control.clone(), sent[0].channel_id), (ControlType::Error, slow));
-        assert_eq!(control_of(codec, &sent[0]), Some(StreamControl::error(OVERLOAD_REASON)));
+        assert_eq!(
+            control_of(codec, &sent[0]),
+            Some(StreamControl::error("stream receive buffer overloaded"))
+        );
         // The slow stream's in-flight frames are dropped; the fast one is untouched.
         s.handle_frame(T0, &data(codec, STORE, slow, b"4"));
         s.handle_frame(T0, &data(codec, STORE, fast, b"5"));
@@ -177,7 +178,7 @@ fn error_frames_are_bounded_by_shutting_down() {
     s.handle_frame(T0, &denied);
     assert!(s.is_shut_down());
     assert_eq!(s.queued_error_frames(), MAX_QUEUED_CONTROL_FRAMES);
-    assert_eq!(events(&mut s), vec![MuxEvent::Shutdown { reason: CONTROL_OVERLOAD_REASON.into() }]);
+    assert_eq!(events(&mut s), vec![MuxEvent::Shutdown { reason: EndReason::ControlOverloaded }]);
     let sent = transmits(&mut s);
     assert_eq!(sent.len(), MAX_QUEUED_CONTROL_FRAMES + 1);
     assert_eq!(sent.last().unwrap().control, ControlType::Close);

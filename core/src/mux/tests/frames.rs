@@ -4,7 +4,7 @@
 use alloc::vec;
 
 use super::*;
-use crate::mux::{FRAME_TOO_LARGE, MUXER_CLOSED, MuxError, PAYLOAD_TOO_LARGE};
+use crate::mux::{EndReason, MuxError};
 
 #[test]
 fn defaults_match_go() {
@@ -74,8 +74,8 @@ fn received_close_shuts_down_without_answering() {
         assert_eq!(
             events(&mut s),
             vec![
-                MuxEvent::Aborted { channel: CHANNEL, reason: MUXER_CLOSED.into() },
-                MuxEvent::Shutdown { reason: MUXER_CLOSED.into() },
+                MuxEvent::Aborted { channel: CHANNEL, reason: EndReason::MuxerClosed },
+                MuxEvent::Shutdown { reason: EndReason::MuxerClosed },
             ]
         );
         assert!(!s.has_transmit(), "{codec:?}: no close back, nothing more to a peer that is gone");
@@ -96,7 +96,10 @@ fn undecodable_frame_shuts_down_and_sends_close() {
         let evs = events(&mut s);
         assert_eq!(evs.len(), 2, "{evs:?}");
         let MuxEvent::Shutdown { reason } = &evs[1] else { panic!("{evs:?}") };
-        assert!(reason.starts_with("malformed message"), "{codec:?}: {reason}");
+        assert!(
+            matches!(reason, EndReason::Malformed(text) if text.starts_with("malformed message")),
+            "{codec:?}: {reason}"
+        );
         assert!(
             matches!(&evs[0], MuxEvent::Aborted { channel, reason: r } if *channel == CHANNEL && r == reason)
         );
@@ -111,7 +114,7 @@ fn frames_over_the_limits_shut_the_session_down() {
         let limits = Limits { max_frame: 300, max_payload: 42 };
         let mut s = server_with(codec, MuxConfig { limits, ..quiet() }, StoreScopes::All);
         s.handle_frame(T0, &vec![b' '; 301]);
-        assert_eq!(events(&mut s), vec![MuxEvent::Shutdown { reason: FRAME_TOO_LARGE.into() }]);
+        assert_eq!(events(&mut s), vec![MuxEvent::Shutdown { reason: EndReason::FrameTooLarge }]);
         assert_eq!(transmits(&mut s), vec![Frame::control(ControlType::Close)]);
 
         let mut s = server_with(codec, MuxConfig { limits, ..quiet() }, StoreScopes::All);
@@ -119,8 +122,8 @@ fn frames_over_the_limits_shut_the_session_down() {
         assert_eq!(s.stream_count(), 1, "{codec:?}: a payload at the limit is fine");
         s.handle_frame(T0, &data(codec, STORE, CHANNEL, &[7; 45]));
         let evs = events(&mut s);
-        assert_eq!(evs.last(), Some(&MuxEvent::Shutdown { reason: PAYLOAD_TOO_LARGE.into() }), "{codec:?}");
-        assert!(evs.contains(&MuxEvent::Aborted { channel: CHANNEL, reason: PAYLOAD_TOO_LARGE.into() }));
+        assert_eq!(evs.last(), Some(&MuxEvent::Shutdown { reason: EndReason::PayloadTooLarge }), "{codec:?}");
+        assert!(evs.contains(&MuxEvent::Aborted { channel: CHANNEL, reason: EndReason::PayloadTooLarge }));
     }
 }
 

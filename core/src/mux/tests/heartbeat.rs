@@ -3,7 +3,7 @@
 use alloc::vec;
 
 use super::*;
-use crate::mux::{HEARTBEAT_TIMEOUT, TimeoutReason};
+use crate::mux::{EndReason, TimeoutReason};
 
 fn heartbeat_session(seed: u64) -> MuxSession {
     MuxSession::new(Role::Client, Codec::Json, MuxConfig::default(), T0, seed)
@@ -74,12 +74,12 @@ fn silence_past_the_idle_timeout_aborts_every_stream() {
         assert!((3..=4).contains(&pings), "pings before giving up: {pings}");
         assert_eq!(closes, 1, "the peer is told, best effort");
         let mut evs = events(&mut s);
-        assert_eq!(evs.pop(), Some(MuxEvent::Shutdown { reason: HEARTBEAT_TIMEOUT.into() }));
+        assert_eq!(evs.pop(), Some(MuxEvent::Shutdown { reason: EndReason::HeartbeatTimeout }));
         assert_eq!(
             evs,
             vec![
-                MuxEvent::Aborted { channel: ch(1), reason: HEARTBEAT_TIMEOUT.into() },
-                MuxEvent::Aborted { channel: ch(2), reason: HEARTBEAT_TIMEOUT.into() },
+                MuxEvent::Aborted { channel: ch(1), reason: EndReason::HeartbeatTimeout },
+                MuxEvent::Aborted { channel: ch(2), reason: EndReason::HeartbeatTimeout },
             ]
         );
         assert_eq!(s.last_activity(), T0);

@@ -14,7 +14,7 @@ use alloc::string::ToString as _;
 use alloc::vec::Vec;
 use uuid::Uuid;
 
-use super::{MuxConfig, MuxCounters, MuxEvent, MuxSession, Role, StreamEnd, StreamInput};
+use super::{EndReason, MuxConfig, MuxCounters, MuxEvent, MuxSession, Role, StreamEnd, StreamInput};
 use crate::auth::StoreScopes;
 use crate::time::Millis;
 use crate::wire::{Codec, ControlType, Frame, Limits, StreamControl};
@@ -89,8 +89,8 @@ fn payload(bytes: &[u8]) -> StreamInput {
     StreamInput::Payload(bytes.to_vec())
 }
 
-fn failed(text: &str) -> StreamInput {
-    StreamInput::End(StreamEnd::Failed(text.into()))
+fn failed(reason: EndReason) -> StreamInput {
+    StreamInput::End(StreamEnd::Failed(reason))
 }
 
 fn finished() -> StreamInput {

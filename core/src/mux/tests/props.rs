@@ -208,7 +208,7 @@ fn run(codec: Codec, latency: u8, lossy: bool, seed: u64, ops: &[Op]) {
             }
             Op::Reject { stream } => {
                 if let Some(channel) = sapp.pick(stream) {
-                    pair.server.session.reject(now, channel, "store unavailable");
+                    pair.server.session.reject(now, channel, &EndReason::StoreUnavailable);
                     sapp.checker.removed_by_app(channel);
                 }
             }
@@ -236,7 +236,7 @@ fn run(codec: Codec, latency: u8, lossy: bool, seed: u64, ops: &[Op]) {
             Op::Shutdown { client } => {
                 disrupted = true;
                 let end = if client { &mut pair.client } else { &mut pair.server };
-                end.session.shutdown(now, "application shutdown");
+                end.session.shutdown(now, EndReason::ShuttingDown);
             }
         }
         net.pump();
@@ -279,8 +279,8 @@ fn run(codec: Codec, latency: u8, lossy: bool, seed: u64, ops: &[Op]) {
     // Finally both sides shut down: every stream still registered is aborted, then Shutdown comes.
     let now = net.now();
     let pair = net.pair(0);
-    pair.client.session.shutdown(now, "test over");
-    pair.server.session.shutdown(now, "test over");
+    pair.client.session.shutdown(now, EndReason::MuxerClosed);
+    pair.server.session.shutdown(now, EndReason::MuxerClosed);
     net.settle();
     let pair = net.pair(0);
     capp.sync(&mut pair.client, lossy);

@@ -5,8 +5,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::*;
-use crate::mux::{HEARTBEAT_TIMEOUT, MUXER_CLOSED, OVERLOAD_REASON};
-use crate::sim::{LinkConfig, MuxNet, MuxNetConfig, MuxPair, Observed, TRANSPORT_CLOSED};
+use crate::mux::EndReason;
+use crate::sim::{LinkConfig, MuxNet, MuxNetConfig, MuxPair, Observed};
 
 fn net(codec: Codec, clients: usize) -> MuxNet {
     MuxNet::new(MuxNetConfig {
@@ -117,10 +117,10 @@ fn overload_closes_only_the_slow_stream() {
         }
         net.settle();
         let pair = net.pair(0);
-        assert_eq!(pair.server.aborted(slow), Some(OVERLOAD_REASON));
+        assert_eq!(pair.server.aborted(slow), Some(&EndReason::Overloaded));
         assert_eq!(pair.server.aborted(fast), None);
         assert_eq!(pair.server.payloads(fast).len(), 21, "{codec:?}");
-        let expected = alloc::format!("remote error: {OVERLOAD_REASON}");
+        let expected = EndReason::RemoteError(EndReason::Overloaded.to_string());
         assert_eq!(pair.client.end(slow), Some(&StreamEnd::Failed(expected)));
         assert_eq!(pair.client.end(fast), None);
         assert_eq!(pair.server.session.stream_count(), 1);
@@ -159,9 +159,9 @@ fn a_dead_transport_times_every_stream_out_on_both_sides() {
         net.run_for(Millis::from_secs(300));
         let pair = net.pair(0);
         for end in [&pair.client, &pair.server] {
-            assert_eq!(end.shutdown_reason(), Some(HEARTBEAT_TIMEOUT), "{codec:?}");
+            assert_eq!(end.shutdown_reason(), Some(&EndReason::HeartbeatTimeout), "{codec:?}");
             for id in &ids {
-                assert_eq!(end.aborted(*id), Some(HEARTBEAT_TIMEOUT));
+                assert_eq!(end.aborted(*id), Some(&EndReason::HeartbeatTimeout));
             }
         }
     }
@@ -174,14 +174,14 @@ fn server_shutdown_ends_client_streams_with_muxer_closed() {
     let id = net.pair(0).client.session.open_stream(now, STORE, b"req".to_vec()).unwrap();
     net.settle();
     let now = net.now();
-    net.pair(0).server.session.shutdown(now, "server stopping");
+    net.pair(0).server.session.shutdown(now, EndReason::ShuttingDown);
     net.settle();
     let pair = net.pair(0);
-    assert_eq!(pair.server.aborted(id), Some("server stopping"));
-    assert_eq!(pair.server.shutdown_reason(), Some("server stopping"));
+    assert_eq!(pair.server.aborted(id), Some(&EndReason::ShuttingDown));
+    assert_eq!(pair.server.shutdown_reason(), Some(&EndReason::ShuttingDown));
     // The close frame arrives before the socket closes, so the client sees Go's benign reason.
-    assert_eq!(pair.client.aborted(id), Some(MUXER_CLOSED));
-    assert_eq!(pair.client.shutdown_reason(), Some(MUXER_CLOSED));
+    assert_eq!(pair.client.aborted(id), Some(&EndReason::MuxerClosed));
+    assert_eq!(pair.client.shutdown_reason(), Some(&EndReason::MuxerClosed));
     assert!(pair.to_client.is_closed() && pair.to_server.is_closed(), "both adapters closed their sockets");
 }
 
@@ -194,8 +194,8 @@ fn a_broken_connection_aborts_with_the_transport_reason() {
     net.settle();
     net.disconnect(0);
     net.settle();
-    assert_eq!(net.pairs[0].client.aborted(a), Some(TRANSPORT_CLOSED));
-    assert_eq!(net.pairs[0].server.aborted(a), Some(TRANSPORT_CLOSED));
+    assert_eq!(net.pairs[0].client.aborted(a), Some(&EndReason::MuxerClosed));
+    assert_eq!(net.pairs[0].server.aborted(a), Some(&EndReason::MuxerClosed));
     assert_eq!(net.pairs[1].client.aborted(b), None, "other connections are unaffected");
     assert_eq!(net.pairs[1].server.session.stream_count(), 1);
 }
@@ -210,7 +210,10 @@ fn access_denied_reaches_the_client_as_a_remote_error() {
         let allowed = pair.client.session.open_stream(now, STORE, b"req".to_vec()).unwrap();
         net.settle();
         let pair = net.pair(0);
-        assert_eq!(pair.client.end(denied), Some(&StreamEnd::Failed("remote error: access denied".into())));
+        assert_eq!(
+            pair.client.end(denied),
+            Some(&StreamEnd::Failed(EndReason::RemoteError("access denied".into())))
+        );
         assert_eq!(pair.server.opened(), vec![allowed], "{codec:?}: the denied stream never existed");
         assert_eq!(pair.to_client.sent, 1, "exactly one frame back: the error");
     }
@@ -223,10 +226,13 @@ fn a_rejected_stream_fails_on_the_client() {
     let id = net.pair(0).client.session.open_stream(now, STORE, b"req".to_vec()).unwrap();
     net.settle();
     let now = net.now();
-    net.pair(0).server.session.reject(now, id, "store unavailable");
+    net.pair(0).server.session.reject(now, id, &EndReason::StoreUnavailable);
     net.settle();
     let pair = net.pair(0);
-    assert_eq!(pair.client.end(id), Some(&StreamEnd::Failed("remote error: store unavailable".into())));
+    assert_eq!(
+        pair.client.end(id),
+        Some(&StreamEnd::Failed(EndReason::RemoteError("store unavailable".into())))
+    );
     // The client's late data is dropped by the server's tombstone.
     let now = net.now();
     net.pair(0).client.session.send(now, id, b"late".to_vec()).unwrap();

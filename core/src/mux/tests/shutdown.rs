@@ -14,14 +14,14 @@ fn shutdown_aborts_every_stream_and_sends_close_after_queued_data() {
         open(&mut s, ch(2), b"b");
         s.send(T0, ch(1), b"last words".to_vec()).unwrap();
         s.close_send(T0, ch(1), None).unwrap();
-        s.shutdown(T0, "server stopping");
-        s.shutdown(T0, "again");
+        s.shutdown(T0, EndReason::ShuttingDown);
+        s.shutdown(T0, EndReason::MuxerClosed);
         assert_eq!(
             events(&mut s),
             vec![
-                MuxEvent::Aborted { channel: ch(1), reason: "server stopping".into() },
-                MuxEvent::Aborted { channel: ch(2), reason: "server stopping".into() },
-                MuxEvent::Shutdown { reason: "server stopping".into() },
+                MuxEvent::Aborted { channel: ch(1), reason: EndReason::ShuttingDown },
+                MuxEvent::Aborted { channel: ch(2), reason: EndReason::ShuttingDown },
+                MuxEvent::Shutdown { reason: EndReason::ShuttingDown },
             ],
             "{codec:?}: once, the streams first"
         );
@@ -40,8 +40,12 @@ fn shutdown_aborts_every_stream_and_sends_close_after_queued_data() {
         assert!(!s.has_transmit());
     }
     let mut c = client(Codec::Json);
-    c.shutdown(T0, "bye");
+    c.shutdown(T0, EndReason::ClientClosed);
     assert_eq!(c.open_stream(T0, STORE, vec![]), Err(MuxError::ShutDown));
+}
+
+fn reset() -> EndReason {
+    EndReason::Transport("connection reset by peer".into())
 }
 
 #[test]
@@ -51,16 +55,16 @@ fn transport_loss_tears_down_without_sending() {
         open(&mut s, CHANNEL, b"a");
         s.send(T0, CHANNEL, b"unsent".to_vec()).unwrap();
         s.handle_frame(T0, &control(codec, ControlType::Ping));
-        s.handle_transport_closed(T0, "connection reset by peer");
+        s.handle_transport_closed(T0, reset());
         assert!(!s.has_transmit(), "{codec:?}: the socket is gone");
         assert_eq!(
             events(&mut s),
             vec![
-                MuxEvent::Aborted { channel: CHANNEL, reason: "connection reset by peer".into() },
-                MuxEvent::Shutdown { reason: "connection reset by peer".into() },
+                MuxEvent::Aborted { channel: CHANNEL, reason: reset() },
+                MuxEvent::Shutdown { reason: reset() },
             ]
         );
-        s.handle_transport_closed(T0, "again");
+        s.handle_transport_closed(T0, EndReason::MuxerClosed);
         assert!(events(&mut s).is_empty());
     }
 }
@@ -69,10 +73,10 @@ fn transport_loss_tears_down_without_sending() {
 fn app_calls_after_shutdown_are_harmless() {
     let mut s = server(Codec::Json);
     open(&mut s, CHANNEL, b"a");
-    s.shutdown(T0, "done");
+    s.shutdown(T0, EndReason::ShuttingDown);
     events(&mut s);
     s.release(CHANNEL);
-    s.reject(T0, CHANNEL, "x");
+    s.reject(T0, CHANNEL, &EndReason::StoreUnavailable);
     assert_eq!(s.recv(CHANNEL), None);
     assert_eq!(transmits(&mut s), vec![Frame::control(ControlType::Close)]);
     assert!(events(&mut s).is_empty());

@@ -5,7 +5,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::*;
-use crate::mux::{ACCESS_DENIED, MuxError, TOO_MANY_STREAMS};
+use crate::mux::{EndReason, MuxError};
 
 #[test]
 fn first_data_frame_opens_a_stream_with_its_payload_queued() {
@@ -83,17 +83,20 @@ fn remote_ends_map_to_go_reader_errors() {
     for codec in CODECS {
         let weird = StreamControl::Unknown { kind: "mux::weird".into(), err: "y".into() };
         let cases = [
-            (ctl(codec, CHANNEL, StreamControl::close_with("boom")), "remote closed stream: boom"),
-            (ctl(codec, CHANNEL, StreamControl::error("oops")), "remote error: oops"),
-            (ctl(codec, CHANNEL, weird), "unknown error type \"mux::weird\": y"),
-            (error_frame(codec, CHANNEL, ACCESS_DENIED), "remote error: access denied"),
+            (ctl(codec, CHANNEL, StreamControl::close_with("boom")), EndReason::RemoteClosed("boom".into())),
+            (ctl(codec, CHANNEL, StreamControl::error("oops")), EndReason::RemoteError("oops".into())),
+            (
+                ctl(codec, CHANNEL, weird),
+                EndReason::UnknownControl { kind: "mux::weird".into(), err: "y".into() },
+            ),
+            (error_frame(codec, CHANNEL, "access denied"), EndReason::RemoteError("access denied".into())),
         ];
-        for (frame, text) in cases {
+        for (frame, reason) in cases {
             let mut s = server(codec);
             open(&mut s, CHANNEL, b"data");
             s.handle_frame(T0, &frame);
             s.handle_frame(T0, &data(codec, STORE, CHANNEL, b"dropped"));
-            assert_eq!(items(&mut s, CHANNEL), vec![payload(b"data"), failed(text)], "{codec:?}");
+            assert_eq!(items(&mut s, CHANNEL), vec![payload(b"data"), failed(reason.clone())], "{codec:?}");
             assert_eq!(s.stream_count(), 1, "ended for receiving, still registered");
         }
     }
@@ -105,7 +108,10 @@ fn error_frame_with_a_malformed_payload_still_ends_the_stream() {
         let mut s = server(codec);
         open(&mut s, CHANNEL, b"data");
         s.handle_frame(T0, &codec.encode_frame(&Frame::error(STORE, CHANNEL, b"garbage".to_vec())));
-        assert_eq!(items(&mut s, CHANNEL), vec![payload(b"data"), failed("remote error: ")]);
+        assert_eq!(
+            items(&mut s, CHANNEL),
+            vec![payload(b"data"), failed(EndReason::RemoteError(String::new()))]
+        );
     }
 }
 
@@ -141,7 +147,7 @@ fn access_is_checked_on_every_data_frame() {
         assert_eq!(sent.len(), 1, "{codec:?}: exactly one error frame");
         assert_eq!(sent[0].control, ControlType::Error);
         assert_eq!((sent[0].store_id, sent[0].channel_id), (OTHER_STORE, CHANNEL), "same ids");
-        assert_eq!(control_of(codec, &sent[0]), Some(StreamControl::error(ACCESS_DENIED)));
+        assert_eq!(control_of(codec, &sent[0]), Some(StreamControl::error("access denied")));
 
         // A registered stream: a later frame naming a store outside the scopes is refused on its own.
         open(&mut s, ch(1), b"ok");
@@ -166,7 +172,7 @@ fn stream_cap_rejects_with_an_error_frame_and_a_tombstone() {
         let sent = transmits(&mut s);
         assert_eq!(sent.len(), 1);
         assert_eq!((sent[0].control.clone(), sent[0].channel_id), (ControlType::Error, ch(2)));
-        assert_eq!(control_of(codec, &sent[0]), Some(StreamControl::error(TOO_MANY_STREAMS)));
+        assert_eq!(control_of(codec, &sent[0]), Some(StreamControl::error("too many active streams")));
         assert!(s.is_tombstoned(ch(2)));
         assert_eq!(s.counters(), MuxCounters { refused_streams: 1, ..MuxCounters::default() });
         // The refused stream's next frames are dropped silently, even once there is room.
@@ -187,7 +193,7 @@ fn tombstones_keep_the_newest_up_to_capacity() {
     let mut s = server_with(Codec::Json, MuxConfig { tombstone_capacity: 3, ..quiet() }, StoreScopes::All);
     for n in 1..=5 {
         open(&mut s, ch(n), b"x");
-        s.reject(T0 + Millis(n as u64), ch(n), "store unavailable");
+        s.reject(T0 + Millis(n as u64), ch(n), &EndReason::StoreUnavailable);
     }
     assert_eq!(s.tombstone_count(), 3);
     for n in 1..=5 {
@@ -208,7 +214,7 @@ fn tombstones_expire_by_age_and_the_id_becomes_a_new_stream() {
     let mut s =
         server_with(Codec::Cbor, MuxConfig { tombstone_ttl: Millis(10), ..quiet() }, StoreScopes::All);
     open(&mut s, CHANNEL, b"x");
-    s.reject(T0, CHANNEL, "store unavailable");
+    s.reject(T0, CHANNEL, &EndReason::StoreUnavailable);
     transmits(&mut s);
     s.handle_frame(T0 + Millis(10), &data(Codec::Cbor, STORE, CHANNEL, b"still dead"));
     assert_eq!(s.stream_count(), 0);
@@ -223,7 +229,7 @@ fn handle_timeout_prunes_expired_tombstones() {
     let mut s =
         server_with(Codec::Json, MuxConfig { tombstone_ttl: Millis(10), ..quiet() }, StoreScopes::All);
     open(&mut s, CHANNEL, b"x");
-    s.reject(T0, CHANNEL, "refused");
+    s.reject(T0, CHANNEL, &EndReason::StoreUnavailable);
     assert_eq!(s.tombstone_count(), 1);
     s.handle_timeout(T0 + Millis(11));
     assert_eq!(s.tombstone_count(), 0);
@@ -262,7 +268,7 @@ fn reject_sends_one_error_frame_and_tombstones() {
         let mut s = server(codec);
         open(&mut s, CHANNEL, b"req");
         s.send(T0, CHANNEL, b"unsent".to_vec()).unwrap();
-        s.reject(T0, CHANNEL, "store unavailable");
+        s.reject(T0, CHANNEL, &EndReason::StoreUnavailable);
         assert_eq!(s.stream_count(), 0);
         assert!(s.is_tombstoned(CHANNEL));
         let sent = transmits(&mut s);
@@ -284,7 +290,7 @@ fn unknown_streams_are_refused_without_side_effects() {
     assert_eq!(MuxError::UnknownStream.to_string(), "unknown stream");
     assert_eq!(s.recv(CHANNEL), None);
     s.release(CHANNEL);
-    s.reject(T0, CHANNEL, "x");
+    s.reject(T0, CHANNEL, &EndReason::StoreUnavailable);
     assert!(!s.has_transmit());
     assert_eq!(s.tombstone_count(), 0);
     assert!(events(&mut s).is_empty());
