@@ -41,6 +41,13 @@ impl NotifyCircuit {
         }
     }
 
+    /// Whether the next publish could fail its produce: the circuit is open at `now`, or one more
+    /// failure would open it.
+    pub fn could_fail_next(&self, now: Millis, threshold: u32) -> bool {
+        let threshold = if threshold == 0 { DEFAULT_NOTIFY_FAILURE_THRESHOLD } else { threshold };
+        self.open_until.is_some_and(|until| until > now) || self.failures.saturating_add(1) >= threshold
+    }
+
     /// Records a failed publish; returns the produce's error when this failure opens the circuit.
     pub fn record_failure(
         &mut self,

@@ -452,11 +452,19 @@ impl Node {
         self.advance_wall();
     }
 
+    /// Whether an operation runs under `stream`'s id: its stream is open, or it ended and the operation
+    /// still finishes (a producer publishing its last notification). A new request with that id must
+    /// wait until it is not ([`Engine`](crate::server::Engine) holds it).
+    pub fn is_busy(&self, stream: &StreamId) -> bool {
+        self.streams.contains_key(stream)
+    }
+
     /// A stream opened with `envelope` as its first message.
     pub fn handle_request(&mut self, now: Millis, stream: StreamId, envelope: Envelope) {
         self.advance(now);
         if let Some(mut old) = self.streams.remove(&stream) {
-            // A channel id reused while its previous operation was still finishing: drop the old one.
+            // A driver that does not wait for `is_busy` to clear: the old operation is dropped (its
+            // in-flight effects are forgotten).
             old.on_abort(&mut self.sv, stream);
             self.sv.io.cancel_stream(&stream);
         }

@@ -14,6 +14,13 @@
 //!   commit; after the commit the status goes to the producer, then (with a bus) the notification waits
 //!   until it is visible with respect to earlier writes of the space and is published, unless the node's
 //!   notification circuit breaker ([`super::circuit`]) is open, which fails the produce instead.
+//! * Once the producer has ended its records and the last status is sent, the stream ends at once: the
+//!   last notification is published afterwards, the operation living on without its stream until it is
+//!   (Go ends the stream after the publish). Only while the publish cannot fail the produce: when the
+//!   circuit is open, or one more failure would open it, the stream waits for the publish so that the
+//!   producer is told, as in Go. (Several publishes in flight at once can still open the circuit
+//!   together; a producer whose stream has ended is then not told, its data being committed and
+//!   acknowledged.)
 //! * A record stream that ends with an error commits nothing of its unfinished chunk.
 
 use alloc::boxed::Box;
@@ -287,6 +294,7 @@ impl ProduceOp {
     /// Moves work forward after any event; closes the stream when everything is done.
     fn pump(&mut self, sv: &mut Services, stream: StreamId) -> Step {
         if !matches!(self.phase, Phase::Idle) {
+            self.end_before_publish(sv, stream);
             return Step::Continue;
         }
         if self.detached && self.committing.is_none() {
@@ -323,6 +331,24 @@ impl ProduceOp {
     /// (valid names are never empty, so `(space, "")` is no segment's key).
     fn lock_key(&self, sv: &Services) -> SegmentKey {
         if sv.config.shared_space_clock { (self.key.0.clone(), String::new()) } else { self.key.clone() }
+    }
+
+    /// Ends the stream while the last chunk's notification is still to be published: every record was
+    /// committed and acknowledged, and the publish cannot fail the produce (see the module docs).
+    /// The node then detaches the operation ([`StreamOp::on_abort`]), which finishes the publish.
+    fn end_before_publish(&mut self, sv: &mut Services, stream: StreamId) {
+        let publishing = matches!(self.phase, Phase::Notifying { .. } | Phase::Publishing { .. });
+        if publishing
+            && self.input == Input::Finished
+            && self.failure.is_none()
+            && self.stopped.is_none()
+            && self.building.records.is_empty()
+            && self.sealed.is_none()
+            && self.committing.is_none()
+            && !sv.notify.could_fail_next(sv.now, sv.config.notify_failure_threshold)
+        {
+            sv.io.close(stream, None);
+        }
     }
 
     fn finish(&mut self, sv: &mut Services, stream: StreamId) -> Step {

@@ -5,7 +5,7 @@
 //! node outputs into [`EngineEffect`]s: messages for connections, storage operations and bus commands
 //! tagged with their store.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
 use uuid::Uuid;
 
@@ -88,6 +88,10 @@ struct Slot {
     request_charge: u64,
     /// Messages forwarded by the connection that the operation has not taken yet (at most INPUT_WINDOW).
     inbox: VecDeque<Inbound>,
+    /// The request, held while the operation of an earlier stream with the same id still finishes on
+    /// the node (a producer publishing its last notification after its stream ended): the peer may
+    /// reuse a channel id as soon as it has the close.
+    held: Option<Result<Envelope, String>>,
 }
 
 /// A stream's first message, waiting for its store to open.
@@ -106,6 +110,8 @@ pub struct Engine {
     effects: VecDeque<EngineEffect>,
     /// New streams are refused with [`EndReason::ShuttingDown`].
     refusing: bool,
+    /// Streams whose slot holds its request (see `Slot::held`).
+    held: BTreeSet<StreamId>,
 }
 
 impl Engine {
@@ -117,6 +123,7 @@ impl Engine {
             slots: BTreeMap::new(),
             effects: VecDeque::new(),
             refusing: false,
+            held: BTreeSet::new(),
         }
     }
 
@@ -168,21 +175,24 @@ impl Engine {
             EngineInput::Invalid { stream, error } => self.enqueue(stream, Inbound::Invalid(error)),
             EngineInput::End { stream, end } => self.enqueue(stream, Inbound::End(end)),
             EngineInput::Aborted { stream } => {
-                if let Some(slot) = self.slots.remove(&stream)
-                    && let Some(node) = self.manager.node_mut(self.now, slot.store)
-                {
-                    node.handle_aborted(self.now, stream);
+                if let Some(slot) = self.slots.remove(&stream) {
+                    if slot.held.is_some() {
+                        // Never started: the operation on the node is the earlier stream's.
+                        self.held.remove(&stream);
+                    } else if let Some(node) = self.manager.node_mut(self.now, slot.store) {
+                        node.handle_aborted(self.now, stream);
+                    }
                 }
                 // A stream still waiting for its store is dropped when the store opens (its slot is gone).
             }
             EngineInput::Pressure { stream } => {
-                let Some(store) = self.slots.get(&stream).map(|s| s.store) else { return };
+                let Some(store) = self.started_store(&stream) else { return };
                 if let Some(node) = self.manager.node_mut(self.now, store) {
                     node.handle_pressure(self.now, stream);
                 }
             }
             EngineInput::Credit { stream, frames, bytes } => {
-                let Some(store) = self.slots.get(&stream).map(|s| s.store) else { return };
+                let Some(store) = self.started_store(&stream) else { return };
                 if let Some(node) = self.manager.node_mut(self.now, store) {
                     node.handle_credit(self.now, stream, frames, bytes);
                 }
@@ -197,8 +207,15 @@ impl Engine {
             self.effects.push_back(EngineEffect::Output(EngineOutput::Reject { stream, error }));
             return;
         }
-        self.slots.insert(stream, Slot { store, request_charge: charge, inbox: VecDeque::new() });
+        let slot = Slot { store, request_charge: charge, inbox: VecDeque::new(), held: None };
+        self.slots.insert(stream, slot);
         match self.manager.get_or_create(self.now, store, (stream, request)) {
+            Access::Ready(node, (stream, request)) if node.is_busy(&stream) => {
+                if let Some(slot) = self.slots.get_mut(&stream) {
+                    slot.held = Some(request);
+                    self.held.insert(stream);
+                }
+            }
             Access::Ready(node, (stream, request)) => {
                 Self::start(node, &mut self.effects, self.now, stream, request, charge);
             }
@@ -251,9 +268,50 @@ impl Engine {
         self.deliver(stream);
     }
 
+    /// The store of a stream whose request has started on its node.
+    fn started_store(&self, stream: &StreamId) -> Option<Uuid> {
+        self.slots.get(stream).filter(|s| s.held.is_none()).map(|s| s.store)
+    }
+
+    /// Starts the held requests whose earlier operation has finished; whether any did.
+    fn start_held(&mut self) -> bool {
+        let mut started = false;
+        for stream in self.held.clone() {
+            let Some(slot) = self.slots.get_mut(&stream) else {
+                self.held.remove(&stream);
+                continue;
+            };
+            let (store, charge) = (slot.store, slot.request_charge);
+            let Some(node) = self.manager.node_mut(self.now, store) else {
+                // The node closed meanwhile (eviction, removal): open the store again.
+                let request = slot.held.take();
+                self.held.remove(&stream);
+                self.slots.remove(&stream);
+                if let Some(request) = request {
+                    self.open(stream, store, request, charge);
+                }
+                started = true;
+                continue;
+            };
+            if node.is_busy(&stream) {
+                continue;
+            }
+            self.held.remove(&stream);
+            if let Some(request) = slot.held.take() {
+                Self::start(node, &mut self.effects, self.now, stream, request, charge);
+            }
+            self.deliver(stream);
+            started = true;
+        }
+        started
+    }
+
     /// Hands a stream's queued items to its operation while it takes them.
     fn deliver(&mut self, stream: StreamId) {
         let Some(slot) = self.slots.get_mut(&stream) else { return };
+        if slot.held.is_some() {
+            return;
+        }
         let Some(node) = self.manager.node_mut(self.now, slot.store) else { return };
         let (mut taken, mut released) = (0u32, 0u64);
         loop {
@@ -288,8 +346,18 @@ impl Engine {
         }
     }
 
-    /// Converts the manager's outputs (and its nodes') into effects, until none are left.
+    /// Converts the manager's outputs (and its nodes') into effects, and starts the held requests that
+    /// may start, until neither is left.
     fn drain(&mut self) {
+        loop {
+            self.drain_outputs();
+            if self.held.is_empty() || !self.start_held() {
+                break;
+            }
+        }
+    }
+
+    fn drain_outputs(&mut self) {
         while let Some(out) = self.manager.poll_output() {
             match out {
                 ManagerOutput::OpenStore { store_id } => {

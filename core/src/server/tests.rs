@@ -227,3 +227,123 @@ fn shard_of_spreads_sequential_store_ids_evenly() {
     assert_eq!(shard_of(&Uuid::from_u128(12_345), 1), 0);
     assert_eq!(shard_of(&Uuid::from_u128(12_345), 0), 0);
 }
+
+/// Runs an engine's effects: storage at once on `kv`, bus publishes held in `publishes` (unanswered),
+/// outputs collected.
+fn run_engine(
+    engine: &mut super::Engine,
+    kv: &mut crate::storage::MemoryKv,
+    outputs: &mut Vec<EngineOutput>,
+    publishes: &mut Vec<crate::node::OpId>,
+) {
+    use super::EngineEffect;
+    use crate::node::BusCommand;
+    use crate::storage::OrderedKv;
+    while let Some(effect) = engine.poll_effect() {
+        match effect {
+            EngineEffect::OpenStore { store } => engine.handle_store_opened(NOW, store, Ok(())),
+            EngineEffect::Storage { store, op, request } => {
+                let result = kv.execute(&request);
+                engine.handle_storage(NOW, store, op, result);
+            }
+            EngineEffect::Bus { command: BusCommand::Publish { op, .. }, .. } => publishes.push(op),
+            EngineEffect::Output(output) => outputs.push(output),
+            _ => {}
+        }
+    }
+}
+
+/// A producer's stream ends right after its last status, while its notification is still being
+/// published; a read that follows sees the records at once. A new request that reuses the channel id
+/// meanwhile waits until the earlier operation has published (nothing of it leaks into the new
+/// stream), then runs.
+#[test]
+fn a_produce_ends_before_its_publish_and_a_reused_channel_id_waits_for_it() {
+    use super::{Engine, EngineConfig};
+    use crate::api::Peek;
+    use crate::node::BusEvent;
+    use crate::stream::StreamEnd;
+    let mut engine = Engine::new(EngineConfig::default(), NOW, 1);
+    let (mut kv, mut outputs, mut publishes) = (crate::storage::MemoryKv::default(), vec![], vec![]);
+    let stream = StreamId { conn: 1, channel: Uuid::from_u128(3) };
+    let produce = |sequence: u64| {
+        [
+            EngineInput::Open {
+                stream,
+                store: STORE,
+                request: Ok(Envelope::Produce(Produce { space: "sp".into(), segment: "sg".into() })),
+                charge: 0,
+            },
+            EngineInput::Message { stream, message: Message::Record(Record::new(sequence, "x")), charge: 0 },
+            EngineInput::End { stream, end: StreamEnd::Finished },
+        ]
+    };
+    for input in produce(1) {
+        engine.handle_input(NOW, input);
+        run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
+    }
+    assert_eq!(publishes.len(), 1, "the notification is being published");
+    assert!(
+        matches!(&outputs[..], [.., EngineOutput::Send { message: Message::Status(s), .. }, EngineOutput::Close { error: None, .. }] if s.last_sequence == 1),
+        "status then close, before the publish completed: {outputs:?}"
+    );
+    // The record is visible to a read at once.
+    let peek = StreamId { conn: 1, channel: Uuid::from_u128(4) };
+    let request = Ok(Envelope::Peek(Peek { space: "sp".into(), segment: "sg".into() }));
+    engine.handle_input(NOW, EngineInput::Open { stream: peek, store: STORE, request, charge: 0 });
+    run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
+    assert!(outputs.iter().any(|o| matches!(o, EngineOutput::Send { stream: s, message: Message::Entry(e), .. } if *s == peek && e.sequence == 1)));
+    // The peer reuses the channel id for its next produce: it waits for the earlier operation.
+    outputs.clear();
+    for input in produce(2) {
+        engine.handle_input(NOW, input);
+        run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
+    }
+    assert!(outputs.is_empty(), "held while the earlier produce publishes: {outputs:?}");
+    assert_eq!(publishes.len(), 1);
+    let op = publishes.remove(0);
+    engine.handle_bus(NOW, STORE, BusEvent::Published { op, result: Ok(()) });
+    run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
+    assert!(
+        matches!(&outputs[..], [.., EngineOutput::Send { message: Message::Status(s), .. }, EngineOutput::Close { error: None, .. }] if s.last_sequence == 2),
+        "the new produce ran: {outputs:?}"
+    );
+    let op = publishes.remove(0);
+    engine.handle_bus(NOW, STORE, BusEvent::Published { op, result: Ok(()) });
+    run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
+    let node = engine.node(&STORE).unwrap();
+    assert!(node.is_idle(), "no watermark, effect or operation left behind");
+}
+
+/// A held request whose stream is aborted (its connection closed) never starts, and the earlier
+/// operation it waited for finishes as if nothing had happened.
+#[test]
+fn a_held_request_that_is_aborted_never_starts() {
+    use super::{Engine, EngineConfig};
+    use crate::node::BusEvent;
+    use crate::stream::StreamEnd;
+    let mut engine = Engine::new(EngineConfig::default(), NOW, 1);
+    let (mut kv, mut outputs, mut publishes) = (crate::storage::MemoryKv::default(), vec![], vec![]);
+    let stream = StreamId { conn: 1, channel: Uuid::from_u128(3) };
+    let open = EngineInput::Open {
+        stream,
+        store: STORE,
+        request: Ok(Envelope::Produce(Produce { space: "sp".into(), segment: "sg".into() })),
+        charge: 0,
+    };
+    let record = EngineInput::Message { stream, message: Message::Record(Record::new(1, "x")), charge: 0 };
+    for input in [open.clone(), record, EngineInput::End { stream, end: StreamEnd::Finished }] {
+        engine.handle_input(NOW, input);
+        run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
+    }
+    outputs.clear();
+    engine.handle_input(NOW, open);
+    engine.handle_input(NOW, EngineInput::Aborted { stream });
+    run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
+    let op = publishes.remove(0);
+    engine.handle_bus(NOW, STORE, BusEvent::Published { op, result: Ok(()) });
+    run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
+    assert!(outputs.is_empty() && publishes.is_empty(), "{outputs:?}");
+    assert_eq!(engine.stream_count(), 0);
+    assert!(engine.node(&STORE).unwrap().is_idle());
+}
