@@ -37,7 +37,6 @@ use async_channel::{Receiver, Sender, TrySendError};
 use futures_util::future::poll_fn;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Stream, StreamExt};
-use streamkit_core::api::Envelope;
 use streamkit_core::node::{BusCommand, BusEvent, BusMessage, OpId};
 use streamkit_core::server::{Engine, EngineConfig, EngineEffect, EngineInput, EngineOutput, shard_of};
 use streamkit_core::storage::{KvError, StorageOp, StorageResult};
@@ -47,7 +46,7 @@ use uuid::Uuid;
 use crate::bus::{BusDelivery, MemoryBus, MessageBus};
 use crate::clock::EngineClock;
 use crate::log_limit::{DEFAULT_LINES_PER_SECOND, LogLimit, limited_log};
-use crate::metrics::{ErrorKind, GaugeGuard, Metrics, Operation, Outcome};
+use crate::metrics::{EngineGauges, ErrorKind, GaugeGuard, Metrics, Operation, Outcome};
 use crate::runtime::{BoxFuture, Runtime, RuntimeExt};
 use crate::store::{Store, StoreFactory};
 
@@ -301,13 +300,13 @@ fn spawn_shard(runtime: &Arc<dyn Runtime>, shard: Shard) -> Sender<EngineMsg> {
         factory: shard.factory,
         bus: shard.bus,
         engine_id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
+        gauges: shard.metrics.engine_gauges(),
         metrics: shard.metrics,
         tx: tx.clone(),
         bus_tx,
         outboxes: BTreeMap::new(),
         pending_outputs: BTreeMap::new(),
         stores: BTreeMap::new(),
-        streams: BTreeMap::new(),
         local_bus: VecDeque::new(),
         closing_stores: BTreeMap::new(),
         storage: FuturesUnordered::new(),
@@ -324,17 +323,6 @@ fn spawn_shard(runtime: &Arc<dyn Runtime>, shard: Shard) -> Sender<EngineMsg> {
 struct OpenStore {
     handle: Store,
     _gauge: GaugeGuard,
-}
-
-/// What the task remembers of a stream the engine serves, for metrics and logs.
-struct StreamMeta {
-    store: Uuid,
-    op: Operation,
-    space: String,
-    segment: String,
-    _stream: GaugeGuard,
-    _subscription: Option<GaugeGuard>,
-    _worker: Option<GaugeGuard>,
 }
 
 enum Phase {
@@ -366,7 +354,8 @@ struct EngineTask {
     /// once the input that produced them is handled (`flush_outputs`).
     pending_outputs: BTreeMap<u64, Vec<EngineOutput>>,
     stores: BTreeMap<Uuid, OpenStore>,
-    streams: BTreeMap<StreamId, StreamMeta>,
+    /// This shard's part of the stream gauges, following the engine's counts.
+    gauges: EngineGauges,
     /// Bus completions that were ready at once, handled before anything else the bus sends.
     local_bus: VecDeque<(Uuid, BusEvent)>,
     /// Stores whose close is in progress; the receiver reports closed once the database is released.
@@ -520,7 +509,7 @@ impl EngineTask {
             EngineMsg::Shutdown { grace, done } => {
                 if matches!(self.phase, Phase::Running) {
                     tracing::info!(
-                        streams = self.streams.len(),
+                        streams = self.engine.stream_count(),
                         commits = self.commits_in_flight,
                         "engine draining"
                     );
@@ -533,46 +522,21 @@ impl EngineTask {
         }
     }
 
-    /// One input from a connection: bookkeeping, then the engine.
+    /// One input from a connection.
     fn input(&mut self, now: streamkit_core::Millis, input: EngineInput) {
-        match &input {
-            EngineInput::Open { stream, store, request, .. } => {
-                self.opened(*stream, *store, request);
-            }
-            EngineInput::Aborted { stream } => {
-                if let Some(meta) = self.streams.remove(stream) {
-                    self.metrics.operation(meta.op, Outcome::Cancelled);
-                }
-            }
-            _ => {}
+        if let EngineInput::Open { stream, store, request, .. } = &input
+            && tracing::enabled!(tracing::Level::DEBUG)
+        {
+            let (op, _) = Operation::of(request);
+            tracing::debug!(
+                store_id = %store,
+                channel_id = %stream.channel,
+                conn = stream.conn,
+                op = op.as_str(),
+                "stream opened"
+            );
         }
         self.engine.handle_input(now, input);
-    }
-
-    fn opened(&mut self, stream: StreamId, store: Uuid, request: &Result<Envelope, String>) {
-        let (op, space, segment, role) = match request {
-            Ok(envelope) => describe(envelope),
-            Err(_) => (Operation::Invalid, String::new(), String::new(), Role::Plain),
-        };
-        tracing::debug!(
-            store_id = %store,
-            channel_id = %stream.channel,
-            conn = stream.conn,
-            op = op.as_str(),
-            space = %space,
-            segment = %segment,
-            "stream opened"
-        );
-        let meta = StreamMeta {
-            store,
-            op,
-            space,
-            segment,
-            _stream: self.metrics.stream_opened(),
-            _subscription: matches!(role, Role::Subscriber).then(|| self.metrics.subscription_opened()),
-            _worker: matches!(role, Role::Worker).then(|| self.metrics.worker_registered()),
-        };
-        self.streams.insert(stream, meta);
     }
 
     /// A storage operation completed: metrics, then the engine.
@@ -610,6 +574,7 @@ impl EngineTask {
             let now = self.clock.now();
             self.engine.handle_bus(now, store, event);
         }
+        self.gauges.update(self.engine.stats());
         self.flush_outputs();
     }
 
@@ -684,59 +649,56 @@ impl EngineTask {
             EngineEffect::Bus { store, command } => self.bus(store, command),
             EngineEffect::Refused { refusal, .. } => self.metrics.refused(refusal),
             EngineEffect::Produced { records, bytes, .. } => self.metrics.produced(records, bytes),
+            EngineEffect::Ended { store, stream, op, target, outcome, error } => {
+                self.ended(store, stream, op, &target, outcome, error)
+            }
         }
     }
 
-    /// Routes an output to its connection, after the bookkeeping it implies.
-    fn output(&mut self, output: EngineOutput) {
-        match &output {
-            EngineOutput::Close { stream, error } => {
-                if let Some(meta) = self.streams.remove(stream) {
-                    match error {
-                        None => self.metrics.operation(meta.op, Outcome::Ok),
-                        // A read the peer cancelled: stopped on purpose, not a failure worth a log line.
-                        Some(EndReason::Canceled) => self.metrics.operation(meta.op, Outcome::Cancelled),
-                        Some(error) => {
-                            let outcome = if matches!(self.phase, Phase::Running) {
-                                Outcome::Error
-                            } else {
-                                Outcome::Cancelled
-                            };
-                            self.metrics.operation(meta.op, outcome);
-                            limited_log!(
-                                info,
-                                [
-                                    store_id = %meta.store,
-                                    channel_id = %stream.channel,
-                                    op = meta.op.as_str(),
-                                    space = %meta.space,
-                                    segment = %meta.segment,
-                                    %error
-                                ],
-                                "stream closed with error"
-                            );
-                        }
-                    }
+    /// A stream ended: its count, and a log line when it failed or was refused.
+    fn ended(
+        &self,
+        store: Uuid,
+        stream: StreamId,
+        op: Operation,
+        (space, segment): &(String, String),
+        outcome: Outcome,
+        error: Option<EndReason>,
+    ) {
+        self.metrics.operation(op, outcome);
+        let Some(error) = error else { return };
+        match outcome {
+            Outcome::Error => limited_log!(
+                info,
+                [
+                    store_id = %store,
+                    channel_id = %stream.channel,
+                    op = op.as_str(),
+                    space = %space,
+                    segment = %segment,
+                    %error
+                ],
+                "stream closed with error"
+            ),
+            Outcome::Rejected => {
+                if error == EndReason::StoreUnavailable {
+                    self.metrics.error(ErrorKind::StoreUnavailable);
+                }
+                // Refusals while the server drains are expected, not worth a line each.
+                if error != EndReason::ShuttingDown {
+                    limited_log!(
+                        warn,
+                        [store_id = %store, channel_id = %stream.channel, op = op.as_str(), %error],
+                        "stream rejected"
+                    );
                 }
             }
-            EngineOutput::Reject { stream, error } => {
-                if let Some(meta) = self.streams.remove(stream) {
-                    self.metrics.operation(meta.op, Outcome::Rejected);
-                    if *error == EndReason::StoreUnavailable {
-                        self.metrics.error(ErrorKind::StoreUnavailable);
-                    }
-                    // Refusals while the server drains are expected, not worth a line each.
-                    if *error != EndReason::ShuttingDown {
-                        limited_log!(
-                            warn,
-                            [store_id = %meta.store, channel_id = %stream.channel, op = meta.op.as_str(), %error],
-                            "stream rejected"
-                        );
-                    }
-                }
-            }
-            _ => {}
+            Outcome::Ok | Outcome::Cancelled => {}
         }
+    }
+
+    /// Routes an output to its connection.
+    fn output(&mut self, output: EngineOutput) {
         let conn = output.stream().conn;
         if self.outboxes.contains_key(&conn) {
             self.pending_outputs.entry(conn).or_default().push(output);
@@ -811,38 +773,5 @@ impl EngineTask {
                     .detach();
             }
         }
-    }
-}
-
-/// What a stream does, as far as the gauges care.
-enum Role {
-    Plain,
-    Subscriber,
-    Worker,
-}
-
-/// The operation of a request envelope, its space and segment (empty when it has none) and its role.
-fn describe(envelope: &Envelope) -> (Operation, String, String, Role) {
-    let plain = |op, space: &str, segment: &str| (op, space.to_owned(), segment.to_owned(), Role::Plain);
-    match envelope {
-        Envelope::Produce(r) => plain(Operation::Produce, &r.space, &r.segment),
-        Envelope::Peek(r) => plain(Operation::Peek, &r.space, &r.segment),
-        Envelope::ConsumeSegment(r) => plain(Operation::ConsumeSegment, &r.space, &r.segment),
-        Envelope::ConsumeSpace(r) => plain(Operation::ConsumeSpace, &r.space, ""),
-        Envelope::Consume(_) => plain(Operation::Consume, "", ""),
-        Envelope::GetSpaces(_) => plain(Operation::GetSpaces, "", ""),
-        Envelope::GetSegments(r) => plain(Operation::GetSegments, &r.space, ""),
-        Envelope::GetStatus(_) => plain(Operation::GetStatus, "", ""),
-        Envelope::SubscribeToSegmentStatus(r) => {
-            (Operation::SubscribeSegmentStatus, r.space.clone(), r.segment.clone(), Role::Subscriber)
-        }
-        Envelope::SubscribeWorkers(r) => {
-            let role = if r.worker_id.is_nil() { Role::Subscriber } else { Role::Worker };
-            (Operation::SubscribeWorkers, String::new(), String::new(), role)
-        }
-        Envelope::LeaseAcquire(_) => plain(Operation::LeaseAcquire, "", ""),
-        Envelope::LeaseRenew(_) => plain(Operation::LeaseRenew, "", ""),
-        Envelope::LeaseRelease(_) => plain(Operation::LeaseRelease, "", ""),
-        _ => plain(Operation::Invalid, "", ""),
     }
 }

@@ -25,8 +25,9 @@
 //! Label values are static strings or enums, never text from the network, so a client cannot grow the
 //! number of series. The `operations_total` series exist at zero from the start; an `errors_total`
 //! series appears with the first error of its kind. Gauges that count open things are driven by
-//! [`GaugeGuard`]s, which decrement on drop, so an early return or a panic cannot leave a gauge
-//! drifting upwards.
+//! [`GaugeGuard`]s, which decrement on drop, and the stream gauges by each engine shard's
+//! [`EngineGauges`], which takes back its part on drop, so an early return or a panic cannot leave a
+//! gauge drifting upwards.
 
 use std::time::Duration;
 
@@ -41,95 +42,7 @@ use streamkit_core::node::Refusal;
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// A request type (spec §1.3), the `op` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
-pub enum Operation {
-    Produce,
-    Peek,
-    ConsumeSegment,
-    ConsumeSpace,
-    Consume,
-    GetSpaces,
-    GetSegments,
-    GetStatus,
-    SubscribeSegmentStatus,
-    SubscribeWorkers,
-    LeaseAcquire,
-    LeaseRenew,
-    LeaseRelease,
-    /// A stream whose first message was not a request this server knows.
-    Invalid,
-}
-
-/// How a request ended, the `outcome` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Completed successfully.
-    Ok,
-    /// Ended with an error (storage error, sequence conflict, invalid request, ...).
-    Error,
-    /// Refused before it started: the store could not be opened (`store unavailable`) or the server is
-    /// shutting down.
-    Rejected,
-    /// Ended by the client or by the connection going away.
-    Cancelled,
-}
-
-impl Operation {
-    /// Every operation.
-    pub const ALL: [Operation; 14] = [
-        Operation::Produce,
-        Operation::Peek,
-        Operation::ConsumeSegment,
-        Operation::ConsumeSpace,
-        Operation::Consume,
-        Operation::GetSpaces,
-        Operation::GetSegments,
-        Operation::GetStatus,
-        Operation::SubscribeSegmentStatus,
-        Operation::SubscribeWorkers,
-        Operation::LeaseAcquire,
-        Operation::LeaseRenew,
-        Operation::LeaseRelease,
-        Operation::Invalid,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Produce => "produce",
-            Operation::Peek => "peek",
-            Operation::ConsumeSegment => "consume_segment",
-            Operation::ConsumeSpace => "consume_space",
-            Operation::Consume => "consume",
-            Operation::GetSpaces => "get_spaces",
-            Operation::GetSegments => "get_segments",
-            Operation::GetStatus => "get_status",
-            Operation::SubscribeSegmentStatus => "subscribe_segment_status",
-            Operation::SubscribeWorkers => "subscribe_workers",
-            Operation::LeaseAcquire => "lease_acquire",
-            Operation::LeaseRenew => "lease_renew",
-            Operation::LeaseRelease => "lease_release",
-            Operation::Invalid => "invalid",
-        }
-    }
-}
-
-impl Outcome {
-    /// Every outcome.
-    pub const ALL: [Outcome; 4] = [Outcome::Ok, Outcome::Error, Outcome::Rejected, Outcome::Cancelled];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Error => "error",
-            Outcome::Rejected => "rejected",
-            Outcome::Cancelled => "cancelled",
-        }
-    }
-}
+pub use streamkit_core::server::{EngineStats, Operation, Outcome};
 
 /// Kinds of errors, the `kind` label of `errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -188,19 +101,7 @@ impl ErrorKind {
 
 // Hand-written rather than derived: the derive would use the Rust variant names ("ConsumeSegment"),
 // and Prometheus label values are conventionally snake_case.
-impl EncodeLabelValue for Operation {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
-    }
-}
-
 impl EncodeLabelValue for ErrorKind {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
-    }
-}
-
-impl EncodeLabelValue for Outcome {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
@@ -208,8 +109,8 @@ impl EncodeLabelValue for Outcome {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OperationLabels {
-    op: Operation,
-    outcome: Outcome,
+    op: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -266,7 +167,9 @@ impl Metrics {
         // first event hides that event from `rate()`/`increase()`, and the set is small and fixed.
         for op in Operation::ALL {
             for outcome in Outcome::ALL {
-                drop(operations.get_or_create(&OperationLabels { op, outcome }));
+                drop(
+                    operations.get_or_create(&OperationLabels { op: op.as_str(), outcome: outcome.as_str() }),
+                );
             }
         }
         let produce_records = Counter::default();
@@ -357,19 +260,14 @@ impl Metrics {
         GaugeGuard::new(&self.connections_active)
     }
 
-    /// Counts an open logical stream until the guard drops.
-    pub fn stream_opened(&self) -> GaugeGuard {
-        GaugeGuard::new(&self.streams_active)
-    }
-
-    /// Counts a live subscription until the guard drops.
-    pub fn subscription_opened(&self) -> GaugeGuard {
-        GaugeGuard::new(&self.subscriptions_active)
-    }
-
-    /// Counts a registered worker until the guard drops.
-    pub fn worker_registered(&self) -> GaugeGuard {
-        GaugeGuard::new(&self.presence_workers)
+    /// The stream gauges of one engine shard, at zero.
+    pub fn engine_gauges(&self) -> EngineGauges {
+        EngineGauges {
+            streams: self.streams_active.clone(),
+            subscriptions: self.subscriptions_active.clone(),
+            workers: self.presence_workers.clone(),
+            counted: EngineStats::default(),
+        }
     }
 
     /// Counts an open store until the guard drops.
@@ -379,7 +277,7 @@ impl Metrics {
 
     /// Records the end of a request.
     pub fn operation(&self, op: Operation, outcome: Outcome) {
-        self.operations.get_or_create(&OperationLabels { op, outcome }).inc();
+        self.operations.get_or_create(&OperationLabels { op: op.as_str(), outcome: outcome.as_str() }).inc();
     }
 
     /// Records appended records and their payload bytes.
@@ -440,6 +338,37 @@ impl Metrics {
     }
 }
 
+/// What one engine shard adds to the stream gauges (`streams_active`, `subscriptions_active`,
+/// `presence_workers`): [`EngineGauges::update`] moves them by the change of the shard's
+/// [`EngineStats`]; dropping it takes back what it added.
+#[derive(Debug)]
+pub struct EngineGauges {
+    streams: Gauge,
+    subscriptions: Gauge,
+    workers: Gauge,
+    counted: EngineStats,
+}
+
+impl EngineGauges {
+    /// Brings the gauges to the shard's current counts.
+    pub fn update(&mut self, stats: EngineStats) {
+        if stats == self.counted {
+            return;
+        }
+        let delta = |now: u64, before: u64| now as i64 - before as i64;
+        self.streams.inc_by(delta(stats.streams, self.counted.streams));
+        self.subscriptions.inc_by(delta(stats.subscriptions, self.counted.subscriptions));
+        self.workers.inc_by(delta(stats.workers, self.counted.workers));
+        self.counted = stats;
+    }
+}
+
+impl Drop for EngineGauges {
+    fn drop(&mut self) {
+        self.update(EngineStats::default());
+    }
+}
+
 /// Keeps a gauge incremented while alive.
 #[derive(Debug)]
 #[must_use = "the gauge is decremented when the guard is dropped"]
@@ -474,10 +403,9 @@ mod tests {
         let c1 = m.connection_opened();
         let c2 = m.connection_opened();
         drop(c1);
-        let _s = m.stream_opened();
-        let sub = m.subscription_opened();
-        drop(sub);
-        let _worker = m.worker_registered();
+        let mut shard = m.engine_gauges();
+        shard.update(EngineStats { streams: 2, subscriptions: 1, workers: 1 });
+        shard.update(EngineStats { streams: 1, subscriptions: 0, workers: 1 });
         let _store = m.store_opened();
         m.operation(Operation::Produce, Outcome::Ok);
         m.operation(Operation::Produce, Outcome::Ok);
@@ -517,6 +445,14 @@ mod tests {
         assert!(!text.contains("kind=\"storage\""), "no series for zero errors");
         assert!(text.ends_with("# EOF\n"));
         drop(c2);
-        assert_eq!(line_value(&m.render(), "streamkit_connections_active ").as_deref(), Some("0"));
+        drop(shard);
+        let text = m.render();
+        assert_eq!(line_value(&text, "streamkit_connections_active ").as_deref(), Some("0"));
+        assert_eq!(
+            line_value(&text, "streamkit_streams_active ").as_deref(),
+            Some("0"),
+            "a shard's streams go with it"
+        );
+        assert_eq!(line_value(&text, "streamkit_presence_workers ").as_deref(), Some("0"));
     }
 }

@@ -9,6 +9,7 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
 use uuid::Uuid;
 
+use super::activity::{EngineStats, Operation, Outcome, StreamKind};
 use super::{EngineInput, EngineOutput, INPUT_WINDOW};
 use crate::api::Envelope;
 use crate::manager::{Access, ManagerConfig, ManagerOutput, NodeManager};
@@ -73,6 +74,21 @@ pub enum EngineEffect {
         /// Why.
         refusal: Refusal,
     },
+    /// A stream ended (after the output that ended it, if any): count and log it.
+    Ended {
+        /// The store.
+        store: Uuid,
+        /// The stream.
+        stream: StreamId,
+        /// Its operation.
+        op: Operation,
+        /// The space and segment its request named (empty when none).
+        target: (String, String),
+        /// How it ended.
+        outcome: Outcome,
+        /// Why, when it failed or was refused.
+        error: Option<EndReason>,
+    },
 }
 
 enum Inbound {
@@ -84,6 +100,10 @@ enum Inbound {
 
 struct Slot {
     store: Uuid,
+    op: Operation,
+    kind: StreamKind,
+    /// The space and segment of the request, for the report of its end.
+    target: (String, String),
     /// What the connection charged for the request, given back when it starts.
     request_charge: u64,
     /// Messages forwarded by the connection that the operation has not taken yet (at most INPUT_WINDOW).
@@ -112,6 +132,7 @@ pub struct Engine {
     refusing: bool,
     /// Streams whose slot holds its request (see `Slot::held`).
     held: BTreeSet<StreamId>,
+    stats: EngineStats,
 }
 
 impl Engine {
@@ -124,6 +145,7 @@ impl Engine {
             effects: VecDeque::new(),
             refusing: false,
             held: BTreeSet::new(),
+            stats: EngineStats::default(),
         }
     }
 
@@ -154,6 +176,11 @@ impl Engine {
         self.slots.len()
     }
 
+    /// The streams served now, by kind.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
     /// The node of an open store (for inspection).
     pub fn node(&self, store: &Uuid) -> Option<&Node> {
         self.manager.node(store)
@@ -175,13 +202,14 @@ impl Engine {
             EngineInput::Invalid { stream, error } => self.enqueue(stream, Inbound::Invalid(error)),
             EngineInput::End { stream, end } => self.enqueue(stream, Inbound::End(end)),
             EngineInput::Aborted { stream } => {
-                if let Some(slot) = self.slots.remove(&stream) {
-                    if slot.held.is_some() {
-                        // Never started: the operation on the node is the earlier stream's.
-                        self.held.remove(&stream);
-                    } else if let Some(node) = self.manager.node_mut(self.now, slot.store) {
+                if let Some(slot) = self.remove_slot(&stream) {
+                    // A held request never started: the operation on the node is the earlier stream's.
+                    if slot.held.is_none()
+                        && let Some(node) = self.manager.node_mut(self.now, slot.store)
+                    {
                         node.handle_aborted(self.now, stream);
                     }
+                    self.ended(slot, stream, Outcome::Cancelled, None);
                 }
                 // A stream still waiting for its store is dropped when the store opens (its slot is gone).
             }
@@ -202,12 +230,19 @@ impl Engine {
     }
 
     fn open(&mut self, stream: StreamId, store: Uuid, request: Result<Envelope, String>, charge: u64) {
+        let (op, kind) = Operation::of(&request);
+        let (space, segment) = Operation::target(&request);
+        let target = (String::from(space), String::from(segment));
+        let inbox = VecDeque::new();
+        let slot = Slot { store, op, kind, target, request_charge: charge, inbox, held: None };
         if self.refusing {
             let error = EndReason::ShuttingDown;
-            self.effects.push_back(EngineEffect::Output(EngineOutput::Reject { stream, error }));
+            self.effects
+                .push_back(EngineEffect::Output(EngineOutput::Reject { stream, error: error.clone() }));
+            self.ended(slot, stream, Outcome::Rejected, Some(error));
             return;
         }
-        let slot = Slot { store, request_charge: charge, inbox: VecDeque::new(), held: None };
+        self.stats.add(kind);
         self.slots.insert(stream, slot);
         match self.manager.get_or_create(self.now, store, (stream, request)) {
             Access::Ready(node, (stream, request)) if node.is_busy(&stream) => {
@@ -226,9 +261,26 @@ impl Engine {
     }
 
     fn reject(&mut self, stream: StreamId) {
-        self.slots.remove(&stream);
+        let Some(slot) = self.remove_slot(&stream) else { return };
         let error = EndReason::StoreUnavailable;
-        self.effects.push_back(EngineEffect::Output(EngineOutput::Reject { stream, error }));
+        self.effects.push_back(EngineEffect::Output(EngineOutput::Reject { stream, error: error.clone() }));
+        self.ended(slot, stream, Outcome::Rejected, Some(error));
+    }
+
+    /// Forgets a stream's slot.
+    fn remove_slot(&mut self, stream: &StreamId) -> Option<Slot> {
+        let slot = self.slots.remove(stream)?;
+        self.stats.remove(slot.kind);
+        if slot.held.is_some() {
+            self.held.remove(stream);
+        }
+        Some(slot)
+    }
+
+    /// Reports the end of a stream.
+    fn ended(&mut self, slot: Slot, stream: StreamId, outcome: Outcome, error: Option<EndReason>) {
+        let Slot { store, op, target, .. } = slot;
+        self.effects.push_back(EngineEffect::Ended { store, stream, op, target, outcome, error });
     }
 
     /// Starts a stream's request on its node; its `charge` goes back to the connection, which held it
@@ -285,8 +337,7 @@ impl Engine {
             let Some(node) = self.manager.node_mut(self.now, store) else {
                 // The node closed meanwhile (eviction, removal): open the store again.
                 let request = slot.held.take();
-                self.held.remove(&stream);
-                self.slots.remove(&stream);
+                self.remove_slot(&stream);
                 if let Some(request) = request {
                     self.open(stream, store, request, charge);
                 }
@@ -391,8 +442,22 @@ impl Engine {
                             EngineEffect::Output(EngineOutput::Send { stream, message, charge })
                         }
                         NodeOutput::Close { stream, error } => {
-                            self.slots.remove(&stream);
-                            EngineEffect::Output(EngineOutput::Close { stream, error })
+                            let slot = self.remove_slot(&stream);
+                            let outcome = match &error {
+                                None => Outcome::Ok,
+                                // A read the peer cancelled stopped on purpose; a draining server's
+                                // streams end with it.
+                                Some(EndReason::Canceled) => Outcome::Cancelled,
+                                Some(_) if self.refusing => Outcome::Cancelled,
+                                Some(_) => Outcome::Error,
+                            };
+                            let reported = error.clone();
+                            self.effects
+                                .push_back(EngineEffect::Output(EngineOutput::Close { stream, error }));
+                            if let Some(slot) = slot {
+                                self.ended(slot, stream, outcome, reported);
+                            }
+                            continue;
                         }
                         NodeOutput::Ready { stream } => {
                             self.deliver(stream);

@@ -22,11 +22,13 @@
 //!   in bytes ([`Message::footprint`]); connections return it with [`EngineInput::Credit`] as the
 //!   transport takes frames.
 
+mod activity;
 mod connection;
 mod engine;
 #[cfg(test)]
 mod tests;
 
+pub use activity::{EngineStats, Operation, Outcome, StreamKind};
 pub use connection::{ConnectionConfig, DEFAULT_MEMORY_BUDGET, MAX_STARTING, ServerConnection};
 pub use engine::{Engine, EngineConfig, EngineEffect};
 

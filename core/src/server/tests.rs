@@ -229,16 +229,17 @@ fn shard_of_spreads_sequential_store_ids_evenly() {
 }
 
 /// Runs an engine's effects: storage at once on `kv`, bus publishes held in `publishes` (unanswered),
-/// outputs collected.
+/// outputs collected. Returns the streams that ended, with their operation and outcome.
 fn run_engine(
     engine: &mut super::Engine,
     kv: &mut crate::storage::MemoryKv,
     outputs: &mut Vec<EngineOutput>,
     publishes: &mut Vec<crate::node::OpId>,
-) {
+) -> Vec<(StreamId, super::Operation, super::Outcome)> {
     use super::EngineEffect;
     use crate::node::BusCommand;
     use crate::storage::OrderedKv;
+    let mut ended = Vec::new();
     while let Some(effect) = engine.poll_effect() {
         match effect {
             EngineEffect::OpenStore { store } => engine.handle_store_opened(NOW, store, Ok(())),
@@ -248,9 +249,55 @@ fn run_engine(
             }
             EngineEffect::Bus { command: BusCommand::Publish { op, .. }, .. } => publishes.push(op),
             EngineEffect::Output(output) => outputs.push(output),
+            EngineEffect::Ended { stream, op, outcome, .. } => ended.push((stream, op, outcome)),
             _ => {}
         }
     }
+    ended
+}
+
+/// The engine reports every stream's end with its operation and outcome, and counts the open ones,
+/// so the adapters keep no per-stream state for their metrics.
+#[test]
+fn every_stream_end_is_reported_with_its_operation_and_outcome() {
+    use super::{Engine, EngineConfig, EngineStats, Operation, Outcome};
+    use crate::api::{Peek, SubscribeWorkers};
+    use crate::stream::StreamEnd;
+    let mut engine = Engine::new(EngineConfig::default(), NOW, 1);
+    let (mut kv, mut outputs, mut publishes) = (crate::storage::MemoryKv::default(), vec![], vec![]);
+    let id = |n: u128| StreamId { conn: 1, channel: Uuid::from_u128(n) };
+    let open = |n: u128, envelope: Envelope| EngineInput::Open {
+        stream: id(n),
+        store: STORE,
+        request: Ok(envelope),
+        charge: 0,
+    };
+    let produce = Envelope::Produce(Produce { space: "sp".into(), segment: "sg".into() });
+    let worker = SubscribeWorkers { worker_id: Uuid::from_u128(9), ..SubscribeWorkers::default() };
+    engine.handle_input(NOW, open(1, produce));
+    engine.handle_input(NOW, open(2, Envelope::SubscribeWorkers(worker)));
+    let mut ended = run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
+    assert_eq!(engine.stats(), EngineStats { streams: 2, subscriptions: 0, workers: 1 });
+    let record = Message::Record(Record::new(1, "x"));
+    engine.handle_input(NOW, EngineInput::Message { stream: id(1), message: record, charge: 0 });
+    engine.handle_input(NOW, EngineInput::End { stream: id(1), end: StreamEnd::Finished });
+    engine.handle_input(NOW, EngineInput::Aborted { stream: id(2) });
+    engine.handle_input(NOW, open(3, Envelope::Peek(Peek { space: "sp".into(), segment: "sg".into() })));
+    ended.extend(run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes));
+    engine.refuse_new_streams();
+    engine.handle_input(NOW, open(4, Envelope::Peek(Peek::default())));
+    ended.extend(run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes));
+    ended.sort_by_key(|(stream, ..)| *stream);
+    assert_eq!(
+        ended,
+        [
+            (id(1), Operation::Produce, Outcome::Ok),
+            (id(2), Operation::SubscribeWorkers, Outcome::Cancelled),
+            (id(3), Operation::Peek, Outcome::Ok),
+            (id(4), Operation::Peek, Outcome::Rejected),
+        ]
+    );
+    assert_eq!(engine.stats(), EngineStats::default());
 }
 
 /// A producer's stream ends right after its last status, while its notification is still being

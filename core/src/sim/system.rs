@@ -566,7 +566,7 @@ impl SystemSim {
                 self.engines[engine].handle_store_opened(now, store, result);
             }
             EngineEffect::Produced { records, .. } => self.produced += records,
-            EngineEffect::CloseStore { .. } | EngineEffect::Refused { .. } => {}
+            EngineEffect::CloseStore { .. } | EngineEffect::Refused { .. } | EngineEffect::Ended { .. } => {}
             EngineEffect::Storage { store, op, request } => {
                 let delay = self.rng.below(self.config.max_storage_latency + 1);
                 self.storage_seq += 1;
