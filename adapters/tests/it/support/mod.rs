@@ -270,11 +270,18 @@ impl TestClient {
 
     /// Opens an operation.
     pub async fn open(&self, store: Uuid, request: Request) -> Op {
+        self.try_open(store, request).await.expect("the client is connected")
+    }
+
+    /// Opens an operation; the reason when the connection is gone (the server died or closed it).
+    pub async fn try_open(&self, store: Uuid, request: Request) -> Result<Op, String> {
         let (items, item_rx) = async_channel::unbounded();
         let (reply, answer) = async_channel::bounded(1);
-        self.commands.send(Command::Open { store, request, items, reply }).await.expect("client running");
-        let channel = answer.recv().await.expect("client running").expect("open succeeds");
-        Op { channel, items: item_rx, client: self.clone() }
+        const GONE: &str = "client gone";
+        let open = Command::Open { store, request, items, reply };
+        self.commands.send(open).await.map_err(|_| GONE.to_owned())?;
+        let channel = answer.recv().await.map_err(|_| GONE.to_owned())??;
+        Ok(Op { channel, items: item_rx, client: self.clone() })
     }
 
     /// Opens an operation, ends the client side at once and reads until it ends.
@@ -285,9 +292,14 @@ impl TestClient {
     }
 
     /// Produces `records` to a segment in one operation and reads until it ends.
+    /// A connection that is gone ends the produce with an error, as the server's death does: producers
+    /// that run until the server dies simply stop.
     pub async fn produce(&self, store: Uuid, space: &str, segment: &str, records: Vec<Record>) -> Outcome {
         let request = Request::Produce(Produce { space: space.into(), segment: segment.into() });
-        let op = self.open(store, request).await;
+        let op = match self.try_open(store, request).await {
+            Ok(op) => op,
+            Err(error) => return Outcome { end: Err(error), ..Outcome::default() },
+        };
         for record in records {
             op.send(Message::Record(record)).await;
         }
