@@ -74,7 +74,7 @@ fn entry_storage(c: &mut Criterion) {
 /// A produced record as the server receives it: the inner message decoded from each codec.
 fn record_decode(c: &mut Criterion) {
     let record =
-        Message::Record(Record { sequence: 4242, payload: Some(payload()), metadata: Metadata::new() });
+        Message::Record(Record { sequence: 4242, payload: Some(payload().into()), metadata: Metadata::new() });
     let mut group = c.benchmark_group("record_decode");
     group.throughput(Throughput::Elements(1));
     for (name, codec) in [("json", Codec::Json), ("cbor", Codec::Cbor)] {

@@ -27,7 +27,7 @@ fn entry() -> Entry {
             node: Uuid::nil(),
             number: 17,
         },
-        payload: Some(payload),
+        payload: Some(payload.into()),
         metadata: [("content-type", "application/octet-stream"), ("tenant", "acme")]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

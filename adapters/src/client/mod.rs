@@ -446,7 +446,7 @@ impl Client {
         store: Uuid,
         space: &str,
         segment: &str,
-        payload: impl Into<Vec<u8>>,
+        payload: impl Into<bytes::Bytes>,
         metadata: Metadata,
     ) -> Result<SegmentStatus> {
         let lock = self.publish_lock(store, space, segment);

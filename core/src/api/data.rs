@@ -2,11 +2,14 @@
 //! presence messages.
 //!
 //! Field order is declaration order and matches Go's, so the JSON codec reproduces Go's bytes. Byte fields
-//! are `Option<Vec<u8>>` because Go distinguishes a nil slice (`null`) from an empty one (`""`).
+//! are `Option<Bytes>` because Go distinguishes a nil slice (`null`) from an empty one (`""`); `Bytes`
+//! so that a payload travels from the frame it arrived in to storage, and from a stored value to the
+//! frame it leaves in, without being copied at each layer.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -24,7 +27,7 @@ pub struct Record {
     pub sequence: u64,
     /// Opaque payload; `None` is Go's nil slice.
     #[serde(with = "opt_bytes")]
-    pub payload: Option<Vec<u8>>,
+    pub payload: Option<Bytes>,
     /// Optional metadata (omitted when empty).
     #[serde(skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "bounded_map")]
     pub metadata: Metadata,
@@ -33,7 +36,7 @@ pub struct Record {
 impl Record {
     /// A record with a payload and no metadata.
     pub fn new(sequence: u64, payload: impl Into<Vec<u8>>) -> Self {
-        Self { sequence, payload: Some(payload.into()), metadata: Metadata::new() }
+        Self { sequence, payload: Some(Bytes::from(payload.into())), metadata: Metadata::new() }
     }
 
     /// Adds a metadata pair.
@@ -68,7 +71,7 @@ pub struct Entry {
     pub trx: Trx,
     /// The payload; stored entries always have `Some` (an empty payload is `""` on the wire).
     #[serde(with = "opt_bytes")]
-    pub payload: Option<Vec<u8>>,
+    pub payload: Option<Bytes>,
     /// Metadata (omitted when empty).
     #[serde(skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "null_as_default")]
     pub metadata: Metadata,

@@ -162,7 +162,7 @@ struct Chunk {
 
 impl Chunk {
     fn push(&mut self, record: Record) {
-        self.bytes += record.payload.as_ref().map_or(0, Vec::len)
+        self.bytes += record.payload.as_ref().map_or(0, |p| p.len())
             + record.metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         self.footprint += crate::wire::record_footprint(&record);
         self.records.push(record);
@@ -465,7 +465,7 @@ impl ProduceOp {
         sv.quotas.committed(self.committing_bytes);
         if let Some(chunk) = self.committing.take() {
             sv.io.release_input(stream, chunk.footprint as u64);
-            let bytes = chunk.records.iter().map(|r| r.payload.as_ref().map_or(0, Vec::len) as u64).sum();
+            let bytes = chunk.records.iter().map(|r| r.payload.as_ref().map_or(0, |p| p.len()) as u64).sum();
             sv.io.produced(chunk.records.len() as u64, bytes);
         }
         let status = new_head.status(&self.key.0, &self.key.1);
@@ -595,7 +595,7 @@ impl StreamOp for ProduceOp {
             self.fail(refused.message);
             return self.pump(sv, stream);
         }
-        let payload = record.payload.as_ref().map_or(0, Vec::len) as u64;
+        let payload = record.payload.as_ref().map_or(0, |p| p.len()) as u64;
         if let Err(refused) = sv.quotas.admit(payload, sv.now) {
             // What the producer sent before is within its quota: commit it, then refuse.
             sv.io.refused(refused.refusal);

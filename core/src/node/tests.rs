@@ -84,7 +84,7 @@ fn produce_chunks_large_streams() {
     let numbers: Vec<u64> = entries.iter().map(|e| e.trx.number).collect();
     assert_eq!(numbers, [1, 1, 1, 1, 2, 2, 2, 2, 3, 3]);
     // Every committed record is reported for the metrics, with its payload bytes.
-    let payload: u64 = entries.iter().map(|e| e.payload.as_ref().map_or(0, Vec::len) as u64).sum();
+    let payload: u64 = entries.iter().map(|e| e.payload.as_ref().map_or(0, |p| p.len()) as u64).sum();
     assert_eq!(h.produced, (10, payload));
 }
 

@@ -109,7 +109,7 @@ fn a_peer_that_does_not_read_holds_back_credit_then_loses_its_largest_stream() {
     deliver(&mut client, &mut server, &mut unread);
     assert_eq!(engine_inputs(&mut server).len(), 3, "three requests forwarded");
     let sized = |stream: &StreamId, bytes: usize| {
-        let entry = Entry { payload: Some(vec![5u8; bytes]), space: "s".into(), ..Entry::default() };
+        let entry = Entry { payload: Some(vec![5u8; bytes].into()), space: "s".into(), ..Entry::default() };
         let message = Message::Entry(entry);
         EngineOutput::Send { stream: *stream, charge: message.footprint() as u64, message }
     };

@@ -119,7 +119,7 @@ pub fn decode_entry(value: &[u8], space: &str, segment: &str) -> Result<Entry, D
         sequence,
         timestamp,
         trx: Trx { id, node: Uuid::nil(), number },
-        payload: Some(payload),
+        payload: Some(payload.into()),
         metadata,
         space: space.into(),
         segment: segment.into(),
@@ -221,7 +221,7 @@ mod tests {
     fn empty_payload_reads_back_as_empty_not_nil() {
         let mut bytes = Vec::new();
         encode_entry(&mut bytes, 1, 1, &Trx::default(), b"", &Metadata::new());
-        assert_eq!(decode_entry(&bytes, "s", "g").unwrap().payload, Some(Vec::new()));
+        assert_eq!(decode_entry(&bytes, "s", "g").unwrap().payload, Some(bytes::Bytes::new()));
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub fn write_frame(frame: &Frame, out: &mut Vec<u8>) {
     let _ = ciborium::into_writer(&FrameRef(frame), out);
 }
 
-struct OptPayload(Option<Vec<u8>>);
+struct OptPayload(Option<bytes::Bytes>);
 
 impl<'de> Deserialize<'de> for OptPayload {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -87,7 +87,7 @@ impl<'de> Visitor<'de> for FrameVisitor {
             control: ControlType::parse(&control),
             store_id,
             channel_id,
-            payload: payload.0,
+            payload: payload.0.map(Vec::from),
             trace_context: trace_context.map(|t| t.0).unwrap_or_default(),
         })
     }

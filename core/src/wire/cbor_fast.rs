@@ -464,7 +464,7 @@ pub fn parse_record(bytes: &[u8]) -> Option<Record> {
     r.fields(&["sequence", "payload", "metadata"], |r, i| {
         match i {
             0 => record.sequence = r.u64()?,
-            1 => record.payload = r.opt_bytes()?.map(<[u8]>::to_vec),
+            1 => record.payload = r.opt_bytes()?.map(bytes::Bytes::copy_from_slice),
             _ => record.metadata = r.string_map_or_null()?,
         }
         Some(())
@@ -495,7 +495,7 @@ pub fn parse_entry(bytes: &[u8]) -> Option<Entry> {
             0 => entry.sequence = r.u64()?,
             1 => entry.timestamp = r.i64()?,
             2 => entry.trx = read_trx(r)?,
-            3 => entry.payload = r.opt_bytes()?.map(<[u8]>::to_vec),
+            3 => entry.payload = r.opt_bytes()?.map(bytes::Bytes::copy_from_slice),
             4 => entry.metadata = r.string_map_or_null()?,
             5 => entry.space = r.string_or_null()?,
             _ => entry.segment = r.string_or_null()?,

@@ -543,14 +543,14 @@ mod tests {
             #[serde(skip_serializing_if = "BTreeMap::is_empty")]
             m: BTreeMap<&'a str, &'a str>,
             #[serde(with = "crate::wire::serde_helpers::opt_bytes")]
-            b: Option<Vec<u8>>,
+            b: Option<bytes::Bytes>,
             ok: bool,
             v: Vec<u8>,
         }
         let mut m = BTreeMap::new();
         m.insert("z", "1");
         m.insert("", "e");
-        let s = S { n: 7, i: -3, m, b: Some(b"hello".to_vec()), ok: true, v: alloc::vec![1, 2] };
+        let s = S { n: 7, i: -3, m, b: Some(b"hello".to_vec().into()), ok: true, v: alloc::vec![1, 2] };
         assert_eq!(
             String::from_utf8(to_vec(&s).unwrap()).unwrap(),
             r#"{"n":7,"i":-3,"m":{"":"e","z":"1"},"b":"aGVsbG8=","ok":true,"v":[1,2]}"#

@@ -202,12 +202,12 @@ impl Codec {
     pub fn encode_message(self, message: &Message) -> Vec<u8> {
         match (self, message) {
             (Codec::Cbor, Message::Record(m)) => {
-                let mut out = Vec::with_capacity(48 + m.payload.as_ref().map_or(0, Vec::len));
+                let mut out = Vec::with_capacity(48 + m.payload.as_ref().map_or(0, |p| p.len()));
                 cbor_fast::write_record(m, &mut out);
                 return out;
             }
             (Codec::Cbor, Message::Entry(m)) => {
-                let mut out = Vec::with_capacity(160 + m.payload.as_ref().map_or(0, Vec::len));
+                let mut out = Vec::with_capacity(160 + m.payload.as_ref().map_or(0, |p| p.len()));
                 cbor_fast::write_entry(m, &mut out);
                 return out;
             }
@@ -288,7 +288,7 @@ fn metadata_footprint(metadata: &crate::api::Metadata) -> usize {
 
 /// [`Message::footprint`] of `Message::Record(record)`, for holders of bare records.
 pub fn record_footprint(record: &Record) -> usize {
-    MESSAGE_OVERHEAD + record.payload.as_ref().map_or(0, Vec::len) + metadata_footprint(&record.metadata)
+    MESSAGE_OVERHEAD + record.payload.as_ref().map_or(0, |p| p.len()) + metadata_footprint(&record.metadata)
 }
 
 impl Message {
@@ -296,7 +296,7 @@ impl Message {
     /// unit of byte credit and memory budgets. Deterministic (it depends on the value only), so the
     /// side that charges a message and the side that refunds it agree exactly.
     pub fn footprint(&self) -> usize {
-        let bytes = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
+        let bytes = |b: &Option<bytes::Bytes>| b.as_ref().map_or(0, |p| p.len());
         MESSAGE_OVERHEAD
             + match self {
                 Message::Record(r) => return record_footprint(r),

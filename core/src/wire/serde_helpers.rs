@@ -16,12 +16,13 @@ pub fn decode_base64<E: de::Error>(s: &str) -> Result<Vec<u8>, E> {
         .map_err(|e| E::custom(format_args!("illegal base64 data: {e}")))
 }
 
-/// `Option<Vec<u8>>` as Go's `[]byte`: `None` is `null`, `Some` is base64 (JSON) or a byte string (CBOR).
+/// `Option<Bytes>` as Go's `[]byte`: `None` is `null`, `Some` is base64 (JSON) or a byte string (CBOR).
 pub mod opt_bytes {
     use super::*;
+    use bytes::Bytes;
 
     /// Serializes `None` as null and bytes as a byte string (base64 in human-readable formats).
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(v: &Option<Bytes>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             None => s.serialize_none(),
             Some(b) => s.serialize_bytes(b),
@@ -29,25 +30,25 @@ pub mod opt_bytes {
     }
 
     /// Accepts null, a base64 string or a byte string.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Bytes>, D::Error> {
         d.deserialize_any(OptBytesVisitor)
     }
 
     struct OptBytesVisitor;
 
     impl<'de> Visitor<'de> for OptBytesVisitor {
-        type Value = Option<Vec<u8>>;
+        type Value = Option<Bytes>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("base64 string, byte string or null")
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            decode_base64(v).map(Some)
+            decode_base64(v).map(|b| Some(b.into()))
         }
         fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
-            Ok(Some(v.to_vec()))
+            Ok(Some(Bytes::copy_from_slice(v)))
         }
         fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
-            Ok(Some(v))
+            Ok(Some(v.into()))
         }
         fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
             Ok(None)

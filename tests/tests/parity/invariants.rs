@@ -266,7 +266,7 @@ fn acknowledged_produces_survive_kill_9() {
             let n = entries.len() as u64;
             assert_eq!(sequences(&entries), (1..=n).collect::<Vec<_>>(), "segment {index} is exactly 1..N");
             assert!(n >= acked, "segment {index}: {acked} acknowledged, {n} stored");
-            assert!(entries.iter().all(|e| e.payload == Some(test_data(e.sequence))));
+            assert!(entries.iter().all(|e| e.payload == Some(test_data(e.sequence).into())));
         }
         env.shutdown().await;
         drop(data);

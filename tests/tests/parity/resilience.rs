@@ -127,7 +127,7 @@ async fn restart_during_operations(env: Env) {
         (last + 1..=PER_SEGMENT).collect::<Vec<_>>(),
         "exactly the remaining entries"
     );
-    assert!(rest.iter().all(|e| e.payload == Some(payload("a")(e.sequence))));
+    assert!(rest.iter().all(|e| e.payload == Some(payload("a")(e.sequence).into())));
 
     // The subscriptions did not survive that restart: they end with an error, the new server has none.
     for (name, subscription) in [("segment", segment_sub), ("space", space_sub)] {

@@ -182,12 +182,12 @@ async fn consumer_operations(env: Env) {
     // should peek: the head of space0/segment0 is N.
     let head = env.step("peek", client.peek(store, "space0", "segment0")).await.unwrap();
     assert_eq!((head.space.as_str(), head.segment.as_str(), head.sequence), ("space0", "segment0", n));
-    assert_eq!(head.payload, Some(test_data(n)));
+    assert_eq!(head.payload, Some(test_data(n)).map(Into::into));
 
     // should consume segment: N entries, 1..N with their payloads.
     let entries = consume_segment(&env, client, segment_request("space0", "segment0")).await;
     assert_eq!(sequences(&entries), (1..=n).collect::<Vec<_>>());
-    assert!(entries.iter().all(|e| e.payload == Some(test_data(e.sequence)) && e.timestamp > 0));
+    assert!(entries.iter().all(|e| e.payload == Some(test_data(e.sequence).into()) && e.timestamp > 0));
 
     // should consume segment with inclusive min: MinSequence N-20 (233 with the default 253) -> 21.
     let min = n.saturating_sub(20).max(1);
@@ -522,7 +522,7 @@ async fn four_concurrent_producers_leave_exactly_one_to_twenty_five(env: Env) {
     let entries = consume_segment(&env, env.client(), segment_request("contiguity", "seg")).await;
     assert_eq!(sequences(&entries), (1..=25).collect::<Vec<_>>());
     assert!(
-        entries.iter().all(|e| e.payload == Some(format!("{}-{}", winners[0].0, e.sequence).into_bytes()))
+        entries.iter().all(|e| e.payload == Some(format!("{}-{}", winners[0].0, e.sequence).into_bytes().into()))
     );
 }
 
