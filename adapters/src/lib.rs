@@ -12,6 +12,9 @@
 
 pub use streamkit_core as core;
 
+/// The payload type of records and entries (`bytes::Bytes`), so users need no direct dependency.
+pub use bytes::Bytes;
+
 pub mod auth;
 pub mod bus;
 #[cfg(feature = "cli")]

@@ -58,8 +58,9 @@ fn entry_storage(c: &mut Criterion) {
     });
     let mut stored = Vec::new();
     encode_entry(&mut stored, 4242, 1_717_171_717_171, &trx, &payload, &metadata);
+    let stored = bytes::Bytes::from(stored);
     group.bench_function("decode", |b| {
-        b.iter(|| decode_entry(black_box(&stored), "orders", "customer-42").expect("entry"))
+        b.iter(|| decode_entry(black_box(stored.clone()), "orders", "customer-42").expect("entry"))
     });
     group.bench_function("keys", |b| {
         b.iter(|| {
@@ -73,8 +74,11 @@ fn entry_storage(c: &mut Criterion) {
 
 /// A produced record as the server receives it: the inner message decoded from each codec.
 fn record_decode(c: &mut Criterion) {
-    let record =
-        Message::Record(Record { sequence: 4242, payload: Some(payload().into()), metadata: Metadata::new() });
+    let record = Message::Record(Record {
+        sequence: 4242,
+        payload: Some(payload().into()),
+        metadata: Metadata::new(),
+    });
     let mut group = c.benchmark_group("record_decode");
     group.throughput(Throughput::Elements(1));
     for (name, codec) in [("json", Codec::Json), ("cbor", Codec::Cbor)] {

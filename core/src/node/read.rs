@@ -141,9 +141,9 @@ impl StreamOp for PeekOp {
 
     fn on_storage(&mut self, sv: &mut Services, stream: StreamId, _tag: u32, result: StorageResult) -> Step {
         let entry = match result {
-            StorageResult::Pairs(pairs) => match pairs.first() {
+            StorageResult::Pairs(pairs) => match pairs.into_iter().next() {
                 None => Entry::empty(&*self.space, &*self.segment),
-                Some((_, value)) => match decode_entry(value, &self.space, &self.segment) {
+                Some((_, value)) => match decode_entry(value.into(), &self.space, &self.segment) {
                     // An entry above the watermark (an earlier write of the space is still in flight) is
                     // hidden, as in Go; Publish retries.
                     Ok(entry) if sv.watermarks.is_visible(&self.space, entry.timestamp) => entry,
@@ -252,8 +252,8 @@ impl StreamOp for ConsumeSegmentOp {
         if let Some((last, _)) = pairs.last() {
             self.next = successor(last);
         }
-        for (_, value) in &pairs {
-            let entry = match decode_entry(value, &self.space, &self.segment) {
+        for (_, value) in pairs {
+            let entry = match decode_entry(value.into(), &self.space, &self.segment) {
                 Ok(entry) => entry,
                 Err(e) => {
                     sv.io.close(stream, Some(format!("{e}").into()));
@@ -463,12 +463,12 @@ impl ConsumeSpacesOp {
         if let Some((last, _)) = pairs.last() {
             cursor.next = successor(last);
         }
-        for (key, value) in &pairs {
-            let Some((_, segment, _)) = keys::parse_space_entry(key, cursor.prefix_len) else {
+        for (key, value) in pairs {
+            let Some((_, segment, _)) = keys::parse_space_entry(&key, cursor.prefix_len) else {
                 sv.io.close(stream, Some("corrupt space index key".into()));
                 return Step::Done;
             };
-            match decode_entry(value, &cursor.space, segment) {
+            match decode_entry(value.into(), &cursor.space, segment) {
                 Ok(entry) => cursor.buffer.push_back(entry),
                 Err(e) => {
                     sv.io.close(stream, Some(format!("{e}").into()));

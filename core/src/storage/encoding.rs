@@ -11,6 +11,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::api::{Entry, Metadata, SegmentStatus, Trx};
@@ -93,9 +94,10 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes a stored entry; `space` and `segment` come from its key.
-pub fn decode_entry(value: &[u8], space: &str, segment: &str) -> Result<Entry, DecodeError> {
-    let mut r = Reader(value);
+/// Decodes a stored entry; `space` and `segment` come from its key. The payload is a slice of
+/// `value`, not a copy: it leaves in the frame that answers the read without being copied before.
+pub fn decode_entry(value: Bytes, space: &str, segment: &str) -> Result<Entry, DecodeError> {
+    let mut r = Reader(&value);
     let version = r.u8()?;
     if version != ENTRY_V1 {
         return Err(DecodeError::Version(version));
@@ -104,7 +106,7 @@ pub fn decode_entry(value: &[u8], space: &str, segment: &str) -> Result<Entry, D
     let timestamp = r.i64()?;
     let id = Uuid::from_slice(r.take(16)?).map_err(|_| DecodeError::Length)?;
     let number = r.u64()?;
-    let payload = r.bytes()?.to_vec();
+    let payload = value.slice_ref(r.bytes()?);
     let count = r.u32()?;
     let mut metadata = Metadata::new();
     for _ in 0..count {
@@ -119,7 +121,7 @@ pub fn decode_entry(value: &[u8], space: &str, segment: &str) -> Result<Entry, D
         sequence,
         timestamp,
         trx: Trx { id, node: Uuid::nil(), number },
-        payload: Some(payload.into()),
+        payload: Some(payload),
         metadata,
         space: space.into(),
         segment: segment.into(),
@@ -200,7 +202,7 @@ mod tests {
         let trx = Trx { id: Uuid::from_u128(7), node: Uuid::nil(), number: 3 };
         let mut bytes = Vec::new();
         encode_entry(&mut bytes, 9, -5, &trx, b"payload", &meta);
-        let entry = decode_entry(&bytes, "sp", "sg").unwrap();
+        let entry = decode_entry(Bytes::copy_from_slice(&bytes), "sp", "sg").unwrap();
         assert_eq!(entry.sequence, 9);
         assert_eq!(entry.timestamp, -5);
         assert_eq!(entry.trx, trx);
@@ -208,20 +210,23 @@ mod tests {
         assert_eq!(entry.metadata, meta);
         assert_eq!((entry.space.as_str(), entry.segment.as_str()), ("sp", "sg"));
         for cut in 0..bytes.len() {
-            assert!(decode_entry(&bytes[..cut], "s", "g").is_err(), "truncated at {cut}");
+            assert!(
+                decode_entry(Bytes::copy_from_slice(&bytes[..cut]), "s", "g").is_err(),
+                "truncated at {cut}"
+            );
         }
         let mut extra = bytes.clone();
         extra.push(0);
-        assert_eq!(decode_entry(&extra, "s", "g"), Err(DecodeError::Length));
+        assert_eq!(decode_entry(extra.into(), "s", "g"), Err(DecodeError::Length));
         bytes[0] = 9;
-        assert_eq!(decode_entry(&bytes, "s", "g"), Err(DecodeError::Version(9)));
+        assert_eq!(decode_entry(bytes.into(), "s", "g"), Err(DecodeError::Version(9)));
     }
 
     #[test]
     fn empty_payload_reads_back_as_empty_not_nil() {
         let mut bytes = Vec::new();
         encode_entry(&mut bytes, 1, 1, &Trx::default(), b"", &Metadata::new());
-        assert_eq!(decode_entry(&bytes, "s", "g").unwrap().payload, Some(bytes::Bytes::new()));
+        assert_eq!(decode_entry(bytes.into(), "s", "g").unwrap().payload, Some(Bytes::new()));
     }
 
     #[test]

@@ -288,7 +288,8 @@ mod tests {
 
     #[test]
     fn entry_points_take_valid_values() {
-        let entry = Entry { sequence: 3, payload: Some(b"<&>".to_vec().into()), ..Entry::empty("s\u{2028}", "") };
+        let entry =
+            Entry { sequence: 3, payload: Some(b"<&>".to_vec().into()), ..Entry::empty("s\u{2028}", "") };
         let record = Record::new(1, "x").with_metadata("", "empty key");
         let peek = Envelope::Peek(Peek { space: "é".into(), segment: "\0".into() });
         for codec in [Codec::Json, Codec::Cbor] {

@@ -225,7 +225,8 @@ fn a_huge_space_name_is_refused_before_anything_is_stored() {
         let channel = Uuid::new_v4();
         socket.send_data(store, channel, envelope(codec, produce)).expect("the request is sent");
         for seq in 1..=100 {
-            let record = Record { sequence: seq, payload: Some(Vec::new().into()), metadata: Metadata::new() };
+            let record =
+                Record { sequence: seq, payload: Some(Default::default()), metadata: Metadata::new() };
             let _ = socket.send_data(store, channel, codec.encode_message(&Message::Record(record)));
         }
         let frame = socket.recv_on(channel).expect("an answer").expect("not closed");

@@ -182,7 +182,7 @@ async fn consumer_operations(env: Env) {
     // should peek: the head of space0/segment0 is N.
     let head = env.step("peek", client.peek(store, "space0", "segment0")).await.unwrap();
     assert_eq!((head.space.as_str(), head.segment.as_str(), head.sequence), ("space0", "segment0", n));
-    assert_eq!(head.payload, Some(test_data(n)).map(Into::into));
+    assert_eq!(head.payload, Some(test_data(n).into()));
 
     // should consume segment: N entries, 1..N with their payloads.
     let entries = consume_segment(&env, client, segment_request("space0", "segment0")).await;
@@ -522,7 +522,9 @@ async fn four_concurrent_producers_leave_exactly_one_to_twenty_five(env: Env) {
     let entries = consume_segment(&env, env.client(), segment_request("contiguity", "seg")).await;
     assert_eq!(sequences(&entries), (1..=25).collect::<Vec<_>>());
     assert!(
-        entries.iter().all(|e| e.payload == Some(format!("{}-{}", winners[0].0, e.sequence).into_bytes().into()))
+        entries
+            .iter()
+            .all(|e| e.payload == Some(format!("{}-{}", winners[0].0, e.sequence).into_bytes().into()))
     );
 }
 
