@@ -119,7 +119,7 @@ impl ClientConnection {
         let kind = *self.kinds.get(&channel)?;
         Some(match self.mux.recv(channel)? {
             StreamInput::End(end) => ClientItem::End(end),
-            StreamInput::Payload(bytes) => match self.mux.codec().decode_message(kind, &bytes) {
+            StreamInput::Payload(bytes) => match self.mux.codec().decode_message_bytes(kind, bytes.into()) {
                 Ok(message) => ClientItem::Message(message),
                 Err(e) => ClientItem::Invalid(format!("{e}")),
             },

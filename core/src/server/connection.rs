@@ -451,7 +451,7 @@ impl ServerConnection {
                     // reads it either).
                     let Some(kind) = state.inbound else { continue };
                     state.window -= 1;
-                    let input = match codec.decode_message(kind, &bytes) {
+                    let input = match codec.decode_message_bytes(kind, bytes.into()) {
                         Ok(message) => {
                             let charge = message.footprint() as u64;
                             state.input_held += charge;

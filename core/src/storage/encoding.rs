@@ -223,6 +223,16 @@ mod tests {
     }
 
     #[test]
+    fn a_decoded_payload_is_a_slice_of_the_stored_value() {
+        let mut value = Vec::new();
+        encode_entry(&mut value, 1, 1, &Trx::default(), &[5; 80], &Metadata::new());
+        let value = Bytes::from(value);
+        let payload = decode_entry(value.clone(), "s", "g").unwrap().payload.unwrap();
+        assert_eq!(payload, [5; 80][..]);
+        assert!(value.as_ptr_range().contains(&payload.as_ptr()), "copied");
+    }
+
+    #[test]
     fn empty_payload_reads_back_as_empty_not_nil() {
         let mut bytes = Vec::new();
         encode_entry(&mut bytes, 1, 1, &Trx::default(), b"", &Metadata::new());

@@ -18,6 +18,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use bytes::Bytes;
 use uuid::Uuid;
 
 use super::frame::{ControlType, Frame, TraceContext};
@@ -457,14 +458,15 @@ pub fn parse_frame(bytes: &[u8]) -> Option<FrameView<'_>> {
     Some(FrameView { control, store_id, channel_id, payload, trace_context })
 }
 
-/// Reads a [`Record`]; `None` outside the fast path (see the module docs).
-pub fn parse_record(bytes: &[u8]) -> Option<Record> {
-    let mut r = Reader { bytes };
+/// Reads a [`Record`]; `None` outside the fast path (see the module docs). The payload is a slice of
+/// `message`, not a copy.
+pub fn parse_record(message: &Bytes) -> Option<Record> {
+    let mut r = Reader { bytes: message };
     let mut record = Record::default();
     r.fields(&["sequence", "payload", "metadata"], |r, i| {
         match i {
             0 => record.sequence = r.u64()?,
-            1 => record.payload = r.opt_bytes()?.map(bytes::Bytes::copy_from_slice),
+            1 => record.payload = r.opt_bytes()?.map(|p| message.slice_ref(p)),
             _ => record.metadata = r.string_map_or_null()?,
         }
         Some(())
@@ -486,16 +488,17 @@ fn read_trx(r: &mut Reader<'_>) -> Option<Trx> {
     Some(trx)
 }
 
-/// Reads an [`Entry`]; `None` outside the fast path (see the module docs).
-pub fn parse_entry(bytes: &[u8]) -> Option<Entry> {
-    let mut r = Reader { bytes };
+/// Reads an [`Entry`]; `None` outside the fast path (see the module docs). The payload is a slice of
+/// `message`, not a copy.
+pub fn parse_entry(message: &Bytes) -> Option<Entry> {
+    let mut r = Reader { bytes: message };
     let mut entry = Entry::default();
     r.fields(&["sequence", "timestamp", "trx", "payload", "metadata", "space", "segment"], |r, i| {
         match i {
             0 => entry.sequence = r.u64()?,
             1 => entry.timestamp = r.i64()?,
             2 => entry.trx = read_trx(r)?,
-            3 => entry.payload = r.opt_bytes()?.map(bytes::Bytes::copy_from_slice),
+            3 => entry.payload = r.opt_bytes()?.map(|p| message.slice_ref(p)),
             4 => entry.metadata = r.string_map_or_null()?,
             5 => entry.space = r.string_or_null()?,
             _ => entry.segment = r.string_or_null()?,
@@ -538,19 +541,19 @@ mod tests {
         // u64::MAX as a negative number does not fit an i64.
         assert_eq!(Reader { bytes: &[0x3b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff] }.i64(), None);
         // Indefinite-length map, a tagged value, a truncated head.
-        assert_eq!(parse_record(&[0xbf, 0xff]), None);
-        assert_eq!(parse_record(&[0xc0, 0xa0]), None);
-        assert_eq!(parse_record(&[0xb8]), None);
+        assert_eq!(parse_record(&Bytes::copy_from_slice(&[0xbf, 0xff])), None);
+        assert_eq!(parse_record(&Bytes::copy_from_slice(&[0xc0, 0xa0])), None);
+        assert_eq!(parse_record(&Bytes::copy_from_slice(&[0xb8])), None);
         // An unknown key and a duplicate key.
         let unknown = ciborium(&[("x", 1u8)].into_iter().collect::<alloc::collections::BTreeMap<_, _>>());
-        assert_eq!(parse_record(&unknown), None);
+        assert_eq!(parse_record(&Bytes::copy_from_slice(&unknown)), None);
         let mut dup = vec![0xa2];
         for _ in 0..2 {
             dup.extend_from_slice(&[0x68]);
             dup.extend_from_slice(b"sequence");
             dup.push(0x01);
         }
-        assert_eq!(parse_record(&dup), None);
+        assert_eq!(parse_record(&Bytes::copy_from_slice(&dup)), None);
         // A map that claims more pairs than the input could hold.
         assert_eq!(
             Reader { bytes: &[0xbb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff] }.string_map(),
@@ -560,7 +563,7 @@ mod tests {
 
     #[test]
     fn an_empty_map_is_the_default_value() {
-        assert_eq!(parse_entry(&[0xa0]), Some(Entry::default()));
-        assert_eq!(parse_record(&[0xa0]), Some(Record::default()));
+        assert_eq!(parse_entry(&Bytes::copy_from_slice(&[0xa0])), Some(Entry::default()));
+        assert_eq!(parse_record(&Bytes::copy_from_slice(&[0xa0])), Some(Record::default()));
     }
 }

@@ -119,14 +119,14 @@ fn frame(codec: Codec, data: &[u8]) {
 /// Every inner decoder of `codec` over `data`.
 fn inner(codec: Codec, data: &[u8]) {
     if codec == Codec::Cbor {
-        if let Some(record) = cbor_fast::parse_record(data) {
+        if let Some(record) = cbor_fast::parse_record(&bytes::Bytes::copy_from_slice(data)) {
             assert_eq!(
                 cbor::from_slice::<Record>(data).ok(),
                 Some(record),
                 "cbor_fast record differs from ciborium"
             );
         }
-        if let Some(entry) = cbor_fast::parse_entry(data) {
+        if let Some(entry) = cbor_fast::parse_entry(&bytes::Bytes::copy_from_slice(data)) {
             assert_eq!(
                 cbor::from_slice::<Entry>(data).ok(),
                 Some(entry),

@@ -56,6 +56,7 @@ pub mod serde_helpers;
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::api::{Entry, Envelope, EnvelopeError, LeaseResult, Record, SegmentStatus};
@@ -228,21 +229,34 @@ impl Codec {
     /// CBOR records and entries in their usual encoding are read by [`cbor_fast`]; anything else goes
     /// through [`Codec::decode_value`], so both accept the same inputs and yield the same values.
     pub fn decode_message(self, kind: MessageKind, bytes: &[u8]) -> Result<Message, WireError> {
+        if self == Codec::Cbor && matches!(kind, MessageKind::Record | MessageKind::Entry) {
+            return self.decode_message_bytes(kind, Bytes::copy_from_slice(bytes));
+        }
+        self.decode_with_serde(kind, bytes)
+    }
+
+    /// [`decode_message`](Self::decode_message) of a message the caller owns: a CBOR record's or
+    /// entry's payload is then a slice of it rather than a copy.
+    pub fn decode_message_bytes(self, kind: MessageKind, message: Bytes) -> Result<Message, WireError> {
         if self == Codec::Cbor {
             match kind {
                 MessageKind::Record => {
-                    if let Some(record) = cbor_fast::parse_record(bytes) {
+                    if let Some(record) = cbor_fast::parse_record(&message) {
                         return Ok(Message::Record(record));
                     }
                 }
                 MessageKind::Entry => {
-                    if let Some(entry) = cbor_fast::parse_entry(bytes) {
+                    if let Some(entry) = cbor_fast::parse_entry(&message) {
                         return Ok(Message::Entry(entry));
                     }
                 }
                 _ => {}
             }
         }
+        self.decode_with_serde(kind, &message)
+    }
+
+    fn decode_with_serde(self, kind: MessageKind, bytes: &[u8]) -> Result<Message, WireError> {
         Ok(match kind {
             MessageKind::Envelope => Message::Envelope(match self {
                 Codec::Json => Envelope::from_json(bytes)?,
@@ -296,7 +310,7 @@ impl Message {
     /// unit of byte credit and memory budgets. Deterministic (it depends on the value only), so the
     /// side that charges a message and the side that refunds it agree exactly.
     pub fn footprint(&self) -> usize {
-        let bytes = |b: &Option<bytes::Bytes>| b.as_ref().map_or(0, |p| p.len());
+        let bytes = |b: &Option<Bytes>| b.as_ref().map_or(0, |p| p.len());
         MESSAGE_OVERHEAD
             + match self {
                 Message::Record(r) => return record_footprint(r),
@@ -380,4 +394,27 @@ impl MessageKind {
         MessageKind::LeaseResult,
         MessageKind::Name,
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CBOR record's or entry's payload is a slice of the message it was decoded from, not a copy.
+    #[test]
+    fn cbor_payloads_are_slices_of_their_message() {
+        let record = Message::Record(Record::new(1, alloc::vec![7u8; 100]));
+        let entry = Message::Entry(Entry { payload: Some(Bytes::from_static(&[9; 64])), ..Entry::default() });
+        for (kind, message) in [(MessageKind::Record, record), (MessageKind::Entry, entry)] {
+            let encoded = Bytes::from(Codec::Cbor.encode_message(&message));
+            let decoded = Codec::Cbor.decode_message_bytes(kind, encoded.clone()).unwrap();
+            assert_eq!(decoded, message);
+            let payload = match decoded {
+                Message::Record(r) => r.payload.unwrap(),
+                Message::Entry(e) => e.payload.unwrap(),
+                other => panic!("{other:?}"),
+            };
+            assert!(encoded.as_ptr_range().contains(&payload.as_ptr()), "{kind:?}: copied");
+        }
+    }
 }
