@@ -335,11 +335,16 @@ impl Engine {
             };
             let (store, charge) = (slot.store, slot.request_charge);
             let Some(node) = self.manager.node_mut(self.now, store) else {
-                // The node closed meanwhile (eviction, removal): open the store again.
+                // The node closed meanwhile (the engine shuts down): open the store again, keeping
+                // what the stream sent after its request.
                 let request = slot.held.take();
+                let inbox = core::mem::take(&mut slot.inbox);
                 self.remove_slot(&stream);
                 if let Some(request) = request {
                     self.open(stream, store, request, charge);
+                    if let Some(slot) = self.slots.get_mut(&stream) {
+                        slot.inbox = inbox;
+                    }
                 }
                 started = true;
                 continue;
@@ -523,5 +528,7 @@ impl Engine {
         self.manager.close(self.now);
         self.drain();
         self.slots.clear();
+        self.held.clear();
+        self.stats = EngineStats::default();
     }
 }

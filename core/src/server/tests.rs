@@ -394,3 +394,36 @@ fn a_held_request_that_is_aborted_never_starts() {
     assert_eq!(engine.stream_count(), 0);
     assert!(engine.node(&STORE).unwrap().is_idle());
 }
+
+/// An engine that shuts down while a request is held refuses it like every request waiting for a store,
+/// and reports its end.
+#[test]
+fn a_held_request_is_refused_when_the_engine_shuts_down() {
+    use super::{Engine, EngineConfig, EngineStats, Operation, Outcome};
+    use crate::stream::StreamEnd;
+    let mut engine = Engine::new(EngineConfig::default(), NOW, 1);
+    let (mut kv, mut outputs, mut publishes) = (crate::storage::MemoryKv::default(), vec![], vec![]);
+    let stream = StreamId { conn: 1, channel: Uuid::from_u128(3) };
+    let open = EngineInput::Open {
+        stream,
+        store: STORE,
+        request: Ok(Envelope::Produce(Produce { space: "sp".into(), segment: "sg".into() })),
+        charge: 0,
+    };
+    let record = EngineInput::Message { stream, message: Message::Record(Record::new(1, "x")), charge: 0 };
+    for input in [open.clone(), record, EngineInput::End { stream, end: StreamEnd::Finished }] {
+        engine.handle_input(NOW, input);
+        run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
+    }
+    outputs.clear();
+    engine.handle_input(NOW, open);
+    assert!(run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes).is_empty(), "held");
+    engine.shutdown(NOW);
+    let ended = run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
+    assert_eq!(ended, [(stream, Operation::Produce, Outcome::Rejected)]);
+    assert!(
+        matches!(outputs[..], [EngineOutput::Reject { error: EndReason::StoreUnavailable, .. }]),
+        "{outputs:?}"
+    );
+    assert_eq!((engine.stream_count(), engine.stats()), (0, EngineStats::default()));
+}
