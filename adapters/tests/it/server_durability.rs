@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use streamkit::runtime::{Runtime, RuntimeExt, TokioRuntime};
@@ -65,8 +65,14 @@ fn child_server_process() {
 }
 
 /// Producer `index` appends batches to its own segment until `stop` or an error; returns the last
-/// acknowledged sequence. Odd producers send one record per produce, even ones batches of 25.
-async fn produce_until_failure(client: TestClient, index: usize, stop: Arc<AtomicBool>) -> u64 {
+/// acknowledged sequence. Odd producers send one record per produce, even ones batches of 25. Each
+/// adds one to `started` at its first acknowledgement.
+async fn produce_until_failure(
+    client: TestClient,
+    index: usize,
+    stop: Arc<AtomicBool>,
+    started: Arc<AtomicUsize>,
+) -> u64 {
     let segment = format!("seg-{index}");
     let batch = if index.is_multiple_of(2) { 25 } else { 1 };
     let mut acknowledged = 0;
@@ -76,6 +82,9 @@ async fn produce_until_failure(client: TestClient, index: usize, stop: Arc<Atomi
         // Whatever the outcome, every status is an acknowledgement of records up to its sequence.
         if let Some(last) = outcome.statuses().last() {
             assert!(last.last_sequence > acknowledged && last.last_sequence <= acknowledged + batch);
+            if acknowledged == 0 {
+                started.fetch_add(1, Ordering::AcqRel);
+            }
             acknowledged = last.last_sequence;
         }
         if outcome.end.is_err() {
@@ -83,6 +92,16 @@ async fn produce_until_failure(client: TestClient, index: usize, stop: Arc<Atomi
         }
     }
     acknowledged
+}
+
+/// Waits until every producer has had records acknowledged.
+async fn wait_for_every_producer(runtime: &Arc<dyn Runtime>, started: &AtomicUsize) {
+    within(runtime, "every producer's first acknowledgement", async {
+        while started.load(Ordering::Acquire) < PRODUCERS {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 }
 
 /// Every segment holds exactly 1..N with N at least what was acknowledged.
@@ -139,17 +158,19 @@ async fn acknowledged_produces_survive_sigkill() {
     .unwrap()
     .expect("the child printed its address");
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let (stop, started) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let mut producers = Vec::new();
     for index in 0..PRODUCERS {
         let client =
             TestClient::connect(&runtime, &format!("ws://{addr}"), &admin_token(), CODECS[index % 2])
                 .await
                 .unwrap();
-        producers.push(tokio::spawn(produce_until_failure(client, index, stop.clone())));
+        producers.push(tokio::spawn(produce_until_failure(client, index, stop.clone(), started.clone())));
     }
-    // Let them write for a while, then kill the server mid-flight.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Once every producer has acknowledged records (a loaded machine can take a while), let them
+    // write a little longer, then kill the server mid-flight.
+    wait_for_every_producer(&runtime, &started).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let mut acknowledged = Vec::new();
@@ -171,17 +192,19 @@ async fn graceful_shutdown_keeps_every_acknowledged_produce() {
     let runtime = tokio_runtime();
     let dir = tempfile::tempdir().unwrap();
     let server = serve(&runtime, durable_config(dir.path())).await;
-    let stop = Arc::new(AtomicBool::new(false));
+    let (stop, started) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let mut producers = Vec::new();
     let mut clients = Vec::new();
     for index in 0..PRODUCERS {
         let client =
             TestClient::connect(&runtime, &url(&server), &admin_token(), CODECS[index % 2]).await.unwrap();
         clients.push(client.clone());
-        producers.push(tokio::spawn(produce_until_failure(client, index, stop.clone())));
+        producers.push(tokio::spawn(produce_until_failure(client, index, stop.clone(), started.clone())));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let metrics = server.metrics().clone();
+    // Shut down while the producers are committing.
+    wait_for_every_producer(&runtime, &started).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     within(&runtime, "shutdown", server.shutdown()).await;
     let mut acknowledged = Vec::new();
     for producer in producers {
