@@ -256,6 +256,16 @@ fn run_engine(
     ended
 }
 
+/// The inputs of a one-record produce on `stream` (request, record, end).
+fn one_record_produce(stream: StreamId, sequence: u64) -> [EngineInput; 3] {
+    let request = Ok(Envelope::Produce(Produce { space: "sp".into(), segment: "sg".into() }));
+    [
+        EngineInput::Open { stream, store: STORE, request, charge: 0 },
+        EngineInput::Message { stream, message: Message::Record(Record::new(sequence, "x")), charge: 0 },
+        EngineInput::End { stream, end: crate::stream::StreamEnd::Finished },
+    ]
+}
+
 /// The engine reports every stream's end with its operation and outcome, and counts the open ones,
 /// so the adapters keep no per-stream state for their metrics.
 #[test]
@@ -309,23 +319,10 @@ fn a_produce_ends_before_its_publish_and_a_reused_channel_id_waits_for_it() {
     use super::{Engine, EngineConfig};
     use crate::api::Peek;
     use crate::node::BusEvent;
-    use crate::stream::StreamEnd;
     let mut engine = Engine::new(EngineConfig::default(), NOW, 1);
     let (mut kv, mut outputs, mut publishes) = (crate::storage::MemoryKv::default(), vec![], vec![]);
     let stream = StreamId { conn: 1, channel: Uuid::from_u128(3) };
-    let produce = |sequence: u64| {
-        [
-            EngineInput::Open {
-                stream,
-                store: STORE,
-                request: Ok(Envelope::Produce(Produce { space: "sp".into(), segment: "sg".into() })),
-                charge: 0,
-            },
-            EngineInput::Message { stream, message: Message::Record(Record::new(sequence, "x")), charge: 0 },
-            EngineInput::End { stream, end: StreamEnd::Finished },
-        ]
-    };
-    for input in produce(1) {
+    for input in one_record_produce(stream, 1) {
         engine.handle_input(NOW, input);
         run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
     }
@@ -342,7 +339,7 @@ fn a_produce_ends_before_its_publish_and_a_reused_channel_id_waits_for_it() {
     assert!(outputs.iter().any(|o| matches!(o, EngineOutput::Send { stream: s, message: Message::Entry(e), .. } if *s == peek && e.sequence == 1)));
     // The peer reuses the channel id for its next produce: it waits for the earlier operation.
     outputs.clear();
-    for input in produce(2) {
+    for input in one_record_produce(stream, 2) {
         engine.handle_input(NOW, input);
         run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
     }
@@ -362,29 +359,30 @@ fn a_produce_ends_before_its_publish_and_a_reused_channel_id_waits_for_it() {
     assert!(node.is_idle(), "no watermark, effect or operation left behind");
 }
 
-/// A held request whose stream is aborted (its connection closed) never starts, and the earlier
-/// operation it waited for finishes as if nothing had happened.
-#[test]
-fn a_held_request_that_is_aborted_never_starts() {
-    use super::{Engine, EngineConfig};
-    use crate::node::BusEvent;
-    use crate::stream::StreamEnd;
-    let mut engine = Engine::new(EngineConfig::default(), NOW, 1);
+/// An engine whose one-record produce on `stream` ended and is publishing its notification (unanswered
+/// in the returned list), and a second produce on the same channel id, held; no output yet.
+fn engine_holding_a_request(
+    stream: StreamId,
+) -> (super::Engine, crate::storage::MemoryKv, Vec<EngineOutput>, Vec<crate::node::OpId>) {
+    let mut engine = super::Engine::new(super::EngineConfig::default(), NOW, 1);
     let (mut kv, mut outputs, mut publishes) = (crate::storage::MemoryKv::default(), vec![], vec![]);
-    let stream = StreamId { conn: 1, channel: Uuid::from_u128(3) };
-    let open = EngineInput::Open {
-        stream,
-        store: STORE,
-        request: Ok(Envelope::Produce(Produce { space: "sp".into(), segment: "sg".into() })),
-        charge: 0,
-    };
-    let record = EngineInput::Message { stream, message: Message::Record(Record::new(1, "x")), charge: 0 };
-    for input in [open.clone(), record, EngineInput::End { stream, end: StreamEnd::Finished }] {
+    let [open, ..] = one_record_produce(stream, 2);
+    for input in one_record_produce(stream, 1) {
         engine.handle_input(NOW, input);
         run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
     }
     outputs.clear();
     engine.handle_input(NOW, open);
+    (engine, kv, outputs, publishes)
+}
+
+/// A held request whose stream is aborted (its connection closed) never starts, and the earlier
+/// operation it waited for finishes as if nothing had happened.
+#[test]
+fn a_held_request_that_is_aborted_never_starts() {
+    use crate::node::BusEvent;
+    let stream = StreamId { conn: 1, channel: Uuid::from_u128(3) };
+    let (mut engine, mut kv, mut outputs, mut publishes) = engine_holding_a_request(stream);
     engine.handle_input(NOW, EngineInput::Aborted { stream });
     run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
     let op = publishes.remove(0);
@@ -399,24 +397,9 @@ fn a_held_request_that_is_aborted_never_starts() {
 /// and reports its end.
 #[test]
 fn a_held_request_is_refused_when_the_engine_shuts_down() {
-    use super::{Engine, EngineConfig, EngineStats, Operation, Outcome};
-    use crate::stream::StreamEnd;
-    let mut engine = Engine::new(EngineConfig::default(), NOW, 1);
-    let (mut kv, mut outputs, mut publishes) = (crate::storage::MemoryKv::default(), vec![], vec![]);
+    use super::{EngineStats, Operation, Outcome};
     let stream = StreamId { conn: 1, channel: Uuid::from_u128(3) };
-    let open = EngineInput::Open {
-        stream,
-        store: STORE,
-        request: Ok(Envelope::Produce(Produce { space: "sp".into(), segment: "sg".into() })),
-        charge: 0,
-    };
-    let record = EngineInput::Message { stream, message: Message::Record(Record::new(1, "x")), charge: 0 };
-    for input in [open.clone(), record, EngineInput::End { stream, end: StreamEnd::Finished }] {
-        engine.handle_input(NOW, input);
-        run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
-    }
-    outputs.clear();
-    engine.handle_input(NOW, open);
+    let (mut engine, mut kv, mut outputs, mut publishes) = engine_holding_a_request(stream);
     assert!(run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes).is_empty(), "held");
     engine.shutdown(NOW);
     let ended = run_engine(&mut engine, &mut kv, &mut outputs, &mut publishes);
