@@ -17,12 +17,12 @@ use futures_core::Stream as _;
 use streamkit_core::api::Request;
 use streamkit_core::server::{EngineInput, EngineOutput, INPUT_WINDOW};
 use streamkit_core::stream::{EndReason, StreamEnd, StreamId};
-use streamkit_core::wire::Message;
+use streamkit_core::wire::{Message, StreamControl};
 use uuid::Uuid;
 
 use super::ClientOptions;
 use super::error::Error;
-use super::stream::{Command, DriverStream, OpStream, Signal, new_stream};
+use super::stream::{Command, DriverStream, OpStream, Signal, end_result, new_stream};
 use crate::engine::{EngineHandle, RoutedInput};
 use crate::runtime::{Runtime, RuntimeExt};
 
@@ -153,7 +153,8 @@ impl Driver {
                     let stream = self.stream_id(channel);
                     // What a socket client's cancel looks like to the server: `mux::close` with
                     // `context canceled`.
-                    let end = StreamEnd::Failed(EndReason::RemoteClosed(EndReason::Canceled.to_string()));
+                    let end =
+                        StreamEnd::from_control(StreamControl::close_with(EndReason::Canceled.to_string()));
                     inputs.push((removed.store, EngineInput::End { stream, end }));
                     inputs.push((removed.store, EngineInput::Aborted { stream }));
                 }
@@ -168,13 +169,15 @@ impl Driver {
             EngineOutput::Send { message, charge, .. } => {
                 stream.pending.push_back(Pending::Message(message, charge));
             }
-            EngineOutput::Close { error, .. } => stream.pending.push_back(Pending::End(match error {
-                None => Ok(()),
-                Some(error) => Err(Error::from_stream_end(&EndReason::RemoteClosed(error.to_string()))),
-            })),
-            EngineOutput::Reject { error, .. } => stream.pending.push_back(Pending::End(Err(
-                Error::from_stream_end(&EndReason::RemoteError(error.to_string())),
-            ))),
+            // The ends a socket client reads from the same `mux::close` and `mux::error`.
+            EngineOutput::Close { error, .. } => {
+                let control = StreamControl::close_with(error.map(|e| e.to_string()).unwrap_or_default());
+                stream.pending.push_back(Pending::End(end_result(&StreamEnd::from_control(control))));
+            }
+            EngineOutput::Reject { error, .. } => {
+                let control = StreamControl::error(error.to_string());
+                stream.pending.push_back(Pending::End(end_result(&StreamEnd::from_control(control))));
+            }
             EngineOutput::InputCredit { messages, .. } => stream.handle.add_credit(messages),
         }
         self.pump(channel, inputs);
@@ -231,10 +234,7 @@ impl Driver {
             }
             Command::CloseSend { channel, err } => {
                 if let Some(store) = self.streams.get(&channel).map(|s| s.store) {
-                    let end = match err {
-                        None => StreamEnd::Finished,
-                        Some(err) => StreamEnd::Failed(EndReason::RemoteClosed(err)),
-                    };
+                    let end = StreamEnd::from_control(StreamControl::close_with(err.unwrap_or_default()));
                     inputs.push((store, EngineInput::End { stream: self.stream_id(channel), end }));
                 }
             }

@@ -16,6 +16,11 @@ pub const DEFAULT_NOTIFY_FAILURE_THRESHOLD: u32 = 5;
 /// How long an opened circuit stays open by default.
 pub const DEFAULT_NOTIFY_OPEN_WINDOW: Millis = Millis::from_secs(60);
 
+/// The configured failure threshold; as in Go, 0 means the default rather than "never" or "always".
+fn effective_threshold(threshold: u32) -> u32 {
+    if threshold == 0 { DEFAULT_NOTIFY_FAILURE_THRESHOLD } else { threshold }
+}
+
 /// State of the breaker.
 #[derive(Debug, Default)]
 pub(crate) struct NotifyCircuit {
@@ -44,7 +49,7 @@ impl NotifyCircuit {
     /// Whether the next publish could fail its produce: the circuit is open at `now`, or one more
     /// failure would open it.
     pub fn could_fail_next(&self, now: Millis, threshold: u32) -> bool {
-        let threshold = if threshold == 0 { DEFAULT_NOTIFY_FAILURE_THRESHOLD } else { threshold };
+        let threshold = effective_threshold(threshold);
         self.open_until.is_some_and(|until| until > now) || self.failures.saturating_add(1) >= threshold
     }
 
@@ -56,8 +61,8 @@ impl NotifyCircuit {
         window: Millis,
         bus_error: &str,
     ) -> Option<String> {
+        let threshold = effective_threshold(threshold);
         // As in Go, a zero setting means the default rather than "never" or "always".
-        let threshold = if threshold == 0 { DEFAULT_NOTIFY_FAILURE_THRESHOLD } else { threshold };
         let window = if window == Millis::ZERO { DEFAULT_NOTIFY_OPEN_WINDOW } else { window };
         self.failures = self.failures.saturating_add(1);
         if self.failures < threshold {

@@ -155,6 +155,8 @@ struct Chunk {
     records: Vec<Record>,
     /// Payload and metadata bytes (the chunk size limit).
     bytes: usize,
+    /// Payload bytes alone (what the produced-bytes metric counts).
+    payload_bytes: u64,
     /// [`Message::footprint`] of the records: what the chunk holds of its connection's memory budget,
     /// released once the chunk is committed.
     footprint: usize,
@@ -162,8 +164,9 @@ struct Chunk {
 
 impl Chunk {
     fn push(&mut self, record: Record) {
-        self.bytes += record.payload.as_ref().map_or(0, |p| p.len())
-            + record.metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let payload = record.payload.as_ref().map_or(0, |p| p.len());
+        self.payload_bytes += payload as u64;
+        self.bytes += payload + record.metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         self.footprint += crate::wire::record_footprint(&record);
         self.records.push(record);
     }
@@ -465,8 +468,7 @@ impl ProduceOp {
         sv.quotas.committed(self.committing_bytes);
         if let Some(chunk) = self.committing.take() {
             sv.io.release_input(stream, chunk.footprint as u64);
-            let bytes = chunk.records.iter().map(|r| r.payload.as_ref().map_or(0, |p| p.len()) as u64).sum();
-            sv.io.produced(chunk.records.len() as u64, bytes);
+            sv.io.produced(chunk.records.len() as u64, chunk.payload_bytes);
         }
         let status = new_head.status(&self.key.0, &self.key.1);
         sv.io.send(stream, Message::Status(status.clone()));
