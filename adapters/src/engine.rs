@@ -50,11 +50,14 @@ use crate::metrics::{EngineGauges, ErrorKind, GaugeGuard, Metrics, Operation, Ou
 use crate::runtime::{BoxFuture, Runtime, RuntimeExt};
 use crate::store::{Store, StoreFactory};
 
-/// Messages the engine task's inbox holds at most; senders wait beyond that (back-pressure).
-pub const INBOX_CAPACITY: usize = 65_536;
+/// Messages an engine shard's inbox holds at most; senders wait beyond that (back-pressure). Each
+/// message is a batch of a connection's inputs. The queue's slots are allocated (and touched) when the
+/// shard starts, so this is memory every shard pays for: about 256 KiB.
+pub const INBOX_CAPACITY: usize = 4096;
 
-/// Bus deliveries and completions waiting for the engine at most; a bus delivering faster waits.
-pub const BUS_QUEUE_CAPACITY: usize = 65_536;
+/// Bus deliveries and completions waiting for a shard at most; a bus delivering faster waits. As for
+/// the inbox, the slots are allocated up front: about 600 KiB per shard.
+pub const BUS_QUEUE_CAPACITY: usize = 4096;
 
 /// An input for the engine with the store of its stream, which decides the shard it goes to.
 pub type RoutedInput = (Uuid, EngineInput);
@@ -143,13 +146,30 @@ impl EngineHandle {
     /// Outputs arrive in batches: everything a shard produced for the connection while handling one
     /// input (a read's entries, a produce's statuses) is one message of the outbox.
     pub async fn register(&self) -> Result<(u64, Receiver<Vec<EngineOutput>>), EngineStopped> {
+        let (conn, outbox, rx) = self.new_connection();
+        self.register_outbox(conn, outbox).await?;
+        Ok((conn, rx))
+    }
+
+    /// The first half of [`register`](Self::register), done without waiting: a new connection id and
+    /// its outbox. Nothing reaches the outbox until [`register_outbox`](Self::register_outbox).
+    pub fn new_connection(&self) -> (u64, Sender<Vec<EngineOutput>>, Receiver<Vec<EngineOutput>>) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (outbox, rx) = async_channel::unbounded();
+        (conn, outbox, rx)
+    }
+
+    /// The second half of [`register`](Self::register): every shard learns where `conn`'s outputs go.
+    pub async fn register_outbox(
+        &self,
+        conn: u64,
+        outbox: Sender<Vec<EngineOutput>>,
+    ) -> Result<(), EngineStopped> {
         for shard in self.shards.iter() {
             let register = EngineMsg::Register { conn, outbox: outbox.clone() };
             shard.send(register).await.map_err(|_| EngineStopped)?;
         }
-        Ok((conn, rx))
+        Ok(())
     }
 
     /// Forgets a connection (after its streams were reported aborted).

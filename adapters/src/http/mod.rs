@@ -43,6 +43,7 @@
 //! `max_pending_handshakes_per_ip` or set it to 0 (no per-address cap), and let the proxy limit
 //! per client.
 
+mod idle_read;
 mod request;
 
 use std::collections::HashMap;
@@ -62,6 +63,7 @@ use streamkit_core::wire::{CBOR_SUBPROTOCOL, Codec};
 use crate::auth::{AuthError, JwtVerifier, Principal};
 use crate::runtime::{BoxFuture, BoxedStream, Listener, Runtime, RuntimeExt, until};
 use crate::ws::{WsConnection, default_websocket_config, sanitize_config};
+use idle_read::IdleReleasingStream;
 use request::{HeadError, RequestHead, read_head};
 
 /// The WebSocket endpoint's path.
@@ -101,11 +103,12 @@ pub struct HttpConfig {
     pub websocket: WebSocketConfig,
 }
 
-/// Bytes a server connection reads from its socket at once. tungstenite fills its read buffer up to
-/// this much past the data it holds before every read, so this is memory every connection touches,
-/// idle or not: 8 KiB instead of the client's 32 KiB keeps 10,000 idle connections about 240 MB
-/// smaller. Frames larger than this are still read whole (the buffer grows for them).
-pub const SERVER_READ_BUFFER: usize = 8 * 1024;
+/// tungstenite's read buffer on a server connection: the bytes it asks for per read (it zero-fills
+/// that much past the data it holds before every read, and keeps the buffer for the connection's
+/// life). Socket reads are larger (16 KiB per system call) and go through a
+/// buffer that is freed while the connection is idle, so this is nearly all the read memory an idle
+/// connection keeps. Frames larger than this are still read whole (the buffer grows for them).
+pub const SERVER_READ_BUFFER: usize = 1024;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -374,8 +377,11 @@ impl HttpFront {
                 return;
             }
         };
-        let negotiation =
-            inner.runtime.timeout(inner.config.handshake_timeout, self.negotiate(&mut stream, peer));
+        // Boxed: the negotiation's state is much larger than what the connection keeps afterwards, and
+        // inline it would stay part of this future, which lives as long as the connection.
+        let negotiation = Box::pin(
+            inner.runtime.timeout(inner.config.handshake_timeout, self.negotiate(&mut stream, peer)),
+        );
         let upgrade = match negotiation.await {
             Ok(Some(upgrade)) => upgrade,
             Ok(None) => return,
@@ -387,7 +393,7 @@ impl HttpFront {
         drop(slot);
         let Upgrade { principal, codec, leftover, permit } = upgrade;
         let websocket = WebSocketStream::from_partially_read(
-            stream,
+            Box::new(IdleReleasingStream::new(stream)) as BoxedStream,
             leftover,
             Role::Server,
             Some(inner.config.websocket),

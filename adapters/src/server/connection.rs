@@ -14,6 +14,8 @@
 //! shutdown): then its `close` frame and whatever was queued before it are flushed and the socket is
 //! closed.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -79,31 +81,37 @@ pub struct ConnectionContext {
 }
 
 /// Runs `accepted` until the connection ends.
-pub async fn run_connection(accepted: AcceptedWebSocket, context: ConnectionContext, seed: u64) {
+///
+/// The connection's whole state is built here, before the returned future exists, and that future
+/// owns it as one value: the future lives as long as the connection, so nothing in it is kept twice
+/// (an `async fn` would also keep its arguments, moved apart, for the connection's whole life).
+pub fn run_connection(
+    accepted: AcceptedWebSocket,
+    context: ConnectionContext,
+    seed: u64,
+) -> impl Future<Output = ()> + Send + 'static {
     let ConnectionContext { engine, runtime, mux, connection: budget, metrics } = context;
-    let Ok((conn_id, outbox)) = engine.register().await else { return };
+    let (conn_id, outbox_sender, outbox) = engine.new_connection();
     // Heartbeats and idle timeouts run on the monotonic clock: a step of the system clock must not
     // close connections (or keep dead ones open). The token's expiry becomes a deadline on it too.
     let clock = MonotonicClock::new();
-    // `_permit` holds this connection's place under the connection limit until the connection ends.
-    let AcceptedWebSocket { connection, principal, codec, peer, permit: _permit } = accepted;
+    // `permit` holds this connection's place under the connection limit until the connection ends.
+    let AcceptedWebSocket { connection, principal, codec, peer, permit } = accepted;
     let session = MuxSession::new(Role::Server { scopes: principal.scopes }, codec, mux, clock.now(), seed);
     let (reader, writer) = connection.split();
-    tracing::debug!(conn = conn_id, %peer, ?codec, "connection opened");
     let mut conn = ServerConnection::with_config(conn_id, session, budget);
-    // The token's expiry becomes a deadline on the monotonic clock.
     if let Some(expiry) = clock.from_wall(&WallClock::default(), principal.expires_at) {
         conn.set_token_expiry(expiry);
     }
-    let mut driver = Driver {
+    let driver = Driver {
         conn,
-        engine: engine.clone(),
+        engine,
         outbox: Box::pin(outbox),
         reader,
         writer,
         timer: runtime.sleep(Duration::from_secs(3600)),
         clock,
-        metrics: metrics.clone(),
+        metrics,
         counters: MuxCounters::default(),
         forwarding: None,
         unflushed: (0, 0),
@@ -113,29 +121,16 @@ pub async fn run_connection(accepted: AcceptedWebSocket, context: ConnectionCont
         armed: None,
         ending: Ending::Mux,
     };
-    poll_fn(|cx| driver.poll_drive(cx)).await;
-    let Driver { mut reader, mut writer, conn, ending, input_ended, write_failed, .. } = driver;
-    if !write_failed {
-        let _ = writer.close().await;
-    }
-    if !input_ended {
-        let drain = async { while let Ok(Some(_)) = reader.recv().await {} };
-        let _ = runtime.timeout(CLOSE_LINGER, drain).await;
-    }
-    let reason = conn.shutdown_reason();
-    match (ending, reason) {
-        (Ending::Transport, _) => metrics.error(ErrorKind::Transport),
-        (Ending::Mux, Some(reason))
-            if !matches!(reason, EndReason::MuxerClosed | EndReason::ShuttingDown) =>
-        {
-            metrics.error(ErrorKind::Protocol);
-            // A client can end connections with protocol errors as fast as it can open them.
-            limited_log!(info, [conn = conn_id, %peer, %reason], "connection closed on a protocol error");
+    async move {
+        let _permit = permit;
+        let mut driver = driver;
+        if driver.engine.register_outbox(conn_id, outbox_sender).await.is_err() {
+            return;
         }
-        _ => {}
+        tracing::debug!(conn = conn_id, %peer, ?codec, "connection opened");
+        poll_fn(|cx| driver.poll_drive(cx)).await;
+        driver.finish(&runtime, peer).await;
     }
-    tracing::debug!(conn = conn_id, %peer, reason = reason.map(tracing::field::display), "connection closed");
-    engine.unregister(conn_id).await;
 }
 
 /// The state of one connection's driver (see the module docs).
@@ -167,6 +162,34 @@ struct Driver {
 }
 
 impl Driver {
+    /// After [`poll_drive`](Self::poll_drive): closes the socket, lingers for the peer's close,
+    /// counts how the connection ended and leaves the engine.
+    async fn finish(&mut self, runtime: &Arc<dyn Runtime>, peer: SocketAddr) {
+        let conn_id = self.conn.id();
+        if !self.write_failed {
+            let _ = self.writer.close().await;
+        }
+        if !self.input_ended {
+            let reader = &mut self.reader;
+            let drain = async { while let Ok(Some(_)) = reader.recv().await {} };
+            let _ = runtime.timeout(CLOSE_LINGER, drain).await;
+        }
+        let reason = self.conn.shutdown_reason();
+        match (self.ending, reason) {
+            (Ending::Transport, _) => self.metrics.error(ErrorKind::Transport),
+            (Ending::Mux, Some(reason))
+                if !matches!(reason, EndReason::MuxerClosed | EndReason::ShuttingDown) =>
+            {
+                self.metrics.error(ErrorKind::Protocol);
+                // A client can end connections with protocol errors as fast as it can open them.
+                limited_log!(info, [conn = conn_id, %peer, %reason], "connection closed on a protocol error");
+            }
+            _ => {}
+        }
+        tracing::debug!(conn = conn_id, %peer, reason = reason.map(tracing::field::display), "connection closed");
+        self.engine.unregister(conn_id).await;
+    }
+
     /// Polls every source until none makes progress; `Ready` once the connection is over and flushed.
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..MAX_ROUNDS {

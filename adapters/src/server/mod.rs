@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
+use futures_util::FutureExt;
 use streamkit_core::Millis;
 use streamkit_core::manager::{IdleEviction, ManagerConfig};
 use streamkit_core::mux::{MuxConfig, OverloadPolicy};
@@ -515,19 +516,20 @@ impl ConnectionHandler for Handler {
         let context = self.context.clone();
         let metrics = self.metrics.clone();
         let seed = self.seeds.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-        let token = self.tracker.enter();
-        Box::pin(async move {
-            let Some(token) = token else {
-                // Shutting down: the upgrade raced with the drain.
-                let mut ws = accepted.connection;
+        let Some(token) = self.tracker.enter() else {
+            // Shutting down: the upgrade raced with the drain.
+            let mut ws = accepted.connection;
+            return Box::pin(async move {
                 let _ = ws.close().await;
-                return;
-            };
-            let gauge = metrics.connection_opened();
-            run_connection(accepted, context, seed).await;
+            });
+        };
+        let gauge = metrics.connection_opened();
+        // `map`, not an `async` block awaiting the connection: such a block would hold the
+        // connection's future twice (captured, then awaited), for the connection's whole life.
+        Box::pin(run_connection(accepted, context, seed).map(move |()| {
             drop(gauge);
             drop(token);
-        })
+        }))
     }
 
     fn admit(&self) -> Option<ConnectionPermit> {
