@@ -13,8 +13,9 @@
 //! the same connection: the token is verified **before** anything is switched, and a refused token
 //! gets a real `401` with body `Unauthorized\n` (Go's answer), never an upgraded-then-closed socket.
 //! The 101 answer is written here (`Sec-WebSocket-Accept` from tungstenite's `derive_accept_key`) and
-//! the socket, with any bytes already read past the head, becomes a tungstenite WebSocket
-//! (`from_partially_read`). Reading the head ourselves rather than handing the socket to
+//! the socket, with any bytes already read past the head, becomes a [`WsConnection::accepted`]:
+//! the server's own frame reader (no read buffer while idle) and tungstenite's writer. Reading the
+//! head ourselves rather than handing the socket to
 //! `accept_hdr_async` avoids parsing it twice and lets every route share one listener.
 //!
 //! Subprotocol: a client offering `streamkit.v1.cbor` gets it back and speaks [`Codec::Cbor`] in binary
@@ -43,7 +44,6 @@
 //! `max_pending_handshakes_per_ip` or set it to 0 (no per-address cap), and let the proxy limit
 //! per client.
 
-mod idle_read;
 mod request;
 
 use std::collections::HashMap;
@@ -54,16 +54,14 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
-use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_util::AsyncWriteExt;
 use streamkit_core::wire::{CBOR_SUBPROTOCOL, Codec};
 
 use crate::auth::{AuthError, JwtVerifier, Principal};
 use crate::runtime::{BoxFuture, BoxedStream, Listener, Runtime, RuntimeExt, until};
 use crate::ws::{WsConnection, default_websocket_config, sanitize_config};
-use idle_read::IdleReleasingStream;
 use request::{HeadError, RequestHead, read_head};
 
 /// The WebSocket endpoint's path.
@@ -98,17 +96,10 @@ pub struct HttpConfig {
     /// immediately ([`Rejection::TooManyPendingFromIp`]). A source is an IPv4 address (an
     /// IPv4-mapped IPv6 address counts as IPv4) or an IPv6 /64, the block one host usually has.
     pub max_pending_handshakes_per_ip: usize,
-    /// Settings of upgraded connections (default [`default_websocket_config`] with reads of at most
-    /// [`SERVER_READ_BUFFER`]: 8 MiB frame cap).
+    /// Settings of upgraded connections (default [`default_websocket_config`]: 8 MiB frame and
+    /// message cap; the read buffer size is not used, see [`WsConnection::accepted`]).
     pub websocket: WebSocketConfig,
 }
-
-/// tungstenite's read buffer on a server connection: the bytes it asks for per read (it zero-fills
-/// that much past the data it holds before every read, and keeps the buffer for the connection's
-/// life). Socket reads are larger (16 KiB per system call) and go through a
-/// buffer that is freed while the connection is idle, so this is nearly all the read memory an idle
-/// connection keeps. Frames larger than this are still read whole (the buffer grows for them).
-pub const SERVER_READ_BUFFER: usize = 1024;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -118,7 +109,7 @@ impl Default for HttpConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
             max_pending_handshakes_per_ip: DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP,
-            websocket: default_websocket_config().read_buffer_size(SERVER_READ_BUFFER),
+            websocket: default_websocket_config(),
         }
     }
 }
@@ -392,14 +383,7 @@ impl HttpFront {
         };
         drop(slot);
         let Upgrade { principal, codec, leftover, permit } = upgrade;
-        let websocket = WebSocketStream::from_partially_read(
-            Box::new(IdleReleasingStream::new(stream)) as BoxedStream,
-            leftover,
-            Role::Server,
-            Some(inner.config.websocket),
-        )
-        .await;
-        let connection = WsConnection::new(websocket, codec);
+        let connection = WsConnection::accepted(stream, leftover, inner.config.websocket, codec).await;
         inner.handler.on_websocket(AcceptedWebSocket { connection, principal, codec, peer, permit }).await;
     }
 

@@ -4,9 +4,12 @@
 //! frames, spec §2.3 and the CBOR extension) and moves whole frames as bytes:
 //!
 //! * receiving yields the payload of the next data message, text or binary alike (Go also parses a
-//!   binary frame as JSON); WebSocket pings are answered by tungstenite, whose queued pong goes out with
-//!   the next read, which the receive loop performs at once; a close frame or a closed socket is a
-//!   benign end (`Ok(None)`);
+//!   binary frame as JSON); WebSocket pings are answered while the reader is polled, and a close frame
+//!   (answered with its echo) or a closed socket is a benign end (`Ok(None)`). The client reads with
+//!   tungstenite; the server ([`WsConnection::accepted`]) with its own [`FrameReader`], which holds no
+//!   read buffer while the connection is idle and reads a large frame into a buffer of its own that
+//!   leaves with the message (tungstenite keeps one buffer for the connection's life, as large as the
+//!   largest frame it read);
 //! * sending is **batched**: [`WsWriter::feed`] queues frames in tungstenite's write buffer (it only
 //!   touches the socket when that buffer passes its size target) and [`WsWriter::flush`] pushes them
 //!   out, so a drained batch of core output costs one flush, not one syscall per frame. Each frame is
@@ -18,24 +21,30 @@
 //! [`dial`] speaks `ws://`, and `wss://` with the `tls` feature (rustls on aws-lc-rs, the crypto stack
 //! jsonwebtoken already uses).
 
+pub mod frame_reader;
+
+use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::error::{ProtocolError, SubProtocolError};
 use async_tungstenite::tungstenite::http::header::{AUTHORIZATION, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::io::{AsyncReadExt, ReadHalf, WriteHalf};
+use futures_util::{AsyncRead, AsyncWrite, Sink, SinkExt, Stream, StreamExt};
 use streamkit_core::wire::{CBOR_SUBPROTOCOL, Codec, DEFAULT_MAX_FRAME};
 
 use crate::runtime::{BoxedStream, Runtime, RuntimeExt};
+pub use frame_reader::FrameReader;
 
 /// The `Origin` the client sends, like the Go client (a Go server refuses an upgrade without one).
 pub const CLIENT_ORIGIN: &str = "http://localhost";
@@ -91,7 +100,11 @@ impl From<tungstenite::Error> for WsError {
 
 /// An established WebSocket connection with its negotiated codec.
 pub struct WsConnection {
+    /// Writes (and, on the client, reads) through tungstenite.
     stream: WebSocketStream<BoxedStream>,
+    /// Server side: the reader that replaces tungstenite's (see [`FrameReader`]); `stream` then
+    /// only writes.
+    frames: Option<FrameReader<ReadHalf<BoxedStream>>>,
     codec: Codec,
 }
 
@@ -114,10 +127,53 @@ impl std::fmt::Debug for WsWriter {
     }
 }
 
+/// The write half of a server's socket, as the stream tungstenite writes to. tungstenite never reads
+/// from it (the [`FrameReader`] does); a read would see the end of input.
+struct WriteOnly(WriteHalf<BoxedStream>);
+
+impl AsyncRead for WriteOnly {
+    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut [u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(0))
+    }
+}
+
+impl AsyncWrite for WriteOnly {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
 impl WsConnection {
-    /// Wraps an established WebSocket (after a handshake done elsewhere).
+    /// Wraps an established WebSocket (after a handshake done elsewhere); tungstenite reads and writes.
     pub fn new(stream: WebSocketStream<BoxedStream>, codec: Codec) -> Self {
-        Self { stream, codec }
+        Self { stream, frames: None, codec }
+    }
+
+    /// The server side of a connection whose upgrade was answered: `leftover` is what was read past
+    /// the request head. Frames are read by a [`FrameReader`] (no read buffer while idle, large frames
+    /// read into buffers of their own) under `config`'s frame and message caps; tungstenite writes.
+    pub async fn accepted(
+        socket: BoxedStream,
+        leftover: Vec<u8>,
+        config: WebSocketConfig,
+        codec: Codec,
+    ) -> Self {
+        let (read, write) = socket.split();
+        let frames = FrameReader::new(read, leftover, &config);
+        // tungstenite's read buffer would never be used: none is allocated.
+        let config = sanitize_config(config.read_buffer_size(0));
+        let writer: BoxedStream = Box::new(WriteOnly(write));
+        let stream =
+            WebSocketStream::from_raw_socket(writer, tungstenite::protocol::Role::Server, Some(config)).await;
+        Self { stream, frames: Some(frames), codec }
     }
 
     /// The codec of this connection.
@@ -127,12 +183,22 @@ impl WsConnection {
 
     /// The next data message's payload; `Ok(None)` once the peer closed the connection.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, WsError> {
-        recv_from(&mut self.stream).await
+        let Some(frames) = &mut self.frames else { return recv_from(&mut self.stream).await };
+        let stream = &mut self.stream;
+        let mut answer_unflushed = false;
+        poll_fn(|cx| {
+            let received = frames.poll_recv(cx);
+            if frames.owes_answer() || answer_unflushed {
+                answer_control(frames, stream, &mut answer_unflushed, cx);
+            }
+            received.map_err(WsError::from)
+        })
+        .await
     }
 
     /// Queues one frame without flushing (see the module docs).
     pub async fn feed(&mut self, frame: impl Into<Bytes>) -> Result<(), WsError> {
-        feed_to(&mut self.stream, self.codec, frame.into()).await
+        Ok(self.stream.feed(message_of(self.codec, frame.into())?).await?)
     }
 
     /// Writes every queued frame to the socket.
@@ -159,40 +225,105 @@ impl WsConnection {
 
     /// Splits the connection into a reader and a writer for two tasks.
     pub fn split(self) -> (WsReader, WsWriter) {
-        let (sender, receiver) = self.stream.split();
-        (WsReader { receiver }, WsWriter { sender, codec: self.codec })
+        let Self { stream, frames, codec } = self;
+        let shared = Arc::new(Mutex::new(stream));
+        let source = match frames {
+            Some(frames) => ReadSource::Frames { frames, writer: shared.clone(), answer_unflushed: false },
+            None => ReadSource::Tungstenite(shared.clone()),
+        };
+        (WsReader { source }, WsWriter { stream: shared, codec })
     }
+}
+
+/// The WebSocket both halves of a split connection use, one at a time (what async-tungstenite's own
+/// split does too).
+type Shared = Arc<Mutex<WebSocketStream<BoxedStream>>>;
+
+/// A poisoned lock means a panic in tungstenite while the other half held it; the stream is whatever
+/// state that left, and every later error is reported by tungstenite itself.
+fn lock(shared: &Shared) -> MutexGuard<'_, WebSocketStream<BoxedStream>> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The receiving half of a [`WsConnection`].
 pub struct WsReader {
-    receiver: WebSocketReceiver<BoxedStream>,
+    source: ReadSource,
+}
+
+// The large variant is the one every server connection uses; boxing it would cost each of them an
+// allocation for nothing.
+#[allow(clippy::large_enum_variant)]
+enum ReadSource {
+    /// tungstenite reads (and answers pings itself).
+    Tungstenite(Shared),
+    /// The server's frame reader; the pongs and the close reply it owes are written through `writer`.
+    Frames { frames: FrameReader<ReadHalf<BoxedStream>>, writer: Shared, answer_unflushed: bool },
 }
 
 impl WsReader {
     /// The next data message's payload; `Ok(None)` once the peer closed the connection.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, WsError> {
-        recv_from(&mut self.receiver).await
+        poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// [`recv`](Self::recv) for poll-based drivers: `Pending` until a data message (or the end)
-    /// arrived. Nothing is lost when a driver stops polling between messages.
+    /// arrived. Nothing is lost when a driver stops polling between messages. Pings are answered while
+    /// the reader is polled, even when no data message arrives.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, WsError>> {
-        loop {
-            let item = match Pin::new(&mut self.receiver).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(item) => item,
-            };
-            if let Some(result) = data_of(item) {
-                return Poll::Ready(result);
+        match &mut self.source {
+            ReadSource::Tungstenite(shared) => loop {
+                let item = match Pin::new(&mut *lock(shared)).poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(item) => item,
+                };
+                if let Some(result) = data_of(item) {
+                    return Poll::Ready(result);
+                }
+            },
+            ReadSource::Frames { frames, writer, answer_unflushed } => {
+                let received = frames.poll_recv(cx);
+                if frames.owes_answer() || *answer_unflushed {
+                    answer_control(frames, &mut lock(writer), answer_unflushed, cx);
+                }
+                received.map_err(WsError::from)
             }
         }
     }
 }
 
+/// Writes the pong a ping asked for and the reply to a close, when the write buffer takes them, and
+/// pushes them out. A failure is left to the writer, which meets the same broken socket.
+fn answer_control<R: AsyncRead + Unpin>(
+    frames: &mut FrameReader<R>,
+    ws: &mut WebSocketStream<BoxedStream>,
+    unflushed: &mut bool,
+    cx: &mut Context<'_>,
+) {
+    while frames.owes_answer() {
+        match Pin::new(&mut *ws).poll_ready(cx) {
+            Poll::Pending => break,
+            Poll::Ready(Err(_)) => {
+                // Nothing more can be written; the answers are moot.
+                frames.take_pong();
+                frames.take_close_reply();
+                break;
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        let answer = match frames.take_pong() {
+            Some(pong) => Message::Pong(pong),
+            None => Message::Close(frames.take_close_reply().flatten()),
+        };
+        *unflushed |= Pin::new(&mut *ws).start_send(answer).is_ok();
+    }
+    if *unflushed && Pin::new(&mut *ws).poll_flush(cx).is_ready() {
+        *unflushed = false;
+    }
+}
+
 /// The sending half of a [`WsConnection`].
 pub struct WsWriter {
-    sender: WebSocketSender<BoxedStream>,
+    stream: Shared,
     codec: Codec,
 }
 
@@ -205,28 +336,29 @@ impl WsWriter {
     /// For poll-based drivers: `Ready(Ok)` once [`start_send`](Self::start_send) may be called (the
     /// write buffer has room; a full buffer is written out first).
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        Pin::new(&mut self.sender).poll_ready(cx).map_err(WsError::from)
+        Pin::new(&mut *lock(&self.stream)).poll_ready(cx).map_err(WsError::from)
     }
 
     /// Queues one frame after [`poll_ready`](Self::poll_ready) said so.
     pub fn start_send(&mut self, frame: impl Into<Bytes>) -> Result<(), WsError> {
         let message = message_of(self.codec, frame.into())?;
-        Pin::new(&mut self.sender).start_send(message).map_err(WsError::from)
+        Pin::new(&mut *lock(&self.stream)).start_send(message).map_err(WsError::from)
     }
 
     /// For poll-based drivers: writes every queued frame to the socket.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        Pin::new(&mut self.sender).poll_flush(cx).map_err(WsError::from)
+        Pin::new(&mut *lock(&self.stream)).poll_flush(cx).map_err(WsError::from)
     }
 
     /// Queues one frame without flushing.
     pub async fn feed(&mut self, frame: impl Into<Bytes>) -> Result<(), WsError> {
-        feed_to(&mut self.sender, self.codec, frame.into()).await
+        poll_fn(|cx| self.poll_ready(cx)).await?;
+        self.start_send(frame)
     }
 
     /// Writes every queued frame to the socket.
     pub async fn flush(&mut self) -> Result<(), WsError> {
-        Ok(self.sender.flush().await?)
+        poll_fn(|cx| self.poll_flush(cx)).await
     }
 
     /// Queues every frame of `frames`, then flushes once.
@@ -243,7 +375,7 @@ impl WsWriter {
 
     /// Starts the closing handshake (a normal close frame) and flushes it.
     pub async fn close(&mut self) -> Result<(), WsError> {
-        close_sink(self.sender.close(None).await)
+        close_sink(poll_fn(|cx| Pin::new(&mut *lock(&self.stream)).poll_close(cx)).await)
     }
 }
 
@@ -292,13 +424,6 @@ fn message_of(codec: Codec, frame: Bytes) -> Result<Message, WsError> {
     })
 }
 
-async fn feed_to<S>(sink: &mut S, codec: Codec, frame: Bytes) -> Result<(), WsError>
-where
-    S: Sink<Message, Error = tungstenite::Error> + Unpin,
-{
-    Ok(sink.feed(message_of(codec, frame)?).await?)
-}
-
 /// `base` with trailing `/` trimmed and `/streamz` appended, like the Go provider
 /// (`ws://host:8080/` → `ws://host:8080/streamz`).
 pub fn streamz_url(base: &str) -> String {
@@ -318,7 +443,7 @@ pub struct DialOptions {
     pub websocket: WebSocketConfig,
     /// TLS settings for `wss://`; `None` uses rustls (aws-lc-rs) with the Mozilla root certificates.
     #[cfg(feature = "tls")]
-    pub tls: Option<std::sync::Arc<futures_rustls::rustls::ClientConfig>>,
+    pub tls: Option<Arc<futures_rustls::rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for DialOptions {
@@ -358,7 +483,7 @@ impl DialOptions {
 
     /// Uses `config` for `wss://` (custom roots, client certificates, ...).
     #[cfg(feature = "tls")]
-    pub fn with_tls_config(mut self, config: std::sync::Arc<futures_rustls::rustls::ClientConfig>) -> Self {
+    pub fn with_tls_config(mut self, config: Arc<futures_rustls::rustls::ClientConfig>) -> Self {
         self.tls = Some(config);
         self
     }
