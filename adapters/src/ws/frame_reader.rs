@@ -70,6 +70,25 @@ struct PartialFrame {
 struct PartialMessage {
     text: bool,
     data: BytesMut,
+    /// For text: how much of `data` is known to be valid UTF-8 (a sequence cut by a fragment
+    /// boundary waits for the next fragment).
+    valid: usize,
+}
+
+impl PartialMessage {
+    /// Checks the text received so far, so that invalid UTF-8 fails the connection at the fragment
+    /// that carries it, as tungstenite does, not at the end of the message.
+    fn check_text(&mut self) -> Result<(), tungstenite::Error> {
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.valid..]) {
+            Ok(_) => self.valid = self.data.len(),
+            Err(error) if error.error_len().is_none() => self.valid += error.valid_up_to(),
+            Err(error) => return Err(tungstenite::Error::Utf8(error.to_string())),
+        }
+        Ok(())
+    }
 }
 
 /// A complete frame: opcode, fin bit and unmasked payload.
@@ -111,14 +130,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.pong.is_some() || self.close_reply.is_some()
     }
 
-    /// The next data message's payload (text or binary); `Ok(None)` once the peer closed the
-    /// connection (or the socket ended). After an error or the end, nothing more is read.
+    /// The next data message's payload (text or binary); `Ok(None)` once the peer sent its close
+    /// frame. A socket that ends without one is an error (`ResetWithoutClosingHandshake`, as from
+    /// tungstenite). After an error or the end, nothing more is read.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, tungstenite::Error>> {
         while !self.ended {
             let frame = match self.poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(Some(frame))) => frame,
-                Poll::Ready(Ok(None)) => break,
+                Poll::Ready(Ok(None)) => {
+                    // The socket ended without a close frame: tungstenite's error for it.
+                    self.end();
+                    return Poll::Ready(Err(protocol(ProtocolError::ResetWithoutClosingHandshake)));
+                }
                 Poll::Ready(Err(error)) => {
                     self.end();
                     return Poll::Ready(Err(error));
@@ -165,7 +189,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             OpCode::Data(Data::Reserved(code)) => Err(protocol(ProtocolError::UnknownDataFrameType(code))),
             OpCode::Data(Data::Continue) => {
-                let Some(message) = self.message.as_mut() else {
+                let Some(mut message) = self.message.take() else {
                     return Err(protocol(ProtocolError::UnexpectedContinueFrame));
                 };
                 let size = message.data.len().saturating_add(payload.len());
@@ -173,11 +197,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     return Err(too_long(size, self.max_message));
                 }
                 message.data.extend_from_slice(&payload);
-                if !is_final {
-                    return Ok(None);
+                if is_final {
+                    return finish_message(message.text, message.data).map(Some);
                 }
-                let PartialMessage { text, data } = self.message.take().expect("checked above");
-                finish_message(text, data).map(Some)
+                message.check_text()?;
+                self.message = Some(message);
+                Ok(None)
             }
             OpCode::Data(data @ (Data::Text | Data::Binary)) => {
                 if let Some(message) = &self.message {
@@ -191,7 +216,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 if is_final {
                     finish_message(text, payload).map(Some)
                 } else {
-                    self.message = Some(PartialMessage { text, data: payload });
+                    let mut message = PartialMessage { text, data: payload, valid: 0 };
+                    message.check_text()?;
+                    self.message = Some(message);
                     Ok(None)
                 }
             }
@@ -215,7 +242,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 };
                 self.frame = Some(frame);
             }
-            let frame = self.frame.as_mut().expect("set above");
+            let Some(frame) = self.frame.as_mut() else { continue };
             if let Some((body, filled)) = &mut frame.own {
                 if *filled < frame.len {
                     let read = match Pin::new(&mut self.socket).poll_read(cx, &mut body[*filled..]) {
@@ -237,7 +264,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            let PartialFrame { is_final, opcode, mask, len, own } = self.frame.take().expect("set above");
+            let Some(PartialFrame { is_final, opcode, mask, len, own }) = self.frame.take() else { continue };
             let mut payload = match own {
                 Some((body, _)) => body,
                 None => self.buffer.split_to(len),
@@ -363,6 +390,8 @@ mod tests {
     use std::collections::VecDeque;
     use std::io;
     use std::task::Waker;
+
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -490,12 +519,13 @@ mod tests {
     }
 
     #[test]
-    fn the_socket_ending_ends_the_input() {
+    fn a_socket_that_ends_without_a_close_frame_is_an_error() {
         let mut bytes = frame(true, TEXT, b"last");
         bytes.extend(&frame(true, TEXT, b"cut short")[..5]);
         let mut reader = reader(vec![Some(bytes)], usize::MAX);
         assert_eq!(message(&mut reader), b"last");
-        assert!(matches!(poll(&mut reader), Poll::Ready(Ok(None))));
+        assert!(error(&mut reader).contains("without closing handshake"));
+        assert!(matches!(poll(&mut reader), Poll::Ready(Ok(None))), "and nothing more is read");
     }
 
     #[test]
@@ -573,6 +603,106 @@ mod tests {
             unmask(&mut fast, mask);
             let slow: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
             assert_eq!(fast, slow, "length {len}");
+        }
+    }
+
+    /// What a reader made of a byte stream: its data messages, then how it ended.
+    #[derive(Debug, PartialEq)]
+    struct Outcome {
+        messages: Vec<Vec<u8>>,
+        /// `true`: a close frame; `false`: an error (a violation, or the socket ending first).
+        clean_end: bool,
+    }
+
+    /// tungstenite's server-side reader over the same bytes: the reference.
+    fn tungstenite_reads(bytes: &[u8], config: WebSocketConfig) -> Outcome {
+        use async_tungstenite::tungstenite::protocol::Role;
+        use async_tungstenite::tungstenite::{Message, WebSocket};
+
+        struct Socket(Cursor<Vec<u8>>);
+        impl io::Read for Socket {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                self.0.read(out)
+            }
+        }
+        impl io::Write for Socket {
+            fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut ws =
+            WebSocket::from_raw_socket(Socket(Cursor::new(bytes.to_vec())), Role::Server, Some(config));
+        let mut messages = Vec::new();
+        loop {
+            match ws.read() {
+                Ok(Message::Text(text)) => messages.push(text.as_bytes().to_vec()),
+                Ok(Message::Binary(data)) => messages.push(data.to_vec()),
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => return Outcome { messages, clean_end: true },
+                Err(_) => return Outcome { messages, clean_end: false },
+            }
+        }
+    }
+
+    fn frame_reader_reads(bytes: &[u8], piece: usize, config: &WebSocketConfig) -> Outcome {
+        let socket = Scripted { reads: VecDeque::from([Some(bytes.to_vec())]), piece };
+        let mut reader = FrameReader::new(socket, Vec::new(), config);
+        let mut messages = Vec::new();
+        loop {
+            match poll(&mut reader) {
+                Poll::Ready(Ok(Some(message))) => messages.push(message.to_vec()),
+                Poll::Ready(Ok(None)) => return Outcome { messages, clean_end: true },
+                Poll::Ready(Err(_)) => return Outcome { messages, clean_end: false },
+                Poll::Pending => panic!("a scripted socket never blocks"),
+            }
+        }
+    }
+
+    /// One frame of a generated stream: mostly well formed, sometimes not.
+    fn any_frame() -> impl Strategy<Value = Vec<u8>> {
+        let opcode = prop_oneof![
+            6 => Just(TEXT), 6 => Just(BINARY), 4 => Just(CONTINUE), 2 => Just(PING), 1 => Just(10u8),
+            1 => Just(CLOSE), 1 => Just(3u8),
+        ];
+        let payload = prop_oneof![
+            8 => proptest::collection::vec(any::<u8>(), 0..40),
+            4 => "[a-zé€😀]{0,30}".prop_map(String::into_bytes),
+            1 => proptest::collection::vec(any::<u8>(), 120..130),
+            1 => (LARGE_FRAME - 10..LARGE_FRAME + 3000).prop_map(|len| vec![b'a'; len]),
+        ];
+        (any::<bool>(), opcode, payload, 0..40u8).prop_map(|(fin, opcode, payload, damage)| {
+            let mut bytes = frame(fin || opcode >= 8, opcode, &payload);
+            match damage {
+                0 => bytes[1] &= 0x7f, // unmasked (the mask key then reads as payload)
+                1 => bytes[0] |= 0x20, // a reserved bit
+                2 => bytes.truncate(bytes.len() / 2),
+                _ => {}
+            }
+            bytes
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Whatever the bytes and however the socket cuts them, the frame reader hands out the same
+        /// messages as tungstenite and ends the same way (a clean close or an error).
+        #[test]
+        fn reads_like_tungstenite(
+            frames in proptest::collection::vec(any_frame(), 0..12),
+            close in any::<bool>(),
+            piece in prop_oneof![Just(1usize), 1..64usize, Just(usize::MAX)],
+        ) {
+            let mut bytes = frames.concat();
+            if close {
+                bytes.extend(frame(true, CLOSE, b"\x03\xe8bye"));
+            }
+            let config = WebSocketConfig::default().max_frame_size(Some(20_000)).max_message_size(Some(30_000));
+            let expected = tungstenite_reads(&bytes, config);
+            prop_assert_eq!(frame_reader_reads(&bytes, piece, &config), expected);
         }
     }
 }
