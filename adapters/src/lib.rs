@@ -14,6 +14,20 @@ pub use streamkit_core as core;
 
 /// The payload type of records and entries (`bytes::Bytes`), so users need no direct dependency.
 pub use bytes::Bytes;
+/// Store ids are UUIDs; the `uuid` crate is re-exported so users need no direct dependency.
+pub use uuid::{self, Uuid};
+
+pub use client::{Client, ClientBuilder, Error, ErrorKind, connect};
+pub use streamkit_core::api::{
+    Consume, ConsumeSegment, ConsumeSpace, Entry, LeaseResult, Metadata, Record, SegmentStatus,
+    WorkerInventory,
+};
+pub use streamkit_core::wire::Codec;
+
+// The README's Rust examples are compiled with the doctests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
 
 pub mod auth;
 pub mod bus;

@@ -1,6 +1,7 @@
 //! The client's error type: a kind to match on and the exact text a Go client would show.
 
 use std::fmt;
+use std::sync::Arc;
 
 use streamkit_core::stream::EndReason;
 
@@ -21,9 +22,24 @@ pub const HEARTBEAT_MISSED: &str = "subscription heartbeat timeout";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The server ended the stream with an error: `remote closed stream: <text>` (e.g. a sequence gap).
+    /// A produce's records did not carry the segment's next sequence (optimistic concurrency: another
+    /// writer got there first): `remote closed stream: sequence gap: expected 3, got 4`. Read the head
+    /// again (`peek`) and retry from `expected`.
+    SequenceConflict {
+        /// The sequence the segment expected next.
+        expected: u64,
+        /// The sequence the record carried.
+        got: u64,
+    },
+    /// The token does not allow this store: `remote error: access denied`. Permanent.
+    AccessDenied,
+    /// The server could not open the store (storage failing, the store's circuit open):
+    /// `remote error: store unavailable`. Transient.
+    StoreUnavailable,
+    /// The server ended the stream with another error: `remote closed stream: <text>`.
     RemoteClosed,
-    /// The server refused the stream: `remote error: <text>` (e.g. `access denied`, `store unavailable`).
+    /// The server refused the stream for another reason: `remote error: <text>` (e.g.
+    /// `too many active streams`).
     RemoteError,
     /// The connection failed or was lost (`muxer closed`, `heartbeat timeout`, a dial that may succeed
     /// later). Transient.
@@ -59,19 +75,48 @@ pub enum ErrorKind {
 
 /// A client error: [`kind`](Self::kind) to match on, and a message that is the exact text of the Go
 /// client (`remote closed stream: sequence gap: expected 3, got 4`, `remote error: access denied`,
-/// `lease not acquired: ...`). `Display` prints the message alone.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `lease not acquired: ...`). `Display` prints the message alone; [`source`](std::error::Error::source)
+/// is the underlying failure where there is one (a dial's I/O or TLS error).
+///
+/// ```
+/// use streamkit::{Error, ErrorKind};
+/// # fn handle(error: Error) {
+/// match error.kind() {
+///     ErrorKind::SequenceConflict { expected, .. } => println!("someone else wrote; next is {expected}"),
+///     ErrorKind::AccessDenied => println!("the token does not cover this store"),
+///     _ if error.is_retryable() => println!("try again: {error}"),
+///     _ => println!("failed: {error}"),
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug)]
 pub struct Error {
     kind: ErrorKind,
     message: String,
     /// Set when configuration overrides the classification by text (auth retries).
     retryable: Option<bool>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+/// Errors are equal when their kinds and texts are (the source is not compared).
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        (self.kind, &self.message, self.retryable) == (other.kind, &other.message, other.retryable)
+    }
+}
+
+impl Eq for Error {}
 
 impl Error {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), retryable: None }
+        Self { kind, message: message.into(), retryable: None, source: None }
+    }
+
+    /// This error with `source` as its [`source`](std::error::Error::source).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
 
     /// This error, classified as transient whatever its text (Go `RetryAuthFailures`).
@@ -110,7 +155,12 @@ impl Error {
     /// The error a reader sees for a stream that ended for `reason`, with the reason's text.
     pub fn from_stream_end(reason: &EndReason) -> Self {
         let kind = match reason {
-            EndReason::RemoteClosed(_) => ErrorKind::RemoteClosed,
+            EndReason::RemoteClosed(text) => match sequence_gap(text) {
+                Some((expected, got)) => ErrorKind::SequenceConflict { expected, got },
+                None => ErrorKind::RemoteClosed,
+            },
+            EndReason::RemoteError(text) if text == "access denied" => ErrorKind::AccessDenied,
+            EndReason::RemoteError(text) if text == "store unavailable" => ErrorKind::StoreUnavailable,
             EndReason::RemoteError(_) => ErrorKind::RemoteError,
             EndReason::Overloaded => ErrorKind::Overloaded,
             EndReason::Canceled => ErrorKind::Canceled,
@@ -148,7 +198,11 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl From<DialError> for Error {
     fn from(error: DialError) -> Self {
@@ -159,8 +213,17 @@ impl From<DialError> for Error {
             e if e.is_permanent() => ErrorKind::InvalidConfig,
             _ => ErrorKind::Connection,
         };
-        Self::new(kind, error.to_string())
+        Self::new(kind, error.to_string()).with_source(error)
     }
+}
+
+/// The two sequences of Go's `sequence gap: expected X, got Y` (also after a prefix such as an
+/// instance's wrapping of it).
+fn sequence_gap(text: &str) -> Option<(u64, u64)> {
+    let rest = &text[text.find("sequence gap: expected ")? + "sequence gap: expected ".len()..];
+    let (expected, rest) = rest.split_once(", got ")?;
+    let got = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    Some((expected.parse().ok()?, got.parse().ok()?))
 }
 
 /// Substrings (lower case) that make an error permanent in Go's `IsRetryable`.
@@ -209,10 +272,16 @@ mod tests {
     #[test]
     fn stream_ends_classify() {
         let gap = Error::from_stream_end(&EndReason::RemoteClosed("sequence gap: expected 3, got 4".into()));
-        assert_eq!(gap.kind(), ErrorKind::RemoteClosed);
+        assert_eq!(gap.kind(), ErrorKind::SequenceConflict { expected: 3, got: 4 });
         assert_eq!(gap.to_string(), "remote closed stream: sequence gap: expected 3, got 4");
+        let other = Error::from_stream_end(&EndReason::RemoteClosed("sequence gap: expected 3".into()));
+        assert_eq!(other.kind(), ErrorKind::RemoteClosed, "a text that does not parse stays generic");
         let denied = Error::from_stream_end(&EndReason::RemoteError("access denied".into()));
-        assert_eq!(denied.kind(), ErrorKind::RemoteError);
+        assert_eq!(denied.kind(), ErrorKind::AccessDenied);
+        let unavailable = Error::from_stream_end(&EndReason::RemoteError("store unavailable".into()));
+        assert_eq!((unavailable.kind(), unavailable.is_retryable()), (ErrorKind::StoreUnavailable, true));
+        let busy = Error::from_stream_end(&EndReason::RemoteError("too many active streams".into()));
+        assert_eq!(busy.kind(), ErrorKind::RemoteError);
         assert_eq!(denied.to_string(), "remote error: access denied");
         assert!(!denied.is_retryable());
         let lost = Error::muxer_closed();
@@ -235,6 +304,8 @@ mod tests {
         assert_eq!((unauthorized.kind(), unauthorized.is_retryable()), (ErrorKind::Unauthorized, false));
         let timeout = Error::from(DialError::Timeout);
         assert_eq!((timeout.kind(), timeout.is_retryable()), (ErrorKind::Connection, true));
+        let source = std::error::Error::source(&timeout).expect("the dial error is the source");
+        assert_eq!(source.to_string(), DialError::Timeout.to_string());
         assert_eq!(Error::from(DialError::TlsUnsupported).kind(), ErrorKind::InvalidConfig);
     }
 }

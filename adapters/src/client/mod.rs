@@ -6,7 +6,7 @@
 //! or the deprecated async-std).
 //!
 //! Two transports, same operations:
-//! * [`Client::connect`]: a WebSocket to a server (`ws://`, or `wss://` with the `tls` feature), with a
+//! * [`connect`], [`Client::builder`] or [`Client::connect`]: a WebSocket to a server (`ws://`, or `wss://` with the `tls` feature), with a
 //!   [`TokenSource`] called on every dial, JSON (default, what Go speaks) or CBOR;
 //! * [`Client::in_process`]: a server's engine in the same process, no sockets and no encoding.
 //!
@@ -25,14 +25,13 @@
 //! # Example
 //!
 //! ```no_run
-//! # async fn example(runtime: std::sync::Arc<dyn streamkit::runtime::Runtime>) -> Result<(), streamkit::client::Error> {
+//! # async fn example() -> Result<(), streamkit::Error> {
 //! use futures_util::StreamExt;
-//! use streamkit::client::{Client, ClientOptions, static_token};
-//! use streamkit::core::api::{ConsumeSegment, Metadata};
+//! use streamkit::{Client, ConsumeSegment, Metadata};
 //!
-//! let client = Client::connect(runtime, "ws://127.0.0.1:7070", static_token("<jwt>"), ClientOptions::default()).await?;
-//! let store = uuid::Uuid::new_v4();
-//! let status = client.publish(store, "orders", "order-1", b"created".to_vec(), Metadata::new()).await?;
+//! let client = Client::builder().token("<jwt>").connect("ws://127.0.0.1:7070").await?;
+//! let store = streamkit::Uuid::new_v4();
+//! let status = client.publish(store, "orders", "order-1", "created", Metadata::new()).await?;
 //! assert_eq!(status.last_sequence, 1);
 //! let request = ConsumeSegment { space: "orders".into(), segment: "order-1".into(), ..Default::default() };
 //! let mut entries = client.consume_segment(store, request);
@@ -43,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+mod builder;
 mod error;
 mod inproc;
 mod items;
@@ -51,6 +51,7 @@ mod retry;
 mod socket;
 mod stream;
 
+pub use builder::{ClientBuilder, connect};
 pub use error::{
     Error, ErrorKind, HEARTBEAT_MISSED, INVALID_ENTRY, LEASE_LOST, LEASE_NOT_ACQUIRED,
     NO_STATUS_CONFIRMATION, is_retryable_text,
@@ -155,6 +156,10 @@ pub struct ClientOptions {
     /// stalled streams are aborted with `stream receive buffer overloaded`. Keep it well under the mux's
     /// idle timeout (90 s): a paused socket does not read the server's pongs.
     pub stall_timeout: Duration,
+    /// TLS settings for `wss://` (custom root certificates, a client certificate); `None` uses rustls
+    /// with the Mozilla root certificates.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<futures_rustls::rustls::ClientConfig>>,
 }
 
 impl Default for ClientOptions {
@@ -168,6 +173,8 @@ impl Default for ClientOptions {
             stream_buffer: 256,
             send_window: 256,
             stall_timeout: Duration::from_secs(30),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -295,6 +302,11 @@ fn interval_seconds(interval: Duration) -> u64 {
 }
 
 impl Client {
+    /// A [`ClientBuilder`]: `Client::builder().token(jwt).connect(url).await`.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
     /// Connects to the server at `url` (`ws://host:port`; `/streamz` is appended), calling `tokens` for
     /// the token of this and every later dial. The first dial happens here (with the retry policy for
     /// transient failures), so a wrong address or a refused token is reported at once.

@@ -375,6 +375,11 @@ impl Driver {
         let options = DialOptions::new(token)
             .with_cbor(self.options.codec == Codec::Cbor)
             .with_timeout(self.options.dial_timeout);
+        #[cfg(feature = "tls")]
+        let options = match &self.options.tls {
+            Some(config) => options.with_tls_config(config.clone()),
+            None => options,
+        };
         let ws = dial(&*self.runtime, &self.url, &options).await?;
         let codec = ws.codec();
         let conn = ClientConnection::new(codec, self.options.mux.clone(), self.clock.now(), random_seed());

@@ -581,7 +581,9 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// A running server; stop it with [`RunningServer::shutdown`].
+/// A running server; stop it with [`RunningServer::shutdown`]. Dropping it stops accepting
+/// connections at once (without the graceful drain of `shutdown`).
+#[must_use = "dropping a RunningServer stops it: keep it while the server should run, then call shutdown"]
 pub struct RunningServer {
     local_addr: SocketAddr,
     engine: EngineHandle,
@@ -609,6 +611,11 @@ impl RunningServer {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The URL clients dial: `ws://` and [`local_addr`](Self::local_addr).
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.local_addr)
     }
 
     /// The engine (for in-process clients).

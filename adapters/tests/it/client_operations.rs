@@ -52,7 +52,7 @@ async fn every_operation(runtime: Arc<dyn Runtime>, via: Via) {
     assert!(statuses.is_empty());
     let error = error.expect("a sequence gap fails the produce");
     assert_eq!(error.to_string(), "remote closed stream: sequence gap: expected 11, got 12");
-    assert_eq!(error.kind(), ErrorKind::RemoteClosed);
+    assert_eq!(error.kind(), ErrorKind::SequenceConflict { expected: 11, got: 12 });
     collect_ok(rt, client.produce(store, "space1", "segment0", records(1..=3))).await;
 
     // Consume a segment with Go's boundary rules.

@@ -40,7 +40,7 @@ async fn access_denied_outside_the_token_scope(runtime: Arc<dyn Runtime>) {
     let started = Instant::now();
     let denied = step(&runtime, client.peek(Uuid::new_v4(), "s", "g")).await.unwrap_err();
     assert_eq!(denied.to_string(), "remote error: access denied");
-    assert_eq!(denied.kind(), ErrorKind::RemoteError);
+    assert_eq!(denied.kind(), ErrorKind::AccessDenied);
     assert!(!denied.is_retryable());
     assert!(started.elapsed() < Duration::from_secs(1), "a permanent error is not retried");
     let (_, error) = collect(&runtime, client.get_spaces(Uuid::new_v4())).await;

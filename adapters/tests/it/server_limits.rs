@@ -188,9 +188,18 @@ async fn an_unopenable_store_is_unavailable_and_trips_the_circuit_breaker() {
         }
         client.close().await;
     }
+    // The SDK names the condition, and calls it transient.
+    let once = streamkit::client::RetryPolicy { attempts: 1, ..Default::default() };
+    let client =
+        streamkit::Client::builder().token(admin_token()).retry(once).connect(url(&server)).await.unwrap();
+    let error = client.peek(store, "sp", "sg").await.unwrap_err();
+    assert_eq!(error.kind(), streamkit::ErrorKind::StoreUnavailable, "{error}");
+    assert_eq!(error.to_string(), "remote error: store unavailable");
+    assert!(error.is_retryable());
+    client.close().await;
     let text = server.metrics().render();
     assert_eq!(metric(&text, "streamkit_errors_total{kind=\"store_open\"}"), Some(3.0), "{text}");
-    assert_eq!(metric(&text, "streamkit_errors_total{kind=\"store_unavailable\"}"), Some(12.0));
+    assert_eq!(metric(&text, "streamkit_errors_total{kind=\"store_unavailable\"}"), Some(13.0));
     assert_eq!(
         metric(&text, "streamkit_operations_total{op=\"get_spaces\",outcome=\"rejected\"}"),
         Some(6.0)
