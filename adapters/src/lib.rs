@@ -18,6 +18,9 @@ pub use bytes::Bytes;
 pub use uuid::{self, Uuid};
 
 pub use client::{Client, ClientBuilder, Error, ErrorKind, connect};
+/// rustls, for the TLS settings of the client ([`ClientBuilder::tls_config`]) and the server.
+#[cfg(feature = "tls")]
+pub use futures_rustls::rustls;
 pub use streamkit_core::api::{
     Consume, ConsumeSegment, ConsumeSpace, Entry, LeaseResult, Metadata, Record, SegmentStatus,
     WorkerInventory,
@@ -46,4 +49,6 @@ pub mod server;
 #[cfg(feature = "sidecar")]
 mod sidecar;
 pub mod store;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod ws;

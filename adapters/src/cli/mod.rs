@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
 use crate::auth::{JwtAlgorithm, JwtVerifier, TokenClaims, TokenSigner};
-use crate::client::{Client, ClientOptions, static_token};
+use crate::client::Client;
 use crate::core::wire::Codec;
 use crate::logging::LogFormat;
 use crate::runtime::{Runtime, TokioRuntime};
@@ -208,13 +208,20 @@ struct ClientArgs {
     /// Speak CBOR instead of JSON.
     #[arg(long)]
     cbor: bool,
+    /// For `wss://`: trust the CA certificates in this PEM file instead of the Mozilla roots.
+    #[arg(long, env = "STREAMKIT_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 impl ClientArgs {
     async fn connect(&self, runtime: Arc<dyn Runtime>) -> Result<Client, CliError> {
         let codec = if self.cbor { Codec::Cbor } else { Codec::Json };
-        let options = ClientOptions::default().with_codec(codec);
-        Ok(Client::connect(runtime, self.url.clone(), static_token(self.token.clone()), options).await?)
+        let mut builder = Client::builder().runtime(runtime).token(self.token.clone()).codec(codec);
+        if let Some(ca) = &self.tls_ca {
+            let config = crate::tls::client_config_trusting(ca).map_err(|e| format!("--tls-ca: {e}"))?;
+            builder = builder.tls_config(Arc::new(config));
+        }
+        Ok(builder.connect(self.url.clone()).await?)
     }
 }
 

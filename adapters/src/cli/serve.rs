@@ -16,6 +16,7 @@ use crate::http;
 use crate::runtime::Runtime;
 use crate::server::{BusKind, ClusterMode, ServerConfig, start};
 use crate::store::{CommitDurability, PgConfig, RedbOptions, StoreFactory};
+use crate::tls::ServerTls;
 
 /// Where the stores live (`--store`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,6 +146,16 @@ pub(super) struct ServeArgs {
     /// many cores (default: the available parallelism).
     #[arg(long, env = "STREAMKIT_SHARDS", value_parser = clap::value_parser!(u16).range(1..))]
     shards: Option<u16>,
+    /// Serve `wss://` with this certificate chain (PEM); needs `--tls-key`. The files are read again
+    /// when they change (renewals need no restart).
+    #[arg(long, env = "STREAMKIT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "STREAMKIT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (PEM) on top of the bearer token (mutual TLS).
+    #[arg(long, env = "STREAMKIT_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// WebSocket connections served at once; upgrades over it get `503` with `Retry-After`.
     #[arg(long, env = "STREAMKIT_MAX_CONNECTIONS", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
@@ -249,13 +260,16 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
             ..streamkit_core::manager::IdleEviction::default()
         }),
     };
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let tls = match &args.tls_client_ca {
+            None => ServerTls::from_pem_files(cert, key),
+            Some(ca) => ServerTls::require_client_certificates(cert, key, ca),
+        };
+        config.tls = Some(tls.map_err(|e| format!("cannot set up TLS: {e}"))?);
+    }
     let server = start(runtime, config).await.map_err(|e| format!("cannot start the server: {e}"))?;
     // Scripts read this line for the address (with `--listen 127.0.0.1:0`).
-    println!(
-        "streamkit listening on {} (ws://{}/streamz, {algorithm})",
-        server.local_addr(),
-        server.local_addr()
-    );
+    println!("streamkit listening on {} ({}/streamz, {algorithm})", server.local_addr(), server.url());
     shutdown_signal().await;
     // Logged rather than printed: with `--log-format json`, every line of stderr is a JSON object.
     tracing::info!("shutdown signal received");

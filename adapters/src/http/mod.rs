@@ -242,6 +242,9 @@ pub enum Rejection {
     /// 503: the handler's connection limit is reached ([`ConnectionHandler::admit`]).
     #[error("connection limit reached")]
     ConnectionLimit,
+    /// Dropped: the TLS handshake failed (not TLS, an unknown CA, no client certificate).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
 }
 
 /// What the server plugs into the front.
@@ -281,6 +284,9 @@ struct Inner {
     readiness: Readiness,
     config: HttpConfig,
     pending: PendingHandshakes,
+    /// Set: every connection starts with a TLS handshake (`https://`, `wss://`).
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::ServerTls>,
 }
 
 impl fmt::Debug for HttpFront {
@@ -306,8 +312,29 @@ impl HttpFront {
         config.websocket = sanitize_config(config.websocket);
         let pending =
             PendingHandshakes::new(config.max_pending_handshakes, config.max_pending_handshakes_per_ip);
-        let inner = Inner { runtime, verifier, handler, readiness, config, pending };
+        let inner = Inner {
+            runtime,
+            verifier,
+            handler,
+            readiness,
+            config,
+            pending,
+            #[cfg(feature = "tls")]
+            tls: None,
+        };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// This front with every connection starting with a TLS handshake under `tls` (within the
+    /// handshake deadline and the pending-handshake caps, like the rest of the negotiation). Call it
+    /// before serving.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: crate::tls::ServerTls) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.tls = Some(tls),
+            None => tracing::error!("HttpFront::with_tls called on a front already serving; TLS not enabled"),
+        }
+        self
     }
 
     /// The readiness flag `/readyz` reports.
@@ -370,11 +397,21 @@ impl HttpFront {
         };
         // Boxed: the negotiation's state is much larger than what the connection keeps afterwards, and
         // inline it would stay part of this future, which lives as long as the connection.
-        let negotiation = Box::pin(
-            inner.runtime.timeout(inner.config.handshake_timeout, self.negotiate(&mut stream, peer)),
-        );
-        let upgrade = match negotiation.await {
-            Ok(Some(upgrade)) => upgrade,
+        let negotiation = Box::pin(inner.runtime.timeout(inner.config.handshake_timeout, async {
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &inner.tls {
+                stream = match tls.accept(stream).await {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        inner.handler.on_rejected(peer, &Rejection::Tls(error.to_string()));
+                        return None;
+                    }
+                };
+            }
+            self.negotiate(&mut stream, peer).await.map(|upgrade| (stream, upgrade))
+        }));
+        let (stream, upgrade) = match negotiation.await {
+            Ok(Some(negotiated)) => negotiated,
             Ok(None) => return,
             Err(_) => {
                 inner.handler.on_rejected(peer, &Rejection::Timeout);
@@ -649,12 +686,12 @@ impl Response {
             Rejection::HeadTooLarge => {
                 Self::text(431, "Request Header Fields Too Large", "Request Header Fields Too Large\n")
             }
+            // A TLS failure is never answered in HTTP (there is no channel to answer on).
             Rejection::HeaderTimeout
             | Rejection::Timeout
             | Rejection::TooManyPending
-            | Rejection::TooManyPendingFromIp => {
-                Self::text(503, "Service Unavailable", "Service Unavailable\n")
-            }
+            | Rejection::TooManyPendingFromIp
+            | Rejection::Tls(_) => Self::text(503, "Service Unavailable", "Service Unavailable\n"),
             Rejection::ConnectionLimit => {
                 Self::text(503, "Service Unavailable", "Service Unavailable\n").header("Retry-After", "1")
             }

@@ -281,6 +281,10 @@ pub struct ServerConfig {
     /// can use that many cores (default [`default_shards`]: the available parallelism). A store always
     /// belongs to the same shard; 0 counts as 1.
     pub shards: usize,
+    /// Serve `wss://` (and `https://` for the probes and metrics) with this certificate (default: none,
+    /// plain `ws://`).
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// The default number of engine shards: the machine's available parallelism (1 if unknown).
@@ -309,6 +313,7 @@ impl fmt::Debug for ServerConfig {
             .field("idle_eviction", &self.idle_eviction)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("shards", &self.shards)
+            .field("tls", &self.tls_enabled())
             .finish_non_exhaustive()
     }
 }
@@ -343,7 +348,17 @@ impl ServerConfig {
             node: NodeConfig::default(),
             http: HttpConfig::default(),
             shards: default_shards(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Whether the server is to serve TLS.
+    pub fn tls_enabled(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
     }
 
     /// Defaults, with the stores `stores` opens (embedded or memory, as built).
@@ -595,6 +610,7 @@ pub struct RunningServer {
     tracker: Arc<ConnectionTracker>,
     connections: Arc<AtomicUsize>,
     grace: Duration,
+    tls: bool,
 }
 
 impl fmt::Debug for RunningServer {
@@ -613,9 +629,10 @@ impl RunningServer {
         self.local_addr
     }
 
-    /// The URL clients dial: `ws://` and [`local_addr`](Self::local_addr).
+    /// The URL clients dial: `ws://` (`wss://` when serving TLS) and [`local_addr`](Self::local_addr).
     pub fn url(&self) -> String {
-        format!("ws://{}", self.local_addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// The engine (for in-process clients).
@@ -724,7 +741,13 @@ pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> io::R
         .websocket
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
+    let tls = config.tls_enabled();
     let front = HttpFront::new(runtime.clone(), config.verifier, handler, readiness.clone(), http);
+    #[cfg(feature = "tls")]
+    let front = match config.tls {
+        Some(tls) => front.with_tls(tls),
+        None => front,
+    };
     let (stop, stopped) = futures_channel::oneshot::channel::<()>();
     let accept_done = runtime.spawn(async move {
         front
@@ -754,6 +777,7 @@ pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> io::R
         tracker,
         connections,
         grace: config.shutdown_grace,
+        tls,
     })
 }
 

@@ -47,6 +47,8 @@ mod server_runtimes;
 mod server_security;
 mod server_shards;
 mod server_smoke;
+#[cfg(feature = "tls")]
+mod server_tls;
 mod store_corruption;
 mod store_durability;
 mod store_group_commit;

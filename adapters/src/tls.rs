@@ -1,0 +1,210 @@
+//! TLS (feature `tls`): `wss://` served by the server itself, with rustls, and the client's trust in a
+//! private CA ([`client_config_trusting`]).
+//!
+//! [`ServerTls::from_pem_files`] reads a certificate chain and its private key from PEM files. The
+//! files are watched, not read once: on a handshake at least [`RELOAD_CHECK`] after the last look,
+//! their modification times are compared and, when one changed, both are read again. New
+//! connections get the new certificate; established ones keep their session (nothing is dropped).
+//! A renewed pair that does not load (half written, mismatched) is logged and the previous one
+//! stays in use, so a renewal never takes the endpoint down.
+//!
+//! With [`ServerTls::require_client_certificates`], clients must present a certificate issued by the
+//! given CA (mutual TLS) before anything else happens; the bearer token is still checked after it.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_rustls::TlsAcceptor;
+use futures_rustls::rustls::crypto::{self, CryptoProvider};
+use futures_rustls::rustls::pki_types::pem::PemObject;
+use futures_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use futures_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use futures_rustls::rustls::sign::CertifiedKey;
+use futures_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::runtime::BoxedStream;
+
+/// How often, at most, the certificate files are looked at for a change.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// Why TLS could not be set up. The texts name the file, for the operator starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file holds no certificate, or no private key.
+    #[error("{path} holds no {what} in PEM form")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+        /// `certificate` or `private key`.
+        what: &'static str,
+    },
+    /// rustls refused the key, the certificate chain or the client CA.
+    #[error("invalid TLS configuration: {0}")]
+    Invalid(String),
+}
+
+/// The server's TLS settings; cheap to clone.
+#[derive(Clone)]
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// TLS with the certificate chain in `cert` and its private key in `key` (PEM), reloaded when
+    /// they change; no client certificates asked for.
+    pub fn from_pem_files(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Result<Self, TlsError> {
+        Self::build(cert.into(), key.into(), None)
+    }
+
+    /// Like [`from_pem_files`](Self::from_pem_files), and clients must present a certificate issued by
+    /// one of the CA certificates in `client_ca` (PEM).
+    pub fn require_client_certificates(
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        client_ca: impl AsRef<Path>,
+    ) -> Result<Self, TlsError> {
+        Self::build(cert.into(), key.into(), Some(client_ca.as_ref()))
+    }
+
+    fn build(cert: PathBuf, key: PathBuf, client_ca: Option<&Path>) -> Result<Self, TlsError> {
+        let provider = Arc::new(crypto::aws_lc_rs::default_provider());
+        let resolver = Arc::new(ReloadingCertificate::load(cert, key, provider.clone())?);
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Invalid(e.to_string()))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for certificate in read_certificates(path)? {
+                    roots.add(certificate).map_err(|e| TlsError::Invalid(e.to_string()))?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| TlsError::Invalid(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self { acceptor: TlsAcceptor::from(Arc::new(config)) })
+    }
+
+    /// Runs the server side of the TLS handshake over `stream`.
+    pub async fn accept(&self, stream: BoxedStream) -> io::Result<BoxedStream> {
+        Ok(Box::new(self.acceptor.accept(stream).await?))
+    }
+}
+
+/// A client configuration that trusts the CA certificates in `ca` (PEM) instead of the Mozilla roots,
+/// for [`ClientBuilder::tls_config`](crate::ClientBuilder::tls_config) (a private CA, a test setup).
+pub fn client_config_trusting(ca: impl AsRef<Path>) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in read_certificates(ca.as_ref())? {
+        roots.add(certificate).map_err(|e| TlsError::Invalid(e.to_string()))?;
+    }
+    Ok(ClientConfig::builder_with_provider(Arc::new(crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The certificate handed to every handshake, read again when its files change.
+struct ReloadingCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    state: Mutex<Loaded>,
+}
+
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// Modification times of the certificate and key files when they were read.
+    modified: (Option<SystemTime>, Option<SystemTime>),
+    checked: Instant,
+}
+
+impl ReloadingCertificate {
+    fn load(cert: PathBuf, key: PathBuf, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        let modified = (modified(&cert), modified(&key));
+        let certified = certified_key(&cert, &key, &provider)?;
+        let state = Mutex::new(Loaded { key: certified, modified, checked: Instant::now() });
+        Ok(Self { cert, key, provider, state })
+    }
+
+    /// The current key, after reading the files again if they changed since the last look.
+    fn current(&self) -> Arc<CertifiedKey> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.checked.elapsed() >= RELOAD_CHECK {
+            state.checked = Instant::now();
+            let now = (modified(&self.cert), modified(&self.key));
+            if now != state.modified {
+                match certified_key(&self.cert, &self.key, &self.provider) {
+                    Ok(key) => {
+                        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                        state.key = key;
+                        state.modified = now;
+                    }
+                    // Typically a renewal caught half written: the next look tries again.
+                    Err(error) => {
+                        tracing::warn!(%error, "TLS certificate not reloaded; the previous one stays")
+                    }
+                }
+            }
+        }
+        state.key.clone()
+    }
+}
+
+impl std::fmt::Debug for ReloadingCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingCertificate").field("cert", &self.cert).finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|metadata| metadata.modified()).ok()
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
+    let certificates: Vec<_> = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect();
+    if certificates.is_empty() {
+        return Err(TlsError::Empty { path: path.to_owned(), what: "certificate" });
+    }
+    Ok(certificates)
+}
+
+fn certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = read_certificates(cert)?;
+    let pem = fs::read(key).map_err(|source| TlsError::Read { path: key.to_owned(), source })?;
+    let key_der = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|_| TlsError::Empty { path: key.to_owned(), what: "private key" })?;
+    let certified =
+        CertifiedKey::from_der(chain, key_der, provider).map_err(|e| TlsError::Invalid(e.to_string()))?;
+    Ok(Arc::new(certified))
+}
