@@ -432,7 +432,7 @@ impl ServerConfig {
         on
     }
 
-    async fn take_store_factory(&mut self, observer: CommitObserver) -> io::Result<StoreFactory> {
+    async fn take_store_factory(&mut self, observer: CommitObserver) -> Result<StoreFactory, StartError> {
         let worker = StoreConfig { observer: Some(observer.clone()), ..self.store_worker.clone() };
         Ok(match self.store_factory.take() {
             Some(factory) => factory.with_observer(observer),
@@ -445,24 +445,24 @@ impl ServerConfig {
                 StoreKind::Memory => StoreFactory::memory().with_config(worker),
                 #[cfg(feature = "postgres")]
                 StoreKind::Postgres => {
-                    let database = self.postgres.clone().ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::InvalidInput, "the postgres store needs a database")
-                    })?;
-                    let db = crate::store::PgDatabase::connect(database).await.map_err(io::Error::other)?;
+                    let database = self
+                        .postgres
+                        .clone()
+                        .ok_or(StartError::Config("the postgres store needs a database"))?;
+                    let db = crate::store::PgDatabase::connect(database)
+                        .await
+                        .map_err(|e| StartError::Database(e.into()))?;
                     StoreFactory::postgres(db).with_observer(observer)
                 }
                 #[cfg(not(feature = "postgres"))]
                 StoreKind::Postgres => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::Unsupported,
-                        "the postgres store needs the `postgres` feature",
-                    ));
+                    return Err(StartError::Config("the postgres store needs the `postgres` feature"));
                 }
             },
         })
     }
 
-    async fn take_bus(&mut self, stores: &StoreFactory) -> io::Result<Arc<dyn MessageBus>> {
+    async fn take_bus(&mut self, stores: &StoreFactory) -> Result<Arc<dyn MessageBus>, StartError> {
         if let Some(bus) = self.bus.take() {
             return Ok(bus);
         }
@@ -472,16 +472,51 @@ impl ServerConfig {
             BusKind::Memory => Arc::new(MemoryBus::new()),
             #[cfg(feature = "postgres")]
             BusKind::Postgres => {
-                let db = stores.postgres_database().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "the postgres bus needs the postgres store")
-                })?;
-                Arc::new(crate::bus::PgBus::connect(db).await.map_err(io::Error::other)?)
+                let db = stores
+                    .postgres_database()
+                    .ok_or(StartError::Config("the postgres bus needs the postgres store"))?;
+                Arc::new(crate::bus::PgBus::connect(db).await.map_err(|e| StartError::Bus(e.into()))?)
             }
             #[cfg(feature = "nats")]
-            BusKind::Nats(config) => {
-                Arc::new(crate::bus::NatsBus::connect(config.clone()).await.map_err(io::Error::other)?)
-            }
+            BusKind::Nats(config) => Arc::new(
+                crate::bus::NatsBus::connect(config.clone()).await.map_err(|e| StartError::Bus(e.into()))?,
+            ),
         })
+    }
+}
+
+/// Why [`start`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The listen address could not be bound (in use, not an address of this machine, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// A configuration that cannot work (a store or bus option without what it needs).
+    #[error("{0}")]
+    Config(&'static str),
+    /// The PostgreSQL database could not be reached or prepared.
+    #[error("cannot connect the database: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The message bus could not be reached.
+    #[error("cannot connect the bus: {0}")]
+    Bus(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// For callers that keep `io::Result`: the text survives, and a bind failure keeps its kind
+/// (`AddrInUse`, `PermissionDenied`, …).
+impl From<StartError> for io::Error {
+    fn from(error: StartError) -> Self {
+        let kind = match &error {
+            StartError::Bind { source, .. } => source.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, error)
     }
 }
 
@@ -685,7 +720,7 @@ impl RunningServer {
 /// Starts a server on `runtime`: connects the database and the bus when configured, binds the
 /// listener, starts the engine task and accepts connections in the background. Fails if the address
 /// cannot be bound or the database or bus cannot be reached.
-pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> io::Result<RunningServer> {
+pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> Result<RunningServer, StartError> {
     let metrics = Arc::new(Metrics::new());
     let seed =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64);
@@ -693,8 +728,9 @@ pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> io::R
         let metrics = metrics.clone();
         CommitObserver::new(move |report| metrics.transaction(report.batches, report.fsynced))
     };
-    let listener = runtime.bind(config.listen)?;
-    let local_addr = listener.local_addr()?;
+    let addr = config.listen;
+    let listener = runtime.bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
     let mux = config.mux_config();
     let stores = config.take_store_factory(observer).await?;
     let cluster = config.apply_cluster_mode(stores.is_shared());

@@ -255,3 +255,23 @@ async fn concurrent_producers_on_one_segment_make_exactly_one_to_n() {
     assert_eq!(stored.sequences(), (1..=total).collect::<Vec<_>>());
     server.shutdown().await;
 }
+
+/// A listen address that is taken fails `start` with a typed error naming the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_address_is_a_bind_error() {
+    use streamkit::server::{ServerConfig, StartError, start};
+
+    let runtime = tokio_runtime();
+    let first = serve(&runtime, ServerConfig::memory(any_port(), verifier())).await;
+    let taken = first.local_addr();
+    let error = start(runtime.clone(), ServerConfig::memory(taken, verifier())).await.unwrap_err();
+    assert!(error.to_string().starts_with(&format!("cannot listen on {taken}: ")), "{error}");
+    match &error {
+        StartError::Bind { addr, source } => {
+            assert_eq!((*addr, source.kind()), (taken, std::io::ErrorKind::AddrInUse));
+        }
+        other => panic!("expected a bind error, got {other:?}"),
+    }
+    assert_eq!(std::io::Error::from(error).kind(), std::io::ErrorKind::AddrInUse);
+    first.shutdown().await;
+}
