@@ -213,30 +213,16 @@ async fn tail_segment(
     args: &TailArgs,
     segment: &str,
 ) -> Result<(), CliError> {
-    let mut subscription =
-        client.subscribe_segment(store, args.space.clone(), segment, SubscribeOptions::default()).await?;
-    let mut cursor =
-        if args.from_start { 0 } else { client.peek(store, &args.space, segment).await?.sequence };
-    loop {
-        let request = ConsumeSegment {
-            space: args.space.clone(),
-            segment: segment.to_owned(),
-            min_sequence: cursor + 1,
-            ..Default::default()
-        };
-        if let Some(last) = print_entries(client.consume_segment(store, request), args.json).await? {
-            cursor = last.sequence;
-        }
-        // Wait for a status past what was printed.
-        loop {
-            match subscription.next().await {
-                Some(Ok(status)) if status.last_sequence > cursor => break,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => return Ok(()),
-            }
-        }
+    let after = if args.from_start { 0 } else { client.peek(store, &args.space, segment).await?.sequence };
+    // Reads on across lost connections from the last printed entry.
+    let mut entries = client.follow_segment(store, args.space.clone(), segment, after);
+    let stdout = std::io::stdout();
+    while let Some(entry) = entries.next().await {
+        let mut out = stdout.lock();
+        print_entry(&mut out, &entry?, args.json)?;
+        out.flush()?;
     }
+    Ok(())
 }
 
 async fn tail_space(

@@ -44,6 +44,7 @@
 
 mod builder;
 mod error;
+mod follow;
 mod inproc;
 mod items;
 mod lease;
@@ -56,6 +57,7 @@ pub use error::{
     Error, ErrorKind, HEARTBEAT_MISSED, INVALID_ENTRY, LEASE_LOST, LEASE_NOT_ACQUIRED,
     NO_STATUS_CONFIRMATION, is_retryable_text,
 };
+pub use follow::FollowStream;
 pub use items::ItemStream;
 pub use lease::Lease;
 pub use retry::RetryPolicy;

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use crate::support::{announced_address, stdout_lines, terminate};
 
@@ -153,4 +154,38 @@ fn refused_token_fails_fast() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("error: 401 unauthorized"));
+}
+
+/// `tail --segment` prints what is there (with `--from-start`), then each new entry as it is committed.
+#[test]
+fn tail_follows_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "cli-tail-secret";
+    let mut server = Server::start(Some(secret), &dir.path().join("data"));
+    let (url, _) = server.wait_listening();
+    let token =
+        run(&[("STREAMKIT_JWT_SECRET", secret)], &["token", "--scope", "streamkit::*", "--ttl", "5m"], "");
+    let store = uuid::Uuid::new_v4().to_string();
+    let env = [
+        ("STREAMKIT_URL", url.as_str()),
+        ("STREAMKIT_TOKEN", token.trim()),
+        ("STREAMKIT_STORE", store.as_str()),
+    ];
+    run(&env, &["produce", "--space", "sp", "--segment", "sg"], "one\n");
+    let mut tail = Command::new(BIN)
+        .args(["tail", "--space", "sp", "--segment", "sg", "--from-start"])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = stdout_lines(&mut tail);
+    let next = || lines.recv_timeout(Duration::from_secs(20)).expect("a line from tail");
+    assert_eq!(next(), "sp/sg:1\tone");
+    run(&env, &["produce", "--space", "sp", "--segment", "sg"], "two\nthree\n");
+    assert_eq!(next(), "sp/sg:2\ttwo");
+    assert_eq!(next(), "sp/sg:3\tthree");
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert!(server.terminate().success());
 }

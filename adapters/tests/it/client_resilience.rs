@@ -125,6 +125,53 @@ async fn reconnects_after_the_server_restarts(runtime: Arc<dyn Runtime>) {
     server.shutdown().await;
 }
 
+/// `follow_segment` reads what is there, then what comes, and carries on across a server restart from
+/// the last entry it handed out: every entry once, in order.
+async fn a_follow_resumes_across_a_server_restart(runtime: Arc<dyn Runtime>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |listen| {
+        let mut config = server_config(listen);
+        config.store_factory = Some(StoreFactory::embedded(dir.path(), Default::default()));
+        config
+    };
+    let server = start(runtime.clone(), config("127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let addr = server.local_addr();
+    let connect = || {
+        Client::connect(
+            runtime.clone(),
+            url(&server),
+            static_token(token(&["streamkit::*"])),
+            ClientOptions::default(),
+        )
+    };
+    let client = connect().await.unwrap();
+    let writer = connect().await.unwrap();
+    let store = Uuid::new_v4();
+    collect_ok(&runtime, writer.produce(store, "s", "g", records(1..=3, 8))).await;
+    let mut follow = client.follow_segment(store, "s", "g", 1);
+    for expected in 2..=3 {
+        assert_eq!(step(&runtime, follow.next()).await.unwrap().unwrap().sequence, expected);
+    }
+    collect_ok(&runtime, writer.produce(store, "s", "g", records(4..=5, 8))).await;
+    for expected in 4..=5 {
+        assert_eq!(step(&runtime, follow.next()).await.unwrap().unwrap().sequence, expected, "live");
+    }
+
+    server.shutdown().await;
+    let server = start(runtime.clone(), config(addr)).await.unwrap();
+    collect_ok(&runtime, writer.produce(store, "s", "g", records(6..=8, 8))).await;
+    for expected in 6..=8 {
+        let entry = step(&runtime, follow.next()).await.unwrap().unwrap();
+        assert_eq!(entry.sequence, expected, "after the restart");
+    }
+    client.close().await;
+    let error = step(&runtime, follow.next()).await.unwrap().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Closed, "{error}");
+    assert!(step(&runtime, follow.next()).await.is_none(), "the follow ended with its error");
+    writer.close().await;
+    server.shutdown().await;
+}
+
 async fn refused_token_is_not_retried(runtime: Arc<dyn Runtime>) {
     let server = start_server(&runtime).await;
     let dials = Arc::new(AtomicUsize::new(0));
@@ -298,6 +345,7 @@ per_runtime!(
         access_denied_outside_the_token_scope,
         concurrent_publishes_get_increasing_sequences,
         reconnects_after_the_server_restarts,
+        a_follow_resumes_across_a_server_restart,
         refused_token_is_not_retried,
         unreachable_server_gives_up_after_the_retry_policy,
         slow_consumer_pauses_the_socket,
@@ -305,6 +353,6 @@ per_runtime!(
         concurrent_consumes_are_complete,
         subscription_heartbeats_are_filtered_and_keep_it_alive,
     ],
-    smol: [reconnects_after_the_server_restarts, concurrent_publishes_get_increasing_sequences, concurrent_consumes_are_complete],
+    smol: [reconnects_after_the_server_restarts, a_follow_resumes_across_a_server_restart, concurrent_publishes_get_increasing_sequences, concurrent_consumes_are_complete],
     async_std: [reconnects_after_the_server_restarts],
 );
