@@ -395,9 +395,9 @@ impl HttpFront {
                 return;
             }
         };
-        // Boxed: the negotiation's state is much larger than what the connection keeps afterwards, and
-        // inline it would stay part of this future, which lives as long as the connection.
-        let negotiation = Box::pin(inner.runtime.timeout(inner.config.handshake_timeout, async {
+        // `timeout` boxes the negotiation, whose state is much larger than what the connection keeps
+        // afterwards: inline, it would stay part of this future, which lives as long as the connection.
+        let mut negotiation = inner.runtime.timeout(inner.config.handshake_timeout, async {
             #[cfg(feature = "tls")]
             if let Some(tls) = &inner.tls {
                 stream = match tls.accept(stream).await {
@@ -409,15 +409,19 @@ impl HttpFront {
                 };
             }
             self.negotiate(&mut stream, peer).await.map(|upgrade| (stream, upgrade))
-        }));
-        let (stream, upgrade) = match negotiation.await {
+        });
+        // Awaited by reference: on a timeout the socket (inside the negotiation) is closed only after
+        // the rejection is recorded, so whoever sees the close also sees why.
+        let (stream, upgrade) = match (&mut negotiation).await {
             Ok(Some(negotiated)) => negotiated,
             Ok(None) => return,
             Err(_) => {
                 inner.handler.on_rejected(peer, &Rejection::Timeout);
+                drop(negotiation);
                 return;
             }
         };
+        drop(negotiation);
         drop(slot);
         let Upgrade { principal, codec, leftover, permit } = upgrade;
         let connection = WsConnection::accepted(stream, leftover, inner.config.websocket, codec).await;

@@ -527,6 +527,10 @@ pub enum DialError {
     #[error("server did not accept the {CBOR_SUBPROTOCOL} subprotocol")]
     SubprotocolRefused,
     /// Any other WebSocket handshake failure.
+    /// The answer to the upgrade request was not HTTP: typically `ws://` dialed to a port that speaks
+    /// TLS (which answers the request with a TLS alert).
+    #[error("the server did not answer in HTTP (a TLS port? dial wss://): {0}")]
+    NotHttp(tungstenite::Error),
     #[error("websocket handshake failed: {0}")]
     Handshake(tungstenite::Error),
 }
@@ -548,6 +552,7 @@ impl DialError {
                 | DialError::Unauthorized
                 | DialError::Forbidden
                 | DialError::SubprotocolRefused
+                | DialError::NotHttp(_)
         )
     }
 }
@@ -676,6 +681,7 @@ fn handshake_error(error: tungstenite::Error) -> DialError {
             SubProtocolError::NoSubProtocol | SubProtocolError::InvalidSubProtocol,
         )) => DialError::SubprotocolRefused,
         tungstenite::Error::Io(error) => DialError::Connect(error),
+        error @ tungstenite::Error::Protocol(ProtocolError::HttparseError(_)) => DialError::NotHttp(error),
         other => DialError::Handshake(other),
     }
 }

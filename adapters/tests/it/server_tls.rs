@@ -123,7 +123,11 @@ async fn a_private_ca_serves_wss_and_a_renewed_certificate_is_picked_up_without_
         .connect(plain)
         .await
         .unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::Connection, "{error}");
+    assert_eq!(error.kind(), ErrorKind::InvalidConfig, "not retried: {error}");
+    assert!(
+        error.to_string().contains("the server did not answer in HTTP (a TLS port? dial wss://)"),
+        "{error}"
+    );
 
     // Renewal under another CA, written over the same files.
     let second = Authority::new("second CA");
