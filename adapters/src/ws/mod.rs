@@ -526,11 +526,11 @@ pub enum DialError {
     /// without CBOR to speak JSON.
     #[error("server did not accept the {CBOR_SUBPROTOCOL} subprotocol")]
     SubprotocolRefused,
-    /// Any other WebSocket handshake failure.
     /// The answer to the upgrade request was not HTTP: typically `ws://` dialed to a port that speaks
     /// TLS (which answers the request with a TLS alert).
     #[error("the server did not answer in HTTP (a TLS port? dial wss://): {0}")]
     NotHttp(tungstenite::Error),
+    /// Any other WebSocket handshake failure.
     #[error("websocket handshake failed: {0}")]
     Handshake(tungstenite::Error),
 }
