@@ -74,20 +74,26 @@ fn run(env: &[(&str, &str)], args: &[&str], stdin: &str) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// A token for every store, minted by `streamkit token` with `secret`.
+fn admin_token_of(secret: &str) -> String {
+    let token =
+        run(&[("STREAMKIT_JWT_SECRET", secret)], &["token", "--scope", "streamkit::*", "--ttl", "5m"], "");
+    token.trim().to_owned()
+}
+
+/// The environment of a client command for `url`, `token` and `store`.
+fn client_env<'a>(url: &'a str, token: &'a str, store: &'a str) -> [(&'static str, &'a str); 3] {
+    [("STREAMKIT_URL", url), ("STREAMKIT_TOKEN", token), ("STREAMKIT_STORE", store)]
+}
+
 #[test]
 fn serve_token_produce_consume_spaces() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "cli-smoke-secret";
     let mut server = Server::start(Some(secret), &dir.path().join("data"));
     let (url, _) = server.wait_listening();
-    let token =
-        run(&[("STREAMKIT_JWT_SECRET", secret)], &["token", "--scope", "streamkit::*", "--ttl", "5m"], "");
-    let store = uuid::Uuid::new_v4().to_string();
-    let env = [
-        ("STREAMKIT_URL", url.as_str()),
-        ("STREAMKIT_TOKEN", token.trim()),
-        ("STREAMKIT_STORE", store.as_str()),
-    ];
+    let (token, store) = (admin_token_of(secret), uuid::Uuid::new_v4().to_string());
+    let env = client_env(&url, &token, &store);
 
     run(&env, &["produce", "--space", "sp", "--segment", "sg"], "alpha\nbeta\ngamma\n");
     // A second run appends after what is there.
@@ -163,14 +169,8 @@ fn tail_follows_a_segment() {
     let secret = "cli-tail-secret";
     let mut server = Server::start(Some(secret), &dir.path().join("data"));
     let (url, _) = server.wait_listening();
-    let token =
-        run(&[("STREAMKIT_JWT_SECRET", secret)], &["token", "--scope", "streamkit::*", "--ttl", "5m"], "");
-    let store = uuid::Uuid::new_v4().to_string();
-    let env = [
-        ("STREAMKIT_URL", url.as_str()),
-        ("STREAMKIT_TOKEN", token.trim()),
-        ("STREAMKIT_STORE", store.as_str()),
-    ];
+    let (token, store) = (admin_token_of(secret), uuid::Uuid::new_v4().to_string());
+    let env = client_env(&url, &token, &store);
     run(&env, &["produce", "--space", "sp", "--segment", "sg"], "one\n");
     let mut tail = Command::new(BIN)
         .args(["tail", "--space", "sp", "--segment", "sg", "--from-start"])

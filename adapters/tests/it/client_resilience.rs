@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use streamkit::client::{Client, ClientOptions, ErrorKind, RetryPolicy, SubscribeOptions, static_token};
 use streamkit::core::api::{ConsumeSegment, Metadata, Record};
 use streamkit::runtime::{Runtime, RuntimeExt};
-use streamkit::server::start;
+use streamkit::server::{ServerConfig, start};
 use streamkit::store::StoreFactory;
 use uuid::Uuid;
 
@@ -75,13 +75,16 @@ async fn concurrent_publishes_get_increasing_sequences(runtime: Arc<dyn Runtime>
     server.shutdown().await;
 }
 
+/// A server keeping its stores in `dir`, so that a restarted server has the data.
+fn embedded_config(listen: std::net::SocketAddr, dir: &std::path::Path) -> ServerConfig {
+    let mut config = server_config(listen);
+    config.store_factory = Some(StoreFactory::embedded(dir, Default::default()));
+    config
+}
+
 async fn reconnects_after_the_server_restarts(runtime: Arc<dyn Runtime>) {
     let dir = tempfile::tempdir().unwrap();
-    let config = |listen| {
-        let mut config = server_config(listen);
-        config.store_factory = Some(StoreFactory::embedded(dir.path(), Default::default()));
-        config
-    };
+    let config = |listen| embedded_config(listen, dir.path());
     let server = start(runtime.clone(), config("127.0.0.1:0".parse().unwrap())).await.unwrap();
     let addr = server.local_addr();
     // A small answer buffer keeps most of the consume in flight when the server goes away.
@@ -129,11 +132,7 @@ async fn reconnects_after_the_server_restarts(runtime: Arc<dyn Runtime>) {
 /// the last entry it handed out: every entry once, in order.
 async fn a_follow_resumes_across_a_server_restart(runtime: Arc<dyn Runtime>) {
     let dir = tempfile::tempdir().unwrap();
-    let config = |listen| {
-        let mut config = server_config(listen);
-        config.store_factory = Some(StoreFactory::embedded(dir.path(), Default::default()));
-        config
-    };
+    let config = |listen| embedded_config(listen, dir.path());
     let server = start(runtime.clone(), config("127.0.0.1:0".parse().unwrap())).await.unwrap();
     let addr = server.local_addr();
     let connect = || {
