@@ -454,7 +454,8 @@ impl Client {
     /// apart, while it reads 0, since an in-flight write can hide it), produces `head + 1` and waits
     /// for its status. Publishes to one segment through this client are serialised, so concurrent
     /// publishes get strictly increasing sequences. A conflict with another writer is not retried:
-    /// it fails with `produce failed: remote closed stream: sequence gap: ...`.
+    /// it fails with `produce failed: remote closed stream: sequence gap: ...`, of kind
+    /// [`ErrorKind::SequenceConflict`] ([`append`](Self::append) retries it).
     pub async fn publish(
         &self,
         store: Uuid,
@@ -478,13 +479,46 @@ impl Client {
         let first = match statuses.next().await {
             Some(Ok(status)) => status,
             Some(Err(error)) => {
-                return Err(Error::new(ErrorKind::ProduceFailed, format!("produce failed: {error}")));
+                let kind = match error.kind() {
+                    conflict @ ErrorKind::SequenceConflict { .. } => conflict,
+                    _ => ErrorKind::ProduceFailed,
+                };
+                return Err(Error::new(kind, format!("produce failed: {error}")).with_source(error));
             }
             None => return Err(Error::new(ErrorKind::NoConfirmation, NO_STATUS_CONFIRMATION)),
         };
         // Read to the end rather than cancelling an operation the server is finishing anyway.
         while statuses.next().await.is_some() {}
         Ok(first)
+    }
+
+    /// Appends one record after whatever the segment holds, like [`publish`](Self::publish), and when
+    /// another writer took that sequence first ([`ErrorKind::SequenceConflict`]) reads the head again
+    /// and retries, waiting as the client's [`RetryPolicy`] says between attempts (the jitter keeps
+    /// competing writers apart). After the policy's attempts the conflict is returned.
+    pub async fn append(
+        &self,
+        store: Uuid,
+        space: &str,
+        segment: &str,
+        payload: impl Into<bytes::Bytes>,
+        metadata: Metadata,
+    ) -> Result<SegmentStatus> {
+        let payload = payload.into();
+        let policy = self.inner.retry;
+        let mut conflicts = 0;
+        loop {
+            match self.publish(store, space, segment, payload.clone(), metadata.clone()).await {
+                Err(error)
+                    if matches!(error.kind(), ErrorKind::SequenceConflict { .. })
+                        && conflicts + 1 < policy.attempts =>
+                {
+                    self.inner.runtime.sleep(policy.delay(conflicts)).await;
+                    conflicts += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     fn publish_lock(&self, store: Uuid, space: &str, segment: &str) -> Arc<futures_util::lock::Mutex<()>> {

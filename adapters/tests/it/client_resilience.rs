@@ -75,6 +75,58 @@ async fn concurrent_publishes_get_increasing_sequences(runtime: Arc<dyn Runtime>
     server.shutdown().await;
 }
 
+/// Two clients (two connections) writing one segment: `publish` reports the other's win as a typed
+/// conflict, `append` retries it, and every append lands exactly once.
+async fn appends_from_two_clients_retry_their_conflicts(runtime: Arc<dyn Runtime>) {
+    let server = start_server(&runtime).await;
+    // Many quick retries: two writers collide often, and no append may give up.
+    let retry = RetryPolicy {
+        attempts: 100,
+        initial: Duration::from_millis(1),
+        max: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let connect = || {
+        let options = ClientOptions::default().with_retry(retry);
+        Client::connect(runtime.clone(), url(&server), static_token(token(&["streamkit::*"])), options)
+    };
+    let (first, second) = (connect().await.unwrap(), connect().await.unwrap());
+    let store = Uuid::new_v4();
+    let writers: Vec<_> = [first.clone(), second.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(writer, client)| {
+            runtime.spawn(async move {
+                let mut sequences = Vec::new();
+                for i in 0..20 {
+                    let payload = format!("w{writer}-{i}");
+                    let status =
+                        client.append(store, "space", "segment", payload, Metadata::new()).await.unwrap();
+                    sequences.push(status.last_sequence);
+                }
+                sequences
+            })
+        })
+        .collect();
+    let mut sequences = Vec::new();
+    for writer in writers {
+        sequences.extend(step(&runtime, writer).await.unwrap());
+    }
+    sequences.sort_unstable();
+    assert_eq!(sequences, (1..=40).collect::<Vec<u64>>(), "every append once, no gaps");
+
+    // A publish at a sequence another client took in between fails with the typed conflict.
+    let head = first.peek(store, "space", "segment").await.unwrap().sequence;
+    let stale =
+        first.produce(store, "space", "segment", futures_util::stream::iter([Record::new(head, "late")]));
+    let (_, error) = collect(&runtime, stale).await;
+    let error = error.expect("a stale sequence fails");
+    assert_eq!(error.kind(), ErrorKind::SequenceConflict { expected: head + 1, got: head }, "{error}");
+    first.close().await;
+    second.close().await;
+    server.shutdown().await;
+}
+
 /// A server keeping its stores in `dir`, so that a restarted server has the data.
 fn embedded_config(listen: std::net::SocketAddr, dir: &std::path::Path) -> ServerConfig {
     let mut config = server_config(listen);
@@ -343,6 +395,7 @@ per_runtime!(
     tokio: [
         access_denied_outside_the_token_scope,
         concurrent_publishes_get_increasing_sequences,
+        appends_from_two_clients_retry_their_conflicts,
         reconnects_after_the_server_restarts,
         a_follow_resumes_across_a_server_restart,
         refused_token_is_not_retried,
