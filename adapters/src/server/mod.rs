@@ -63,6 +63,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Which storage backend holds the stores.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StoreKind {
     /// One redb database per store under [`ServerConfig::data_dir`] (the default).
     #[default]
@@ -101,8 +102,10 @@ impl fmt::Display for StoreKind {
 }
 
 /// Which message bus carries segment notifications and worker presence between instances, when
-/// [`ServerConfig::bus`] does not give a ready-made one.
+/// [`ServerConfig::bus`] does not give a ready-made one. Variants come and go with the crate's features
+/// (and new backends), so matches need a wildcard arm.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BusKind {
     /// In process: reaches this server's subscribers only (the default).
     #[default]

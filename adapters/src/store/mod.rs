@@ -43,6 +43,7 @@ pub const DATABASE_FILE: &str = "streams.redb";
 /// An enum rather than a trait object: the backends are few and known, and the engine's hot path
 /// (one effect per call) stays free of boxing. Clones share the store.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Store {
     /// A store with its own worker threads (embedded redb or memory).
     Local(StoreHandle),
