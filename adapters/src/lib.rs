@@ -1,13 +1,43 @@
-//! streamkit: server, client and CLI on top of `streamkit-core`.
+//! streamkit: an embeddable, hierarchical event-streaming store — server, client SDK and CLI on top of
+//! the sans-IO `streamkit-core`, wire compatible with the Go streamkit.
 //!
-//! This crate owns everything with I/O: the [`runtime`] abstraction (tokio, smol, deprecated
-//! async-std), JWT verification and minting ([`auth`]), the HTTP front with the WebSocket upgrade and
-//! the probe/metrics endpoints ([`http`]), the WebSocket connection wrapper and client dial ([`ws`]) and
-//! the Prometheus registry ([`metrics`]), rate limits for the log lines remote peers trigger
-//! ([`log_limit`]), the storage backends ([`store`]), the message bus ([`bus`]),
-//! the engine task ([`engine`]) and the server ([`server`]). The protocol itself lives in the sans-IO core, re-exported as
-//! [`core`].
+//! # Quick start
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), streamkit::Error> {
+//! let client = streamkit::connect("ws://127.0.0.1:7070", "<jwt>").await?;
+//! let store = streamkit::Uuid::new_v4();
+//! let status = client.append(store, "orders", "order-42", "created", Default::default()).await?;
+//! let mut entries = client.follow_segment(store, "orders", "order-42", 0);
+//! # let _ = (status, &mut entries);
+//! # Ok(()) }
+//! ```
+//!
+//! [`connect`] and [`Client::builder`] make a client; [`server::start`] runs a server in your process
+//! ([`server::ServerConfig`] says how); [`Client::in_process`] talks to it without a socket.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tokio` | yes | the tokio runtime |
+//! | `cli` | yes | the `streamkit` binary (server, token minting, client commands, bench); brings `tokio`, `postgres`, `nats`, `tls` |
+//! | `smol` | | the smol runtime (runtimes are additive: pick one per client or server) |
+//! | `async-std` | | the async-std runtime (deprecated upstream) |
+//! | `tls` | | `wss://` for clients, TLS for the server ([`tls`]), rustls re-exported |
+//! | `postgres` | | the PostgreSQL store and `LISTEN/NOTIFY` bus (several instances sharing one database) |
+//! | `nats` | | the NATS bus |
+//!
+//! # Modules
+//!
+//! This crate owns everything with I/O: the [`runtime`] abstraction, JWT verification and minting
+//! ([`auth`]), the HTTP front with the WebSocket upgrade and the probe/metrics endpoints ([`http`]),
+//! WebSocket connections ([`ws`]), the Prometheus registry ([`metrics`]), rate limits for the log lines
+//! remote peers trigger ([`log_limit`]), the storage backends ([`store`]), the message bus ([`bus`]),
+//! the engine shards ([`engine`]), the server ([`server`]) and the client SDK ([`client`]). The protocol
+//! itself lives in the sans-IO core, re-exported as [`core`].
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 pub use streamkit_core as core;

@@ -270,10 +270,13 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
     let server = start(runtime, config).await.map_err(|e| format!("cannot start the server: {e}"))?;
     // Scripts read this line for the address (with `--listen 127.0.0.1:0`).
     println!("streamkit listening on {} ({}/streamz, {algorithm})", server.local_addr(), server.url());
-    shutdown_signal().await;
-    // Logged rather than printed: with `--log-format json`, every line of stderr is a JSON object.
-    tracing::info!("shutdown signal received");
-    server.shutdown().await;
+    server
+        .shutdown_on(async {
+            shutdown_signal().await;
+            // Logged rather than printed: with `--log-format json`, every line of stderr is a JSON object.
+            tracing::info!("shutdown signal received");
+        })
+        .await;
     Ok(())
 }
 

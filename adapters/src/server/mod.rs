@@ -688,6 +688,13 @@ impl RunningServer {
         self.connections.load(Ordering::Acquire)
     }
 
+    /// Serves until `signal` completes (say `tokio::signal::ctrl_c()`, or a channel an application closes
+    /// on its own shutdown), then shuts down gracefully like [`shutdown`](Self::shutdown).
+    pub async fn shutdown_on<F: std::future::Future>(self, signal: F) {
+        signal.await;
+        self.shutdown().await;
+    }
+
     /// Stops the server gracefully:
     ///
     /// 1. `/readyz` turns 503 and the listener stops accepting;

@@ -275,3 +275,19 @@ async fn a_taken_address_is_a_bind_error() {
     assert_eq!(std::io::Error::from(error).kind(), std::io::ErrorKind::AddrInUse);
     first.shutdown().await;
 }
+
+/// `shutdown_on` serves until its signal, then stops like `shutdown`: the port is closed afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_runs_until_its_shutdown_signal() {
+    use streamkit::server::ServerConfig;
+
+    let runtime = tokio_runtime();
+    let server = serve(&runtime, ServerConfig::memory(any_port(), verifier())).await;
+    let addr = server.local_addr();
+    let (stop, stopped) = futures_channel::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.shutdown_on(stopped));
+    tokio::net::TcpStream::connect(addr).await.expect("serving until the signal");
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), serving).await.unwrap().unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is gone");
+}
