@@ -690,7 +690,7 @@ impl RunningServer {
 
     /// Serves until `signal` completes (say `tokio::signal::ctrl_c()`, or a channel an application closes
     /// on its own shutdown), then shuts down gracefully like [`shutdown`](Self::shutdown).
-    pub async fn shutdown_on<F: std::future::Future>(self, signal: F) {
+    pub async fn shutdown_on<F: Future>(self, signal: F) {
         signal.await;
         self.shutdown().await;
     }
