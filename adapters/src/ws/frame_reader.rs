@@ -21,7 +21,7 @@
 
 use std::io::Cursor;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use async_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
@@ -76,18 +76,25 @@ struct PartialMessage {
 }
 
 impl PartialMessage {
-    /// Checks the text received so far, so that invalid UTF-8 fails the connection at the fragment
-    /// that carries it, as tungstenite does, not at the end of the message.
-    fn check_text(&mut self) -> Result<(), tungstenite::Error> {
+    /// Checks the text received since the last check, so that invalid UTF-8 fails the connection at
+    /// the fragment that carries it, as tungstenite does, and no byte is checked twice. Before the last
+    /// fragment, a sequence cut at the end waits for the next one.
+    fn check_text(&mut self, last: bool) -> Result<(), tungstenite::Error> {
         if !self.text {
             return Ok(());
         }
         match std::str::from_utf8(&self.data[self.valid..]) {
             Ok(_) => self.valid = self.data.len(),
-            Err(error) if error.error_len().is_none() => self.valid += error.valid_up_to(),
+            Err(error) if !last && error.error_len().is_none() => self.valid += error.valid_up_to(),
             Err(error) => return Err(tungstenite::Error::Utf8(error.to_string())),
         }
         Ok(())
+    }
+
+    /// The whole message, once its last fragment arrived.
+    fn finish(mut self) -> Result<Bytes, tungstenite::Error> {
+        self.check_text(true)?;
+        Ok(self.data.freeze())
     }
 }
 
@@ -198,9 +205,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 message.data.extend_from_slice(&payload);
                 if is_final {
-                    return finish_message(message.text, message.data).map(Some);
+                    return message.finish().map(Some);
                 }
-                message.check_text()?;
+                message.check_text(false)?;
                 self.message = Some(message);
                 Ok(None)
             }
@@ -213,14 +220,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 if payload.len() > self.max_message {
                     return Err(too_long(payload.len(), self.max_message));
                 }
+                let mut message = PartialMessage { text, data: payload, valid: 0 };
                 if is_final {
-                    finish_message(text, payload).map(Some)
-                } else {
-                    let mut message = PartialMessage { text, data: payload, valid: 0 };
-                    message.check_text()?;
-                    self.message = Some(message);
-                    Ok(None)
+                    return message.finish().map(Some);
                 }
+                message.check_text(false)?;
+                self.message = Some(message);
+                Ok(None)
             }
         }
     }
@@ -232,37 +238,30 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     ) -> Poll<Result<Option<CompleteFrame>, tungstenite::Error>> {
         loop {
             if self.frame.is_none() {
-                let Some(frame) = self.parse_header()? else {
-                    match self.poll_fill(cx) {
-                        Poll::Ready(Ok(true)) => continue,
-                        Poll::Ready(Ok(false)) => return Poll::Ready(Ok(None)),
-                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                };
-                self.frame = Some(frame);
+                self.frame = self.parse_header()?;
             }
-            let Some(frame) = self.frame.as_mut() else { continue };
-            if let Some((body, filled)) = &mut frame.own {
-                if *filled < frame.len {
-                    let read = match Pin::new(&mut self.socket).poll_read(cx, &mut body[*filled..]) {
-                        Poll::Ready(Ok(read)) => read,
-                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
-                        Poll::Pending => return Poll::Pending,
-                    };
-                    if read == 0 {
-                        return Poll::Ready(Ok(None));
+            let complete = match &mut self.frame {
+                // The header is not all there yet.
+                None => false,
+                // A large frame reads straight into its own buffer.
+                Some(PartialFrame { len, own: Some((body, filled)), .. }) => {
+                    if *filled == *len {
+                        true
+                    } else {
+                        match ready!(Pin::new(&mut self.socket).poll_read(cx, &mut body[*filled..]))? {
+                            0 => return Poll::Ready(Ok(None)),
+                            read => *filled += read,
+                        }
+                        continue;
                     }
-                    *filled += read;
-                    continue;
                 }
-            } else if self.buffer.len() < frame.len {
-                match self.poll_fill(cx) {
-                    Poll::Ready(Ok(true)) => continue,
-                    Poll::Ready(Ok(false)) => return Poll::Ready(Ok(None)),
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
-                    Poll::Pending => return Poll::Pending,
+                Some(frame) => self.buffer.len() >= frame.len,
+            };
+            if !complete {
+                if !ready!(self.poll_fill(cx))? {
+                    return Poll::Ready(Ok(None));
                 }
+                continue;
             }
             let Some(PartialFrame { is_final, opcode, mask, len, own }) = self.frame.take() else { continue };
             let mut payload = match own {
@@ -336,14 +335,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     fn holds_buffer(&self) -> bool {
         self.buffer.capacity() > 0
     }
-}
-
-/// A complete data message: text must be UTF-8, as tungstenite requires.
-fn finish_message(text: bool, data: BytesMut) -> Result<Bytes, tungstenite::Error> {
-    if text && let Err(error) = std::str::from_utf8(&data) {
-        return Err(tungstenite::Error::Utf8(error.to_string()));
-    }
-    Ok(data.freeze())
 }
 
 /// What answers a peer's close frame, as tungstenite answers it: the same code and reason, or a

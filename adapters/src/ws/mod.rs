@@ -40,7 +40,7 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use bytes::Bytes;
 use futures_util::io::{AsyncReadExt, ReadHalf, WriteHalf};
-use futures_util::{AsyncRead, AsyncWrite, Sink, SinkExt, Stream, StreamExt};
+use futures_util::{AsyncRead, AsyncWrite, Sink, Stream};
 use streamkit_core::wire::{CBOR_SUBPROTOCOL, Codec, DEFAULT_MAX_FRAME};
 
 use crate::runtime::{BoxedStream, Runtime, RuntimeExt};
@@ -100,18 +100,14 @@ impl From<tungstenite::Error> for WsError {
 
 /// An established WebSocket connection with its negotiated codec.
 pub struct WsConnection {
-    /// Writes (and, on the client, reads) through tungstenite.
-    stream: WebSocketStream<BoxedStream>,
-    /// Server side: the reader that replaces tungstenite's (see [`FrameReader`]); `stream` then
-    /// only writes.
-    frames: Option<FrameReader<ReadHalf<BoxedStream>>>,
-    codec: Codec,
+    reader: WsReader,
+    writer: WsWriter,
 }
 
 // The boxed socket has no `Debug`; the codec is what matters in logs.
 impl std::fmt::Debug for WsConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WsConnection").field("codec", &self.codec).finish_non_exhaustive()
+        f.debug_struct("WsConnection").field("codec", &self.codec()).finish_non_exhaustive()
     }
 }
 
@@ -154,7 +150,7 @@ impl AsyncWrite for WriteOnly {
 impl WsConnection {
     /// Wraps an established WebSocket (after a handshake done elsewhere); tungstenite reads and writes.
     pub fn new(stream: WebSocketStream<BoxedStream>, codec: Codec) -> Self {
-        Self { stream, frames: None, codec }
+        Self::from_parts(stream, None, codec)
     }
 
     /// The server side of a connection whose upgrade was answered: `leftover` is what was read past
@@ -173,37 +169,41 @@ impl WsConnection {
         let writer: BoxedStream = Box::new(WriteOnly(write));
         let stream =
             WebSocketStream::from_raw_socket(writer, tungstenite::protocol::Role::Server, Some(config)).await;
-        Self { stream, frames: Some(frames), codec }
+        Self::from_parts(stream, Some(frames), codec)
+    }
+
+    /// The two halves over `stream`, reading with `frames` when given.
+    fn from_parts(
+        stream: WebSocketStream<BoxedStream>,
+        frames: Option<FrameReader<ReadHalf<BoxedStream>>>,
+        codec: Codec,
+    ) -> Self {
+        let shared = Arc::new(Mutex::new(stream));
+        let source = match frames {
+            Some(frames) => ReadSource::Frames { frames, writer: shared.clone(), answer_unflushed: false },
+            None => ReadSource::Tungstenite(shared.clone()),
+        };
+        Self { reader: WsReader { source }, writer: WsWriter { stream: shared, codec } }
     }
 
     /// The codec of this connection.
     pub fn codec(&self) -> Codec {
-        self.codec
+        self.writer.codec
     }
 
     /// The next data message's payload; `Ok(None)` once the peer closed the connection.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, WsError> {
-        let Some(frames) = &mut self.frames else { return recv_from(&mut self.stream).await };
-        let stream = &mut self.stream;
-        let mut answer_unflushed = false;
-        poll_fn(|cx| {
-            let received = frames.poll_recv(cx);
-            if frames.owes_answer() || answer_unflushed {
-                answer_control(frames, stream, &mut answer_unflushed, cx);
-            }
-            received.map_err(WsError::from)
-        })
-        .await
+        self.reader.recv().await
     }
 
     /// Queues one frame without flushing (see the module docs).
     pub async fn feed(&mut self, frame: impl Into<Bytes>) -> Result<(), WsError> {
-        Ok(self.stream.feed(message_of(self.codec, frame.into())?).await?)
+        self.writer.feed(frame).await
     }
 
     /// Writes every queued frame to the socket.
     pub async fn flush(&mut self) -> Result<(), WsError> {
-        Ok(self.stream.flush().await?)
+        self.writer.flush().await
     }
 
     /// Queues every frame of `frames`, then flushes once.
@@ -212,26 +212,17 @@ impl WsConnection {
         I: IntoIterator,
         I::Item: Into<Bytes>,
     {
-        for frame in frames {
-            self.feed(frame).await?;
-        }
-        self.flush().await
+        self.writer.send_batch(frames).await
     }
 
     /// Starts the closing handshake (a normal close frame) and flushes it.
     pub async fn close(&mut self) -> Result<(), WsError> {
-        close_sink(self.stream.close(None).await)
+        self.writer.close().await
     }
 
     /// Splits the connection into a reader and a writer for two tasks.
     pub fn split(self) -> (WsReader, WsWriter) {
-        let Self { stream, frames, codec } = self;
-        let shared = Arc::new(Mutex::new(stream));
-        let source = match frames {
-            Some(frames) => ReadSource::Frames { frames, writer: shared.clone(), answer_unflushed: false },
-            None => ReadSource::Tungstenite(shared.clone()),
-        };
-        (WsReader { source }, WsWriter { stream: shared, codec })
+        (self.reader, self.writer)
     }
 }
 
@@ -401,17 +392,6 @@ fn data_of(item: Option<Result<Message, tungstenite::Error>>) -> Option<Result<O
             WsError::Closed => Ok(None),
             other => Err(other),
         }),
-    }
-}
-
-async fn recv_from<S>(stream: &mut S) -> Result<Option<Bytes>, WsError>
-where
-    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
-{
-    loop {
-        if let Some(result) = data_of(stream.next().await) {
-            return result;
-        }
     }
 }
 
