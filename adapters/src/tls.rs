@@ -92,13 +92,10 @@ impl ServerTls {
         let builder = match client_ca {
             None => builder.with_no_client_auth(),
             Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for certificate in read_certificates(path)? {
-                    roots.add(certificate).map_err(|e| TlsError::Invalid(e.to_string()))?;
-                }
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| TlsError::Invalid(e.to_string()))?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(path)?), provider)
+                        .build()
+                        .map_err(|e| TlsError::Invalid(e.to_string()))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
@@ -116,15 +113,20 @@ impl ServerTls {
 /// A client configuration that trusts the CA certificates in `ca` (PEM) instead of the Mozilla roots,
 /// for [`ClientBuilder::tls_config`](crate::ClientBuilder::tls_config) (a private CA, a test setup).
 pub fn client_config_trusting(ca: impl AsRef<Path>) -> Result<ClientConfig, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for certificate in read_certificates(ca.as_ref())? {
-        roots.add(certificate).map_err(|e| TlsError::Invalid(e.to_string()))?;
-    }
     Ok(ClientConfig::builder_with_provider(Arc::new(crypto::aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Invalid(e.to_string()))?
-        .with_root_certificates(roots)
+        .with_root_certificates(root_store(ca.as_ref())?)
         .with_no_client_auth())
+}
+
+/// The CA certificates in `path` (PEM) as trust anchors.
+fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in read_certificates(path)? {
+        roots.add(certificate).map_err(|e| TlsError::Invalid(e.to_string()))?;
+    }
+    Ok(roots)
 }
 
 /// The certificate handed to every handshake, read again when its files change.

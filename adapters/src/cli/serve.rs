@@ -265,7 +265,7 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
             None => ServerTls::from_pem_files(cert, key),
             Some(ca) => ServerTls::require_client_certificates(cert, key, ca),
         };
-        config.tls = Some(tls.map_err(|e| format!("cannot set up TLS: {e}"))?);
+        config.http.tls = Some(tls.map_err(|e| format!("cannot set up TLS: {e}"))?);
     }
     let server = start(runtime, config).await.map_err(|e| format!("cannot start the server: {e}"))?;
     // Scripts read this line for the address (with `--listen 127.0.0.1:0`).

@@ -77,7 +77,7 @@ pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1024;
 pub const DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP: usize = 32;
 
 /// Settings of the HTTP front.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HttpConfig {
     /// Largest accepted request head (request line and headers); larger heads get 431.
     pub max_head_bytes: usize,
@@ -99,6 +99,11 @@ pub struct HttpConfig {
     /// Settings of upgraded connections (default [`default_websocket_config`]: 8 MiB frame and
     /// message cap; the read buffer size is not used, see [`WsConnection::accepted`]).
     pub websocket: WebSocketConfig,
+    /// Serve TLS (`wss://`, and `https://` for the probes and metrics) with this certificate: every
+    /// connection starts with a TLS handshake, within the handshake deadline and the pending-handshake
+    /// caps like the rest of the negotiation (default: none, plain `ws://`).
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for HttpConfig {
@@ -110,6 +115,8 @@ impl Default for HttpConfig {
             max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
             max_pending_handshakes_per_ip: DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP,
             websocket: default_websocket_config(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -284,9 +291,6 @@ struct Inner {
     readiness: Readiness,
     config: HttpConfig,
     pending: PendingHandshakes,
-    /// Set: every connection starts with a TLS handshake (`https://`, `wss://`).
-    #[cfg(feature = "tls")]
-    tls: Option<crate::tls::ServerTls>,
 }
 
 impl fmt::Debug for HttpFront {
@@ -312,29 +316,8 @@ impl HttpFront {
         config.websocket = sanitize_config(config.websocket);
         let pending =
             PendingHandshakes::new(config.max_pending_handshakes, config.max_pending_handshakes_per_ip);
-        let inner = Inner {
-            runtime,
-            verifier,
-            handler,
-            readiness,
-            config,
-            pending,
-            #[cfg(feature = "tls")]
-            tls: None,
-        };
+        let inner = Inner { runtime, verifier, handler, readiness, config, pending };
         Self { inner: Arc::new(inner) }
-    }
-
-    /// This front with every connection starting with a TLS handshake under `tls` (within the
-    /// handshake deadline and the pending-handshake caps, like the rest of the negotiation). Call it
-    /// before serving.
-    #[cfg(feature = "tls")]
-    pub fn with_tls(mut self, tls: crate::tls::ServerTls) -> Self {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.tls = Some(tls),
-            None => tracing::error!("HttpFront::with_tls called on a front already serving; TLS not enabled"),
-        }
-        self
     }
 
     /// The readiness flag `/readyz` reports.
@@ -399,7 +382,7 @@ impl HttpFront {
         // afterwards: inline, it would stay part of this future, which lives as long as the connection.
         let mut negotiation = inner.runtime.timeout(inner.config.handshake_timeout, async {
             #[cfg(feature = "tls")]
-            if let Some(tls) = &inner.tls {
+            if let Some(tls) = &inner.config.tls {
                 stream = match tls.accept(stream).await {
                     Ok(stream) => stream,
                     Err(error) => {

@@ -284,10 +284,6 @@ pub struct ServerConfig {
     /// can use that many cores (default [`default_shards`]: the available parallelism). A store always
     /// belongs to the same shard; 0 counts as 1.
     pub shards: usize,
-    /// Serve `wss://` (and `https://` for the probes and metrics) with this certificate (default: none,
-    /// plain `ws://`).
-    #[cfg(feature = "tls")]
-    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// The default number of engine shards: the machine's available parallelism (1 if unknown).
@@ -351,15 +347,13 @@ impl ServerConfig {
             node: NodeConfig::default(),
             http: HttpConfig::default(),
             shards: default_shards(),
-            #[cfg(feature = "tls")]
-            tls: None,
         }
     }
 
-    /// Whether the server is to serve TLS.
+    /// Whether the server is to serve TLS ([`HttpConfig::tls`]).
     pub fn tls_enabled(&self) -> bool {
         #[cfg(feature = "tls")]
-        return self.tls.is_some();
+        return self.http.tls.is_some();
         #[cfg(not(feature = "tls"))]
         false
     }
@@ -782,18 +776,13 @@ pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> Resul
         seeds: AtomicU64::new(seed ^ 0x5eed),
         tracker: tracker.clone(),
     });
+    let tls = config.tls_enabled();
     let mut http = config.http;
     http.websocket = http
         .websocket
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
-    let tls = config.tls_enabled();
     let front = HttpFront::new(runtime.clone(), config.verifier, handler, readiness.clone(), http);
-    #[cfg(feature = "tls")]
-    let front = match config.tls {
-        Some(tls) => front.with_tls(tls),
-        None => front,
-    };
     let (stop, stopped) = futures_channel::oneshot::channel::<()>();
     let accept_done = runtime.spawn(async move {
         front

@@ -12,17 +12,27 @@ use crate::support::{announced_address, stdout_lines, terminate};
 const BIN: &str = env!("CARGO_BIN_EXE_streamkit");
 
 /// A `streamkit serve` child, stopped (SIGTERM, then kill) when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Server {
     fn start(secret: Option<&str>, data: &std::path::Path) -> Self {
+        Self::start_with(secret, data, &[])
+    }
+
+    /// [`start`](Self::start) with more `serve` arguments.
+    pub(crate) fn start_with(
+        secret: Option<&str>,
+        data: &std::path::Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> Self {
         let mut command = Command::new(BIN);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(extra)
             .env_remove("STREAMKIT_JWT_SECRET")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -36,11 +46,16 @@ impl Server {
 
     /// Stdout lines up to and including the "listening" line; the address it names.
     fn wait_listening(&self) -> (String, Vec<String>) {
-        let (addr, before) = announced_address(&self.lines);
+        let (addr, before) = self.wait_address();
         (format!("ws://{addr}"), before)
     }
 
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    /// The address the "listening" line names, and the lines before it.
+    pub(crate) fn wait_address(&self) -> (std::net::SocketAddr, Vec<String>) {
+        announced_address(&self.lines)
+    }
+
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         terminate(&mut self.child)
     }
 }
@@ -55,7 +70,7 @@ impl Drop for Server {
 }
 
 /// Runs the binary with `args`, `stdin` and the client environment; its stdout.
-fn run(env: &[(&str, &str)], args: &[&str], stdin: &str) -> String {
+pub(crate) fn run(env: &[(&str, &str)], args: &[&str], stdin: &str) -> String {
     let mut child = Command::new(BIN)
         .args(args)
         .envs(env.iter().copied())
@@ -75,14 +90,14 @@ fn run(env: &[(&str, &str)], args: &[&str], stdin: &str) -> String {
 }
 
 /// A token for every store, minted by `streamkit token` with `secret`.
-fn admin_token_of(secret: &str) -> String {
+pub(crate) fn admin_token_of(secret: &str) -> String {
     let token =
         run(&[("STREAMKIT_JWT_SECRET", secret)], &["token", "--scope", "streamkit::*", "--ttl", "5m"], "");
     token.trim().to_owned()
 }
 
 /// The environment of a client command for `url`, `token` and `store`.
-fn client_env<'a>(url: &'a str, token: &'a str, store: &'a str) -> [(&'static str, &'a str); 3] {
+pub(crate) fn client_env<'a>(url: &'a str, token: &'a str, store: &'a str) -> [(&'static str, &'a str); 3] {
     [("STREAMKIT_URL", url), ("STREAMKIT_TOKEN", token), ("STREAMKIT_STORE", store)]
 }
 

@@ -65,7 +65,7 @@ fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
 
 async fn serve_tls(runtime: &Arc<dyn Runtime>, tls: ServerTls) -> RunningServer {
     let mut config = ServerConfig::memory(any_port(), verifier());
-    config.tls = Some(tls);
+    config.http.tls = Some(tls);
     start(runtime.clone(), config).await.unwrap()
 }
 
@@ -208,13 +208,8 @@ fn unreadable_or_empty_files_are_reported_with_their_path() {
 #[cfg(feature = "cli")]
 #[test]
 fn the_cli_serves_and_dials_wss_with_a_private_ca() {
-    use std::process::{Command, Stdio};
+    use crate::client_cli::{Server, admin_token_of, client_env, run};
 
-    use streamkit::auth::{TokenClaims, TokenSigner};
-
-    use crate::support::{announced_address, stdout_lines, terminate};
-
-    const BIN: &str = env!("CARGO_BIN_EXE_streamkit");
     let dir = tempfile::tempdir().unwrap();
     let authority = Authority::new("operator CA");
     let (cert_pem, key_pem) = authority.issue(&["localhost"]);
@@ -222,42 +217,14 @@ fn the_cli_serves_and_dials_wss_with_a_private_ca() {
     let key = write(dir.path(), "key.pem", &key_pem);
     let ca = write(dir.path(), "ca.pem", &authority.issuer.pem());
     let secret = "cli tls secret";
-    let mut server = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory", "--tls-cert"])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .env("STREAMKIT_JWT_SECRET", secret)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = stdout_lines(&mut server);
-    let (addr, _) = announced_address(&lines);
-    let url = format!("wss://localhost:{}", addr.port());
-    let run = |args: &[&str], stdin: &str| {
-        use std::io::Write;
-        let token = TokenSigner::hs256(secret.as_bytes())
-            .unwrap()
-            .sign(&TokenClaims::new(["streamkit::*"], Duration::from_secs(300)))
-            .unwrap();
-        let mut child = Command::new(BIN)
-            .args(args)
-            .arg("--tls-ca")
-            .arg(&ca)
-            .envs([("STREAMKIT_URL", url.as_str()), ("STREAMKIT_TOKEN", token.as_str())])
-            .env("STREAMKIT_STORE", "6d3c0b4e-9a4f-4a47-9d8e-3f1f0e8c2a10")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "streamkit {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
-    };
-    run(&["produce", "--space", "sp", "--segment", "sg"], "one\ntwo\n");
-    assert_eq!(run(&["consume", "--space", "sp", "--segment", "sg"], ""), "sp/sg:1\tone\nsp/sg:2\ttwo\n");
-    assert!(terminate(&mut server).success());
+    let tls_args = ["--tls-cert".as_ref(), cert.as_os_str(), "--tls-key".as_ref(), key.as_os_str()];
+    let mut server = Server::start_with(Some(secret), &dir.path().join("data"), &tls_args);
+    let url = format!("wss://localhost:{}", server.wait_address().0.port());
+    let (token, store) = (admin_token_of(secret), Uuid::new_v4().to_string());
+    let env = client_env(&url, &token, &store);
+    let ca = ca.to_str().unwrap();
+    run(&env, &["produce", "--space", "sp", "--segment", "sg", "--tls-ca", ca], "one\ntwo\n");
+    let consumed = run(&env, &["consume", "--space", "sp", "--segment", "sg", "--tls-ca", ca], "");
+    assert_eq!(consumed, "sp/sg:1\tone\nsp/sg:2\ttwo\n");
+    assert!(server.terminate().success());
 }
