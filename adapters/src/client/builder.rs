@@ -111,16 +111,16 @@ impl ClientBuilder {
     /// the retry policy for transient failures, so a wrong address or a refused token is reported at
     /// once.
     pub async fn connect(self, url: impl Into<String>) -> Result<Client> {
-        let runtime = runtime_or_default(self.runtime)?;
-        let tokens = self.tokens.unwrap_or_else(|| Arc::new(static_token(String::new())));
-        Client::connect(runtime, url, tokens, self.options).await
+        let client = self.connect_lazy(url)?;
+        client.dial_now().await?;
+        Ok(client)
     }
 
     /// Like [`connect`](Self::connect) without dialing: the first operation dials.
     pub fn connect_lazy(self, url: impl Into<String>) -> Result<Client> {
         let runtime = runtime_or_default(self.runtime)?;
         let tokens = self.tokens.unwrap_or_else(|| Arc::new(static_token(String::new())));
-        Ok(Client::connect_lazy(runtime, url, tokens, self.options))
+        Ok(Client::connect_lazy_shared(runtime, url.into(), tokens, self.options))
     }
 
     /// A client of the server whose engine is `engine`, in the same process (see
@@ -128,12 +128,6 @@ impl ClientBuilder {
     pub async fn in_process(self, engine: &EngineHandle) -> Result<Client> {
         let runtime = runtime_or_default(self.runtime)?;
         Client::in_process_with(runtime, engine, self.options).await
-    }
-}
-
-impl TokenSource for Arc<dyn TokenSource> {
-    fn token(&self) -> crate::runtime::BoxFuture<'static, Result<String>> {
-        (**self).token()
     }
 }
 

@@ -319,8 +319,13 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Self> {
         let client = Self::connect_lazy(runtime, url, tokens, options);
-        client.retrying(|| client.inner.driver.connect()).await?;
+        client.dial_now().await?;
         Ok(client)
+    }
+
+    /// The first dial of [`connect`](Self::connect): now, with the retry policy.
+    async fn dial_now(&self) -> Result<()> {
+        self.retrying(|| self.inner.driver.connect()).await
     }
 
     /// Like [`connect`](Self::connect) without dialing: the first operation dials.
@@ -330,8 +335,18 @@ impl Client {
         tokens: impl TokenSource,
         options: ClientOptions,
     ) -> Self {
+        Self::connect_lazy_shared(runtime, url.into(), Arc::new(tokens), options)
+    }
+
+    /// [`connect_lazy`](Self::connect_lazy) with a token source already shared.
+    fn connect_lazy_shared(
+        runtime: Arc<dyn Runtime>,
+        url: String,
+        tokens: Arc<dyn TokenSource>,
+        options: ClientOptions,
+    ) -> Self {
         let retry = options.retry.normalized();
-        let commands = socket::spawn_driver(runtime.clone(), url.into(), Arc::new(tokens), options);
+        let commands = socket::spawn_driver(runtime.clone(), url, tokens, options);
         Self::with_driver(runtime, DriverHandle { commands }, retry)
     }
 
@@ -378,7 +393,17 @@ impl Client {
     }
 
     /// Runs `attempt` with the retry policy: transient errors are retried after a jittered backoff.
-    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.retrying_when(Error::is_retryable, attempt).await
+    }
+
+    /// Runs `attempt` until it succeeds, fails with an error `retry` does not accept, or the client's
+    /// [`RetryPolicy`] runs out of attempts, waiting the policy's jittered delays in between.
+    async fn retrying_when<T, F, Fut>(&self, retry: impl Fn(&Error) -> bool, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -388,7 +413,7 @@ impl Client {
         loop {
             match attempt().await {
                 Ok(value) => return Ok(value),
-                Err(error) if error.is_retryable() && failures + 1 < policy.attempts => {
+                Err(error) if retry(&error) && failures + 1 < policy.attempts => {
                     tracing::debug!(%error, attempt = failures + 1, "streamkit operation retried");
                     self.inner.runtime.sleep(policy.delay(failures)).await;
                     failures += 1;
@@ -505,20 +530,11 @@ impl Client {
         metadata: Metadata,
     ) -> Result<SegmentStatus> {
         let payload = payload.into();
-        let policy = self.inner.retry;
-        let mut conflicts = 0;
-        loop {
-            match self.publish(store, space, segment, payload.clone(), metadata.clone()).await {
-                Err(error)
-                    if matches!(error.kind(), ErrorKind::SequenceConflict { .. })
-                        && conflicts + 1 < policy.attempts =>
-                {
-                    self.inner.runtime.sleep(policy.delay(conflicts)).await;
-                    conflicts += 1;
-                }
-                result => return result,
-            }
-        }
+        let conflict = |error: &Error| matches!(error.kind(), ErrorKind::SequenceConflict { .. });
+        self.retrying_when(conflict, || {
+            self.publish(store, space, segment, payload.clone(), metadata.clone())
+        })
+        .await
     }
 
     fn publish_lock(&self, store: Uuid, space: &str, segment: &str) -> Arc<futures_util::lock::Mutex<()>> {
