@@ -21,12 +21,17 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `tokio` | yes | the tokio runtime |
-//! | `cli` | yes | the `streamkit` binary (server, token minting, client commands, bench); brings `tokio`, `postgres`, `nats`, `tls` |
+//! | `client` | yes | the client SDK ([`Client`], [`connect`]) over a WebSocket: runtime, WebSocket and codecs only |
+//! | `server` | yes | the server ([`server::start`]): engine shards, the redb store, JWT verification, the HTTP front, Prometheus metrics; with `client` also [`Client::in_process`] |
+//! | `cli` | | the `streamkit` binary (server, token minting, client commands, bench); brings `client`, `server`, `tokio`, `postgres`, `nats`, `tls` |
 //! | `smol` | | the smol runtime (runtimes are additive: pick one per client or server) |
 //! | `async-std` | | the async-std runtime (deprecated upstream) |
 //! | `tls` | | `wss://` for clients, TLS for the server ([`tls`]), rustls re-exported |
 //! | `postgres` | | the PostgreSQL store and `LISTEN/NOTIFY` bus (several instances sharing one database) |
 //! | `nats` | | the NATS bus |
+//!
+//! A program that only talks to a server takes `default-features = false, features = ["tokio",
+//! "client"]` (68 crates in its tree instead of 95; no storage, JWT or metrics crates).
 //!
 //! # Modules
 //!
@@ -47,6 +52,7 @@ pub use bytes::Bytes;
 /// Store ids are UUIDs; the `uuid` crate is re-exported so users need no direct dependency.
 pub use uuid::{self, Uuid};
 
+#[cfg(feature = "client")]
 pub use client::{Client, ClientBuilder, Error, ErrorKind, connect};
 /// rustls, for the TLS settings of the client ([`ClientBuilder::tls_config`]) and the server.
 #[cfg(feature = "tls")]
@@ -62,22 +68,31 @@ pub use streamkit_core::wire::Codec;
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
 
+#[cfg(feature = "server")]
 pub mod auth;
+#[cfg(feature = "server")]
 pub mod bus;
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod clock;
+#[cfg(feature = "server")]
 pub mod engine;
+#[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "server")]
 pub mod log_limit;
 #[cfg(feature = "cli")]
 pub mod logging;
+#[cfg(feature = "server")]
 pub mod metrics;
 pub mod runtime;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "sidecar")]
 mod sidecar;
+#[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "tls")]
 pub mod tls;

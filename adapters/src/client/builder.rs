@@ -6,6 +6,7 @@ use std::time::Duration;
 use streamkit_core::wire::Codec;
 
 use super::{Client, ClientOptions, Error, ErrorKind, Result, RetryPolicy, TokenSource, static_token};
+#[cfg(feature = "server")]
 use crate::engine::EngineHandle;
 use crate::runtime::{Runtime, default_runtime};
 
@@ -125,6 +126,7 @@ impl ClientBuilder {
 
     /// A client of the server whose engine is `engine`, in the same process (see
     /// [`Client::in_process`]); the token is not used.
+    #[cfg(feature = "server")]
     pub async fn in_process(self, engine: &EngineHandle) -> Result<Client> {
         let runtime = runtime_or_default(self.runtime)?;
         Client::in_process_with(runtime, engine, self.options).await

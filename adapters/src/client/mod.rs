@@ -45,6 +45,7 @@
 mod builder;
 mod error;
 mod follow;
+#[cfg(feature = "server")]
 mod inproc;
 mod items;
 mod lease;
@@ -83,6 +84,7 @@ use uuid::Uuid;
 use self::items::Mapped;
 use self::stream::{Command, OpStream};
 use crate::clock::WallClock;
+#[cfg(feature = "server")]
 use crate::engine::EngineHandle;
 use crate::runtime::{BoxFuture, Runtime, RuntimeExt};
 
@@ -354,11 +356,13 @@ impl Client {
     /// process: no socket, no encoding, no authentication (every store is reachable).
     ///
     /// [`RunningServer::engine`]: crate::server::RunningServer::engine
+    #[cfg(feature = "server")]
     pub async fn in_process(runtime: Arc<dyn Runtime>, engine: &EngineHandle) -> Result<Self> {
         Self::in_process_with(runtime, engine, ClientOptions::default()).await
     }
 
     /// [`in_process`](Self::in_process) with options (the codec and dial settings do not apply).
+    #[cfg(feature = "server")]
     pub async fn in_process_with(
         runtime: Arc<dyn Runtime>,
         engine: &EngineHandle,

@@ -30,16 +30,20 @@ mod runtimes;
 mod scaleout_support;
 mod support;
 
+#[cfg(feature = "cli")]
 mod client_cli;
 mod client_operations;
 mod client_resilience;
+mod feature_sets;
 mod scaleout;
+#[cfg(feature = "cli")]
 mod scaleout_processes;
 mod server_backpressure;
 mod server_durability;
 mod server_handshake_limits;
 mod server_limits;
 mod server_load;
+#[cfg(feature = "cli")]
 mod server_logs;
 mod server_ops;
 mod server_quotas;
