@@ -53,13 +53,13 @@ pub use bytes::Bytes;
 pub use uuid::{self, Uuid};
 
 #[cfg(feature = "client")]
-pub use client::{Client, ClientBuilder, Error, ErrorKind, connect};
+pub use client::{Client, ClientBuilder, Error, ErrorKind, StoreHandle, connect};
 /// rustls, for the TLS settings of the client ([`ClientBuilder::tls_config`]) and the server.
 #[cfg(feature = "tls")]
 pub use futures_rustls::rustls;
 pub use streamkit_core::api::{
-    Consume, ConsumeSegment, ConsumeSpace, Entry, LeaseResult, Metadata, Record, SegmentStatus,
-    WorkerInventory,
+    Consume, ConsumeSegment, ConsumeSpace, Entry, LeaseResult, Metadata, PayloadError, PayloadFormat, Record,
+    SegmentStatus, WorkerInventory,
 };
 pub use streamkit_core::wire::Codec;
 
@@ -77,6 +77,9 @@ pub mod cli;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod clock;
+#[cfg(all(feature = "client", feature = "server"))]
+#[doc(hidden)]
+pub mod doc_support;
 #[cfg(feature = "server")]
 pub mod engine;
 #[cfg(feature = "server")]

@@ -42,6 +42,21 @@ impl Client {
     ///
     /// This is the subscription-then-read pattern done for you: the subscription is opened before each
     /// read, so nothing committed in between is missed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// use futures_util::StreamExt;
+    ///
+    /// client.append(store, "orders", "order-42", "created", Default::default()).await?;
+    /// let mut entries = client.follow_segment(store, "orders", "order-42", 0);
+    /// assert_eq!(entries.next().await.ok_or("ended")??.sequence, 1);
+    /// client.append(store, "orders", "order-42", "paid", Default::default()).await?;
+    /// assert_eq!(entries.next().await.ok_or("ended")??.sequence, 2); // as soon as it is committed
+    /// # Ok(()) }
+    /// ```
     pub fn follow_segment(
         &self,
         store: Uuid,

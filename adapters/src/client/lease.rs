@@ -87,6 +87,23 @@ impl Client {
     /// * Dropping the `with_lease` future releases the lease in the background.
     ///
     /// `ttl` is rounded to whole seconds, at least 1 s (the server accepts up to 86 400 s).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// use std::time::Duration;
+    ///
+    /// let report = client
+    ///     .with_lease(store, "nightly-report", Duration::from_secs(10), |_lease| async {
+    ///         // Runs only while this client holds the lease; no other holder runs it meanwhile.
+    ///         "report written"
+    ///     })
+    ///     .await?;
+    /// assert_eq!(report, "report written");
+    /// # Ok(()) }
+    /// ```
     pub async fn with_lease<F, Fut, T>(
         &self,
         store: Uuid,

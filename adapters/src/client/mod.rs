@@ -51,6 +51,7 @@ mod items;
 mod lease;
 mod retry;
 mod socket;
+mod store_handle;
 mod stream;
 
 pub use builder::{ClientBuilder, connect};
@@ -62,6 +63,7 @@ pub use follow::FollowStream;
 pub use items::ItemStream;
 pub use lease::Lease;
 pub use retry::RetryPolicy;
+pub use store_handle::StoreHandle;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -72,10 +74,11 @@ use std::time::Duration;
 use async_channel::Sender;
 use futures_channel::oneshot;
 use futures_util::StreamExt;
+use serde::Serialize;
 use streamkit_core::api::{
     Consume, ConsumeSegment, ConsumeSpace, Entry, Envelope, GetSegments, GetSpaces, LeaseResult, Metadata,
     Peek, Presence, Produce, Record, Request, SegmentStatus, SubscribeToSegmentStatus, SubscribeWorkers,
-    WorkerInventory,
+    WorkerInventory, to_json,
 };
 use streamkit_core::mux::MuxConfig;
 use streamkit_core::wire::{Codec, Message};
@@ -102,8 +105,8 @@ pub type InventoryStream = ItemStream<WorkerInventory>;
 /// Where the token for each dial comes from; called on **every** dial, so a rotating or refreshed token
 /// is picked up when the client reconnects.
 ///
-/// Implemented for closures returning a future of `Result<String, E>` (any displayable `E`); use
-/// [`static_token`] for a fixed token.
+/// Implemented for closures returning a future of `Result<String, E>` (any displayable `E`) and, for
+/// a fixed token, for `String` and `&'static str` (or use [`static_token`]).
 pub trait TokenSource: Send + Sync + 'static {
     /// The token to present as `Authorization: Bearer <token>`.
     fn token(&self) -> BoxFuture<'static, Result<String>>;
@@ -125,6 +128,20 @@ where
                 Error::new(kind, text)
             })
         })
+    }
+}
+
+/// A fixed token (`Fn` is a fundamental trait, so this cannot overlap the closure impl).
+impl TokenSource for String {
+    fn token(&self) -> BoxFuture<'static, Result<String>> {
+        Box::pin(std::future::ready(Ok(self.clone())))
+    }
+}
+
+/// A fixed token.
+impl TokenSource for &'static str {
+    fn token(&self) -> BoxFuture<'static, Result<String>> {
+        Box::pin(std::future::ready(Ok((*self).to_owned())))
     }
 }
 
@@ -307,6 +324,26 @@ fn interval_seconds(interval: Duration) -> u64 {
 
 impl Client {
     /// A [`ClientBuilder`]: `Client::builder().token(jwt).connect(url).await`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, url, token) = streamkit::doc_support::server().await?;
+    /// use std::time::Duration;
+    /// use streamkit::{Client, Codec};
+    ///
+    /// let client = Client::builder()
+    ///     .token_source(move || {
+    ///         let token = token.clone(); // e.g. fetched from your identity provider
+    ///         async move { Ok::<_, std::io::Error>(token) }
+    ///     }) // asked again on every dial
+    ///     .codec(Codec::Cbor)
+    ///     .dial_timeout(Duration::from_secs(5))
+    ///     .connect(url)
+    ///     .await?;
+    /// # client.close().await;
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
     }
@@ -314,6 +351,18 @@ impl Client {
     /// Connects to the server at `url` (`ws://host:port`; `/streamz` is appended), calling `tokens` for
     /// the token of this and every later dial. The first dial happens here (with the retry policy for
     /// transient failures), so a wrong address or a refused token is reported at once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, url, token) = streamkit::doc_support::server().await?;
+    /// use streamkit::client::{Client, ClientOptions};
+    ///
+    /// let runtime = streamkit::runtime::default_runtime().ok_or("no async runtime")?;
+    /// let client = Client::connect(runtime, url, token, ClientOptions::default()).await?;
+    /// # client.close().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(
         runtime: Arc<dyn Runtime>,
         url: impl Into<String>,
@@ -331,6 +380,18 @@ impl Client {
     }
 
     /// Like [`connect`](Self::connect) without dialing: the first operation dials.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use streamkit::client::{Client, ClientOptions};
+    ///
+    /// let runtime = streamkit::runtime::default_runtime().ok_or("no async runtime")?;
+    /// // Nothing listens there yet, and nothing is dialed yet either.
+    /// let client = Client::connect_lazy(runtime, "ws://127.0.0.1:1", "jwt", ClientOptions::default());
+    /// # client.close().await;
+    /// # Ok(()) }
+    /// ```
     pub fn connect_lazy(
         runtime: Arc<dyn Runtime>,
         url: impl Into<String>,
@@ -356,6 +417,18 @@ impl Client {
     /// process: no socket, no encoding, no authentication (every store is reachable).
     ///
     /// [`RunningServer::engine`]: crate::server::RunningServer::engine
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (server, _url, _token) = streamkit::doc_support::server().await?;
+    /// use streamkit::Client;
+    ///
+    /// let client = Client::builder().in_process(server.engine()).await?;
+    /// let status = client.append(streamkit::Uuid::new_v4(), "orders", "order-1", "created", Default::default()).await?;
+    /// assert_eq!(status.last_sequence, 1);
+    /// # Ok(()) }
+    /// ```
     #[cfg(feature = "server")]
     pub async fn in_process(runtime: Arc<dyn Runtime>, engine: &EngineHandle) -> Result<Self> {
         Self::in_process_with(runtime, engine, ClientOptions::default()).await
@@ -386,12 +459,32 @@ impl Client {
     }
 
     /// The runtime the client runs on.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// assert_eq!(client.runtime().name(), "tokio");
+    /// # Ok(()) }
+    /// ```
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.inner.runtime
     }
 
     /// Closes the client: open operations fail with `client closed`, the connection is closed, and
     /// later operations fail. Idempotent.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// client.close().await;
+    /// let error = client.peek(store, "orders", "order-42").await.unwrap_err();
+    /// assert_eq!(error.kind(), streamkit::ErrorKind::Closed);
+    /// # Ok(()) }
+    /// ```
     pub async fn close(&self) {
         self.inner.driver.close().await;
     }
@@ -450,6 +543,23 @@ impl Client {
     ///
     /// The operation opens on the first poll; records are pumped from a background task that waits for
     /// send credit, so memory stays bounded whatever the source. Dropping the stream cancels it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// use futures_util::{StreamExt, stream};
+    /// use streamkit::Record;
+    ///
+    /// let records = stream::iter((1..=3).map(|sequence| Record::new(sequence, format!("event {sequence}"))));
+    /// let mut statuses = client.produce(store, "orders", "order-42", records);
+    /// while let Some(status) = statuses.next().await {
+    ///     println!("committed up to {}", status?.last_sequence);
+    /// }
+    /// assert_eq!(client.peek(store, "orders", "order-42").await?.sequence, 3);
+    /// # Ok(()) }
+    /// ```
     pub fn produce<S>(
         &self,
         store: Uuid,
@@ -485,6 +595,17 @@ impl Client {
     /// publishes get strictly increasing sequences. A conflict with another writer is not retried:
     /// it fails with `produce failed: remote closed stream: sequence gap: ...`, of kind
     /// [`ErrorKind::SequenceConflict`] ([`append`](Self::append) retries it).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// let first = client.publish(store, "orders", "order-42", "created", Default::default()).await?;
+    /// let second = client.publish(store, "orders", "order-42", "paid", Default::default()).await?;
+    /// assert_eq!((first.last_sequence, second.last_sequence), (1, 2));
+    /// # Ok(()) }
+    /// ```
     pub async fn publish(
         &self,
         store: Uuid,
@@ -525,6 +646,19 @@ impl Client {
     /// another writer took that sequence first ([`ErrorKind::SequenceConflict`]) reads the head again
     /// and retries, waiting as the client's [`RetryPolicy`] says between attempts (the jitter keeps
     /// competing writers apart). After the policy's attempts the conflict is returned.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// use streamkit::Metadata;
+    ///
+    /// let metadata = Metadata::from([("type".to_owned(), "OrderCreated".to_owned())]);
+    /// let status = client.append(store, "orders", "order-42", r#"{"id":42}"#, metadata).await?;
+    /// assert_eq!(status.last_sequence, 1);
+    /// # Ok(()) }
+    /// ```
     pub async fn append(
         &self,
         store: Uuid,
@@ -539,6 +673,38 @@ impl Client {
             self.publish(store, space, segment, payload.clone(), metadata.clone())
         })
         .await
+    }
+
+    /// [`append`](Self::append) of `value` as a JSON payload (read it back with
+    /// [`Entry::json`]). A value serde cannot write as JSON fails with
+    /// [`ErrorKind::InvalidArgument`] before anything is sent.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    /// struct OrderPlaced {
+    ///     id: u32,
+    /// }
+    ///
+    /// client.append_json(store, "orders", "order-42", &OrderPlaced { id: 42 }, Default::default()).await?;
+    /// let head = client.peek(store, "orders", "order-42").await?;
+    /// assert_eq!(head.json::<OrderPlaced>()?, OrderPlaced { id: 42 });
+    /// # Ok(()) }
+    /// ```
+    pub async fn append_json<T: Serialize + ?Sized>(
+        &self,
+        store: Uuid,
+        space: &str,
+        segment: &str,
+        value: &T,
+        metadata: Metadata,
+    ) -> Result<SegmentStatus> {
+        let payload = to_json(value)
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()).with_source(e))?;
+        self.append(store, space, segment, payload, metadata).await
     }
 
     fn publish_lock(&self, store: Uuid, space: &str, segment: &str) -> Arc<futures_util::lock::Mutex<()>> {
@@ -564,6 +730,18 @@ impl Client {
 
     /// The last entry of a segment; for a missing (or empty) segment an entry with only `space` and
     /// `segment` set (sequence 0).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// assert_eq!(client.peek(store, "orders", "order-42").await?.sequence, 0); // nothing yet
+    /// client.append(store, "orders", "order-42", "created", Default::default()).await?;
+    /// let head = client.peek(store, "orders", "order-42").await?;
+    /// assert_eq!((head.sequence, head.payload.as_deref()), (1, Some(&b"created"[..])));
+    /// # Ok(()) }
+    /// ```
     pub async fn peek(&self, store: Uuid, space: &str, segment: &str) -> Result<Entry> {
         let request = Request::Peek(Peek { space: space.to_owned(), segment: segment.to_owned() });
         match self.open(store, request).await?.single().await? {
@@ -575,26 +753,105 @@ impl Client {
 
     /// Reads a segment in sequence order (spec §4.3). Lazy: opens on the first poll. Dropping the stream
     /// cancels the read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// use futures_util::TryStreamExt;
+    /// use streamkit::ConsumeSegment;
+    ///
+    /// for event in ["created", "paid", "shipped"] {
+    ///     client.append(store, "orders", "order-42", event, Default::default()).await?;
+    /// }
+    /// let request = ConsumeSegment::new("orders", "order-42").from_sequence(2);
+    /// let entries: Vec<_> = client.consume_segment(store, request).try_collect().await?;
+    /// let sequences: Vec<u64> = entries.iter().map(|entry| entry.sequence).collect();
+    /// assert_eq!(sequences, [2, 3]);
+    /// # Ok(()) }
+    /// ```
     pub fn consume_segment(&self, store: Uuid, request: ConsumeSegment) -> EntryStream {
         self.lazy(store, Request::ConsumeSegment(request), items::valid_entry)
     }
 
     /// Reads a space in timestamp order, resuming strictly after `request.offset` (spec §4.4).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// use futures_util::TryStreamExt;
+    /// use streamkit::ConsumeSpace;
+    ///
+    /// client.append(store, "orders", "order-1", "created", Default::default()).await?;
+    /// client.append(store, "orders", "order-2", "created", Default::default()).await?;
+    /// let first: Vec<_> = client.consume_space(store, ConsumeSpace::new("orders").limit(1)).try_collect().await?;
+    /// // Later, resume after the last entry seen:
+    /// let cursor = first[0].space_offset();
+    /// let rest: Vec<_> = client.consume_space(store, ConsumeSpace::new("orders").after(cursor)).try_collect().await?;
+    /// assert_eq!((first.len(), rest.len()), (1, 1));
+    /// # Ok(()) }
+    /// ```
     pub fn consume_space(&self, store: Uuid, request: ConsumeSpace) -> EntryStream {
         self.lazy(store, Request::ConsumeSpace(request), items::valid_entry)
     }
 
     /// Reads several spaces merged by timestamp (spec §4.5).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// use futures_util::TryStreamExt;
+    /// use streamkit::Consume;
+    ///
+    /// client.append(store, "orders", "order-1", "created", Default::default()).await?;
+    /// client.append(store, "payments", "payment-1", "received", Default::default()).await?;
+    /// let entries: Vec<_> = client.consume(store, Consume::new(["orders", "payments"])).try_collect().await?;
+    /// assert_eq!(entries.len(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn consume(&self, store: Uuid, request: Consume) -> EntryStream {
         self.lazy(store, Request::Consume(request), items::valid_entry)
     }
 
     /// The spaces of a store, in byte order.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// use futures_util::TryStreamExt;
+    ///
+    /// client.append(store, "payments", "payment-1", "received", Default::default()).await?;
+    /// client.append(store, "orders", "order-1", "created", Default::default()).await?;
+    /// let spaces: Vec<String> = client.get_spaces(store).try_collect().await?;
+    /// assert_eq!(spaces, ["orders", "payments"]);
+    /// # Ok(()) }
+    /// ```
     pub fn get_spaces(&self, store: Uuid) -> NameStream {
         self.lazy(store, Request::GetSpaces(GetSpaces {}), items::name)
     }
 
     /// The segments of a space, in byte order.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// use futures_util::TryStreamExt;
+    ///
+    /// client.append(store, "orders", "order-2", "created", Default::default()).await?;
+    /// client.append(store, "orders", "order-1", "created", Default::default()).await?;
+    /// let segments: Vec<String> = client.get_segments(store, "orders").try_collect().await?;
+    /// assert_eq!(segments, ["order-1", "order-2"]);
+    /// # Ok(()) }
+    /// ```
     pub fn get_segments(&self, store: Uuid, space: impl Into<String>) -> NameStream {
         self.lazy(store, Request::GetSegments(GetSegments { space: space.into() }), items::name)
     }
@@ -602,6 +859,21 @@ impl Client {
     /// Subscribes to one segment's status: a snapshot (if the segment has data), then every update.
     /// Heartbeats are filtered out. The subscription ends with an error when the connection is lost; it
     /// is not re-established (subscribe again: a new subscription starts with the current snapshot).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// use futures_util::StreamExt;
+    /// use streamkit::client::SubscribeOptions;
+    ///
+    /// let mut statuses = client.subscribe_segment(store, "orders", "order-42", SubscribeOptions::default()).await?;
+    /// client.append(store, "orders", "order-42", "created", Default::default()).await?;
+    /// let status = statuses.next().await.ok_or("subscription ended")??;
+    /// assert_eq!((status.segment.as_str(), status.last_sequence), ("order-42", 1));
+    /// # Ok(()) }
+    /// ```
     pub async fn subscribe_segment(
         &self,
         store: Uuid,
@@ -613,6 +885,24 @@ impl Client {
     }
 
     /// Subscribes to every segment of a space (`"*"`): snapshots sorted by segment, then updates.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// use futures_util::StreamExt;
+    /// use streamkit::client::SubscribeOptions;
+    ///
+    /// client.append(store, "orders", "order-1", "created", Default::default()).await?;
+    /// let mut statuses = client.subscribe_space(store, "orders", SubscribeOptions::default()).await?;
+    /// let snapshot = statuses.next().await.ok_or("subscription ended")??;
+    /// assert_eq!(snapshot.segment, "order-1");
+    /// client.append(store, "orders", "order-2", "created", Default::default()).await?;
+    /// let update = statuses.next().await.ok_or("subscription ended")??;
+    /// assert_eq!(update.segment, "order-2");
+    /// # Ok(()) }
+    /// ```
     pub async fn subscribe_space(
         &self,
         store: Uuid,
@@ -645,6 +935,27 @@ impl Client {
     /// Joins the worker presence of a store: as an observer (the inventory, then every change) or as a
     /// worker (registered while the stream lives; a `Presence` renewal is sent at once and every
     /// interval, and the stream fails after three intervals without a frame from the server).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_server, client) = streamkit::doc_support::client().await?;
+    /// # let store = streamkit::Uuid::new_v4();
+    /// use futures_util::StreamExt;
+    /// use streamkit::client::WorkerOptions;
+    ///
+    /// let mut observer = client.subscribe_workers(store, WorkerOptions::observer()).await?;
+    /// let worker_id = streamkit::Uuid::new_v4();
+    /// let options = WorkerOptions::worker(worker_id).with_metadata("role", "indexer");
+    /// let _registration = client.subscribe_workers(store, options).await?; // registered while it lives
+    /// // The observer sees the inventory, then every change:
+    /// while let Some(inventory) = observer.next().await {
+    ///     if inventory?.workers.iter().any(|worker| worker.worker_id == worker_id) {
+    ///         break;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn subscribe_workers(&self, store: Uuid, options: WorkerOptions) -> Result<InventoryStream> {
         let WorkerOptions { worker_id, metadata, heartbeat_interval } = options;
         let Some(worker_id) = worker_id.filter(|id| !id.is_nil()) else {

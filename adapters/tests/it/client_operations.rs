@@ -4,6 +4,7 @@
 
 use crate::client_support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,7 +118,7 @@ async fn every_operation(runtime: Arc<dyn Runtime>, via: Via) {
     assert_eq!(step(rt, client.peek(store, "space2", "fresh")).await.unwrap().sequence, 1);
 
     // The subscriptions saw both segments reach 10 (space) and segment1 only (exact).
-    let mut last = std::collections::BTreeMap::new();
+    let mut last = BTreeMap::new();
     step(rt, async {
         while last.get("segment0") != Some(&11) || last.get("segment1") != Some(&10) {
             let status = space_sub.next().await.unwrap().unwrap();
@@ -190,6 +191,25 @@ async fn every_operation(runtime: Arc<dyn Runtime>, via: Via) {
     })
     .await;
     drop(observer);
+
+    // A store handle: the same operations without the store id; typed payloads through it.
+    let orders = client.store(Uuid::new_v4());
+    let order = BTreeMap::from([("id".to_owned(), 42u32)]);
+    let status = step(rt, orders.append_json("orders", "order-42", &order, Metadata::new())).await.unwrap();
+    assert_eq!(status.last_sequence, 1);
+    let head = step(rt, orders.peek("orders", "order-42")).await.unwrap();
+    assert_eq!(head.json::<BTreeMap<String, u32>>().unwrap(), order);
+    let read = collect_ok(rt, orders.consume_segment(ConsumeSegment::new("orders", "order-42"))).await;
+    assert_eq!(read.len(), 1);
+    assert_eq!(collect_ok(rt, orders.get_spaces()).await, ["orders"]);
+    assert!(collect_ok(rt, client.get_spaces(store)).await.iter().all(|space| space != "orders"));
+    // A value JSON cannot hold (a map with non-string keys) is refused before anything is sent.
+    let unwritable = BTreeMap::from([((1u8, 2u8), 3u8)]);
+    let refused =
+        step(rt, orders.append_json("orders", "order-42", &unwritable, Metadata::new())).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::InvalidArgument);
+    assert!(refused.to_string().starts_with("JSON payload: "), "{refused}");
+    assert_eq!(step(rt, orders.peek("orders", "order-42")).await.unwrap().sequence, 1);
 
     // Cancelling a consume mid-way ends it promptly.
     collect_ok(rt, client.produce(store, "big", "s", records(1..=300))).await;
