@@ -10,7 +10,7 @@
 //!   [`TokenSource`] called on every dial, JSON (default, what Go speaks) or CBOR;
 //! * [`Client::in_process`]: a server's engine in the same process, no sockets and no encoding.
 //!
-//! # Failures and retries (spec §2.10, §7.1)
+//! # Failures and retries (PROTOCOL.md §2.10, §7.1)
 //!
 //! Operations that **open** a stream retry transient failures (a failed dial, a lost connection) with
 //! jittered exponential backoff ([`RetryPolicy`]); a refused token (HTTP 401/403) is permanent and not
@@ -299,7 +299,7 @@ impl WorkerOptions {
     }
 }
 
-/// Whole seconds of `interval`, rounded up and clamped to 1..=300 (spec §7.2).
+/// Whole seconds of `interval`, rounded up and clamped to 1..=300 (PROTOCOL.md §7.2).
 fn interval_seconds(interval: Duration) -> u64 {
     let secs = interval.as_secs() + u64::from(interval.subsec_nanos() > 0);
     secs.clamp(1, 300)
@@ -573,18 +573,18 @@ impl Client {
         }
     }
 
-    /// Reads a segment in sequence order (spec §4.3). Lazy: opens on the first poll. Dropping the stream
+    /// Reads a segment in sequence order (PROTOCOL.md §4.3). Lazy: opens on the first poll. Dropping the stream
     /// cancels the read.
     pub fn consume_segment(&self, store: Uuid, request: ConsumeSegment) -> EntryStream {
         self.lazy(store, Request::ConsumeSegment(request), items::valid_entry)
     }
 
-    /// Reads a space in timestamp order, resuming strictly after `request.offset` (spec §4.4).
+    /// Reads a space in timestamp order, resuming strictly after `request.offset` (PROTOCOL.md §4.4).
     pub fn consume_space(&self, store: Uuid, request: ConsumeSpace) -> EntryStream {
         self.lazy(store, Request::ConsumeSpace(request), items::valid_entry)
     }
 
-    /// Reads several spaces merged by timestamp (spec §4.5).
+    /// Reads several spaces merged by timestamp (PROTOCOL.md §4.5).
     pub fn consume(&self, store: Uuid, request: Consume) -> EntryStream {
         self.lazy(store, Request::Consume(request), items::valid_entry)
     }
