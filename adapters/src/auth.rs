@@ -1,11 +1,11 @@
-//! JWT verification (the handshake's authentication) and minting (CLI and tests), spec §3.
+//! JWT verification (the handshake's authentication) and minting (CLI and tests), PROTOCOL.md §3.
 //!
 //! A [`JwtVerifier`] is configured with exactly one algorithm and its key: HS256 with a shared secret,
 //! or RS256 / ES256 with a PEM public key. The algorithm is **pinned**: a token whose header names any
 //! other algorithm is refused, which rules out algorithm-confusion attacks (an RSA public key used as
 //! an HMAC secret, `alg: none`).
 //!
-//! Checks, following the Go validator (spec §3):
+//! Checks, following the Go validator (PROTOCOL.md §3):
 //! * the signature;
 //! * `exp` is required and must not be past;
 //! * `nbf`, when present, must not be in the future; `iat`, when present, must not be in the future;
@@ -101,7 +101,7 @@ pub enum AuthError {
     /// `iss` or `aud` does not match the configured value.
     #[error("token issuer or audience not accepted")]
     WrongIssuerOrAudience,
-    /// The scopes grant no usable store (spec §3).
+    /// The scopes grant no usable store (PROTOCOL.md §3).
     #[error(transparent)]
     Scope(#[from] ScopeError),
 }

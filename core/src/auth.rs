@@ -1,4 +1,4 @@
-//! Store scopes (spec §3): which stores a verified token may touch.
+//! Store scopes (PROTOCOL.md §3): which stores a verified token may touch.
 //!
 //! JWT verification happens in the adapters (it needs crypto); the core only interprets the `scopes`
 //! claim. `streamkit::*` allows every store, `streamkit::{uuid}` one store; other scopes are ignored.

@@ -1,4 +1,4 @@
-//! Lexicographic keys (fgrzl/lexkey v0.1.1, spec §5.1) and the hex form they take on the wire.
+//! Lexicographic keys (fgrzl/lexkey v0.1.1, PROTOCOL.md §5.1) and the hex form they take on the wire.
 //!
 //! A key is the concatenation of encoded parts separated by one `0x00` byte. Strings and byte strings are
 //! written raw (no escaping, so names must not contain `0x00`), `i64` as big-endian with the sign bit

@@ -1,4 +1,4 @@
-//! The node manager (spec §6.1): the registry of [`Node`]s by store id, and the lifecycle of their stores.
+//! The node manager (PROTOCOL.md §6.1): the registry of [`Node`]s by store id, and the lifecycle of their stores.
 //!
 //! It is as sans-IO as the nodes it holds. Opening a store (creating its database, say) is an effect:
 //! the manager emits [`ManagerOutput::OpenStore`] and the adapter answers with
@@ -67,7 +67,7 @@ impl Default for IdleEviction {
     }
 }
 
-/// Tunables of a manager. `Default` gives the spec's values, with idle eviction on.
+/// Tunables of a manager. `Default` gives the values of PROTOCOL.md, with idle eviction on.
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
     /// Configuration of every node.

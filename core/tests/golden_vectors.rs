@@ -1,5 +1,5 @@
 //! Golden interop tests: real frames captured between the Go client and server (vectors/README.md) and
-//! the example frames of spec §2.11 and §6.6 must decode, and re-encode to the very same bytes.
+//! the example frames of PROTOCOL.md §2.11 and §6.6 must decode, and re-encode to the very same bytes.
 
 use base64::Engine as _;
 use serde::Deserialize;

@@ -631,7 +631,7 @@ impl GoJson for LeaseRelease {
 
 impl GoJson for Envelope {
     fn go_json(&self) -> String {
-        // The discriminators of spec §1.1, listed here independently of `Envelope::type_name`.
+        // The discriminators of PROTOCOL.md §1.1, listed here independently of `Envelope::type_name`.
         let (suffix, content) = match self {
             Envelope::ConsumeSegment(c) => ("consume_segment", c.go_json()),
             Envelope::ConsumeSpace(c) => ("consume_space", c.go_json()),

@@ -1,4 +1,4 @@
-//! The end-to-end parity suite: every scenario of the Go integration tests (spec §9.1), the live
+//! The end-to-end parity suite: every scenario of the Go integration tests (PROTOCOL.md §9.1), the live
 //! resilience scenarios (§9.3), the invariants of DESIGN.md over real sockets, cancelled reads, and
 //! hostile input, against real servers and clients (see the `streamkit_tests` harness).
 //!

@@ -1,4 +1,4 @@
-//! The message bus the engine publishes segment notifications on (spec §6.2), behind a small async
+//! The message bus the engine publishes segment notifications on (PROTOCOL.md §6.2), behind a small async
 //! trait: [`MemoryBus`], for a single server, is the default; `NatsBus` (feature `nats`) and `PgBus`
 //! (PostgreSQL `LISTEN/NOTIFY`, feature `postgres`) span several server instances, with messages
 //! encoded as JSON envelopes ([`codec`]).
@@ -103,7 +103,7 @@ pub trait MessageBus: Send + Sync + 'static {
     fn unsubscribe(&self, route: &str, delivery: &BusDelivery) -> BoxFuture<'static, ()>;
 
     /// Publishes a message on `route`: segment notifications (an error counts towards the node's
-    /// notification circuit breaker, spec §6.2) and worker-presence announcements between instances.
+    /// notification circuit breaker, PROTOCOL.md §6.2) and worker-presence announcements between instances.
     fn publish(&self, route: &str, message: BusMessage) -> BoxFuture<'static, Result<(), BusError>>;
 }
 

@@ -5,7 +5,7 @@
 //!   (`flush`) before it counts as active, so a notification published afterwards by any instance
 //!   reaches it. Refused while the client is not connected.
 //! * **Publish**: refused while the client is not connected (the error counts towards the node's
-//!   notification circuit breaker, spec §6.2; produce keeps working).
+//!   notification circuit breaker, PROTOCOL.md §6.2; produce keeps working).
 //! * **Outage**: core NATS does not replay what was published while a subscriber was cut off, so when
 //!   the connection drops (or the server reports this client as a slow consumer, i.e. it dropped
 //!   messages), every subscription is reported lost ([`BusDelivery::lost`]): subscribers are closed

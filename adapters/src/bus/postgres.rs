@@ -16,7 +16,7 @@
 //!   sent meanwhile are gone, so every subscription is reported lost ([`BusDelivery::lost`]):
 //!   subscribers are closed with the reason and re-subscribe. The bus reconnects in the background
 //!   (back-off from 100 ms to 5 s); subscribes are refused until it has, publishes fail while the
-//!   database is down (the node's notification circuit breaker applies, spec §6.2).
+//!   database is down (the node's notification circuit breaker applies, PROTOCOL.md §6.2).
 //!
 //! Notifications from one publishing connection arrive in order; from several pooled connections
 //! they may interleave, which the node tolerates (a subscriber's `last_sequence` never goes back).

@@ -1,4 +1,4 @@
-//! [`Client::with_lease`]: run a future while holding a lease (spec §4.9, §6.7, §7.2).
+//! [`Client::with_lease`]: run a future while holding a lease (PROTOCOL.md §4.9, §6.7, §7.2).
 
 use std::future::Future;
 use std::pin::pin;

@@ -10,7 +10,7 @@
 //!   [`TokenSource`] called on every dial, JSON (default, what Go speaks) or CBOR;
 //! * [`Client::in_process`]: a server's engine in the same process, no sockets and no encoding.
 //!
-//! # Failures and retries (spec §2.10, §7.1)
+//! # Failures and retries (PROTOCOL.md §2.10, §7.1)
 //!
 //! Operations that **open** a stream retry transient failures (a failed dial, a lost connection) with
 //! jittered exponential backoff ([`RetryPolicy`]); a refused token (HTTP 401/403) is permanent and not
@@ -316,7 +316,7 @@ impl WorkerOptions {
     }
 }
 
-/// Whole seconds of `interval`, rounded up and clamped to 1..=300 (spec §7.2).
+/// Whole seconds of `interval`, rounded up and clamped to 1..=300 (PROTOCOL.md §7.2).
 fn interval_seconds(interval: Duration) -> u64 {
     let secs = interval.as_secs() + u64::from(interval.subsec_nanos() > 0);
     secs.clamp(1, 300)
@@ -751,7 +751,7 @@ impl Client {
         }
     }
 
-    /// Reads a segment in sequence order (spec §4.3). Lazy: opens on the first poll. Dropping the stream
+    /// Reads a segment in sequence order (PROTOCOL.md §4.3). Lazy: opens on the first poll. Dropping the stream
     /// cancels the read.
     ///
     /// ```
@@ -775,7 +775,7 @@ impl Client {
         self.lazy(store, Request::ConsumeSegment(request), items::valid_entry)
     }
 
-    /// Reads a space in timestamp order, resuming strictly after `request.offset` (spec §4.4).
+    /// Reads a space in timestamp order, resuming strictly after `request.offset` (PROTOCOL.md §4.4).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -798,7 +798,7 @@ impl Client {
         self.lazy(store, Request::ConsumeSpace(request), items::valid_entry)
     }
 
-    /// Reads several spaces merged by timestamp (spec §4.5).
+    /// Reads several spaces merged by timestamp (PROTOCOL.md §4.5).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

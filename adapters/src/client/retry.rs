@@ -1,8 +1,8 @@
-//! Backoff for opening operations (spec §7.1) and for redialing (spec §2.10).
+//! Backoff for opening operations (PROTOCOL.md §7.1) and for redialing (PROTOCOL.md §2.10).
 
 use std::time::Duration;
 
-/// How opening an operation is retried on transient failures (spec §7.1). Established streams are never
+/// How opening an operation is retried on transient failures (PROTOCOL.md §7.1). Established streams are never
 /// retried: they fail, and the caller resumes from its cursor.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryPolicy {

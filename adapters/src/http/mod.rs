@@ -2,7 +2,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /streamz` | WebSocket upgrade, authenticated by `Authorization: Bearer <jwt>` (spec §2.1–2.2) |
+//! | `GET /streamz` | WebSocket upgrade, authenticated by `Authorization: Bearer <jwt>` (PROTOCOL.md §2.1–2.2) |
 //! | `GET /healthz` | 200 `ok` while the listener serves |
 //! | `GET /readyz` | 200 when [`Readiness`] is ready, 503 while starting or draining |
 //! | `GET /metrics` | the handler's OpenMetrics text ([`ConnectionHandler::render_metrics`]) |

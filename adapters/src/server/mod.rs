@@ -274,7 +274,7 @@ pub struct ServerConfig {
     /// their last frames (default [`DEFAULT_SHUTDOWN_GRACE`]).
     pub shutdown_grace: Duration,
     /// Per-node tunables (produce chunking, read batches, stream credit, subscription queues; default
-    /// [`NodeConfig::default`], the spec's values).
+    /// [`NodeConfig::default`], the values of PROTOCOL.md).
     pub node: NodeConfig,
     /// HTTP front tunables (request head limits, header and handshake timeouts, pending handshakes in
     /// all and per source address; default

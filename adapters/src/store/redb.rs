@@ -32,7 +32,7 @@ use streamkit_core::storage::{CommitOutcome, KvError, KvPair, OrderedKv, ScanRan
 
 use crate::log_limit::limited_log;
 
-/// The one table of a store database. Keys are the storage model's keys (spec §5.2), values its
+/// The one table of a store database. Keys are the storage model's keys (PROTOCOL.md §5.2), values its
 /// encodings; the table name is part of the file format.
 const ENTRIES: TableDefinition<'static, &'static [u8], &'static [u8]> = TableDefinition::new("streamkit");
 

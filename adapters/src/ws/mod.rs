@@ -1,7 +1,7 @@
 //! WebSocket connections: the server side handed over by the HTTP front, and the client [`dial`].
 //!
 //! A [`WsConnection`] carries one codec ([`Codec::Json`] in text frames, [`Codec::Cbor`] in binary
-//! frames, spec §2.3 and the CBOR extension) and moves whole frames as bytes:
+//! frames, PROTOCOL.md §2.3 and the CBOR extension) and moves whole frames as bytes:
 //!
 //! * receiving yields the payload of the next data message, text or binary alike (Go also parses a
 //!   binary frame as JSON); WebSocket pings are answered while the reader is polled, and a close frame

@@ -26,7 +26,7 @@ async fn scenario(runtime: Arc<dyn Runtime>) {
     let server = serve(&runtime, memory_config()).await;
     let base = url(&server);
 
-    // Handshake failures are HTTP 401 before any upgrade (spec §2.2).
+    // Handshake failures are HTTP 401 before any upgrade (PROTOCOL.md §2.2).
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let expired =
         TokenClaims { exp: now - 120, iat: now - 180, ..TokenClaims::new(["streamkit::*"], Duration::ZERO) };

@@ -1,4 +1,4 @@
-//! Data types of spec §1.2: what producers write, what readers get back, and the status, lease and
+//! Data types of PROTOCOL.md §1.2: what producers write, what readers get back, and the status, lease and
 //! presence messages.
 //!
 //! Field order is declaration order and matches Go's, so the JSON codec reproduces Go's bytes. Byte fields
@@ -84,12 +84,12 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The "nothing here" entry of an empty Peek (spec §4.2): only `space` and `segment` are set.
+    /// The "nothing here" entry of an empty Peek (PROTOCOL.md §4.2): only `space` and `segment` are set.
     pub fn empty(space: impl Into<String>, segment: impl Into<String>) -> Self {
         Self { space: space.into(), segment: segment.into(), ..Self::default() }
     }
 
-    /// Key of this entry in the space index, `DAT\0SPACES\0{space}\0{ts}\0{segment}\0{seq}` (spec §5.2):
+    /// Key of this entry in the space index, `DAT\0SPACES\0{space}\0{ts}\0{segment}\0{seq}` (PROTOCOL.md §5.2):
     /// the cursor a space consumer resumes after (Go `GetSpaceOffset`).
     pub fn space_offset(&self) -> LexKey {
         space_key(&self.space, self.timestamp, &self.segment, self.sequence)

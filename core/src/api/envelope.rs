@@ -1,4 +1,4 @@
-//! The polymorphic envelope of spec §1.1: `{"$type":"streamkit://api/v1/<name>","content":{...}}`.
+//! The polymorphic envelope of PROTOCOL.md §1.1: `{"$type":"streamkit://api/v1/<name>","content":{...}}`.
 //!
 //! Requests always travel in an envelope (the first message of a stream); worker-presence traffic uses
 //! envelopes in both directions. Decoding follows fgrzl/json's rules and error texts.

@@ -1,4 +1,4 @@
-//! Every message type of the protocol (spec §1): data, requests and the polymorphic envelope.
+//! Every message type of the protocol (PROTOCOL.md §1): data, requests and the polymorphic envelope.
 
 mod builders;
 mod data;

@@ -1,4 +1,4 @@
-//! Request types of spec §1.3: the first message of every logical stream, wrapped in an envelope.
+//! Request types of PROTOCOL.md §1.3: the first message of every logical stream, wrapped in an envelope.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -33,7 +33,7 @@ pub struct Peek {
     pub segment: String,
 }
 
-/// Read a segment in sequence order (spec §4.3).
+/// Read a segment in sequence order (PROTOCOL.md §4.3).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ConsumeSegment {
@@ -60,7 +60,7 @@ pub struct ConsumeSegment {
     pub limit: u64,
 }
 
-/// Read one space in timestamp order (spec §4.4).
+/// Read one space in timestamp order (PROTOCOL.md §4.4).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ConsumeSpace {
@@ -81,7 +81,7 @@ pub struct ConsumeSpace {
     pub limit: u64,
 }
 
-/// Read several spaces merged by timestamp (spec §4.5).
+/// Read several spaces merged by timestamp (PROTOCOL.md §4.5).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Consume {
@@ -116,7 +116,7 @@ pub struct GetSegments {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetStatus {}
 
-/// Subscribe to segment statuses: a snapshot, then live updates (spec §4.7).
+/// Subscribe to segment statuses: a snapshot, then live updates (PROTOCOL.md §4.7).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SubscribeToSegmentStatus {
@@ -130,7 +130,7 @@ pub struct SubscribeToSegmentStatus {
     pub heartbeat_interval_seconds: i64,
 }
 
-/// Observe the worker inventory, or register as a worker (spec §6.6).
+/// Observe the worker inventory, or register as a worker (PROTOCOL.md §6.6).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SubscribeWorkers {

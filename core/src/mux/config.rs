@@ -66,7 +66,7 @@ impl OverloadPolicy {
     }
 }
 
-/// Tunables of a [`MuxSession`](super::MuxSession). [`Default`] gives Go's defaults (spec §2.8, §2.9).
+/// Tunables of a [`MuxSession`](super::MuxSession). [`Default`] gives Go's defaults (PROTOCOL.md §2.8, §2.9).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MuxConfig {
     /// Frame and payload size limits (8 MiB / 6 MiB).
@@ -117,7 +117,7 @@ impl Default for MuxConfig {
 /// Which end of the connection a session is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Accepts streams opened by the peer; every data frame is checked against `scopes` (spec §3).
+    /// Accepts streams opened by the peer; every data frame is checked against `scopes` (PROTOCOL.md §3).
     Server {
         /// Stores the connection's token may access.
         scopes: StoreScopes,

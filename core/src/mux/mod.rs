@@ -1,4 +1,4 @@
-//! The mux session: one sans-IO state machine per physical connection (spec §2.5–2.9, §3).
+//! The mux session: one sans-IO state machine per physical connection (PROTOCOL.md §2.5–2.9, §3).
 //!
 //! A [`MuxSession`] turns inbound frames into per-stream items ([`StreamInput`]) and events
 //! ([`MuxEvent`]), and application sends into encoded frames. Logical streams are identified by their

@@ -51,7 +51,7 @@ enum Teardown {
     Silent,
 }
 
-/// The mux state machine of one physical connection (spec §2.5–2.9, §3), server or client role.
+/// The mux state machine of one physical connection (PROTOCOL.md §2.5–2.9, §3), server or client role.
 ///
 /// Turns inbound frames into per-stream items and events, and application sends into encoded frames.
 /// It performs no I/O and reads no clock; see the [module docs](super) for the driver loop. No input
@@ -342,7 +342,7 @@ impl MuxSession {
 
     /// Forgets `channel` (Go `CloseLocal`): drops its inbound queue and sends nothing. Frames it already
     /// queued (such as a `mux::close` from `close_send`) are still transmitted. Like Go, no tombstone is
-    /// left (spec §2.6): the channel is free at once, and a later data frame with its id opens a new
+    /// left (PROTOCOL.md §2.6): the channel is free at once, and a later data frame with its id opens a new
     /// stream (a peer may reuse a channel id as soon as it has the close).
     pub fn release(&mut self, channel: Uuid) {
         if self.shut_down {
@@ -518,7 +518,7 @@ impl MuxSession {
     }
 
     /// Encodes a data frame, refusing frames the peer would reject as over `max_frame` (6 MiB of payload
-    /// base64-encodes to 8 MiB, so Go's limits alone let such frames through: spec §2.9 [Go quirk]).
+    /// base64-encodes to 8 MiB, so Go's limits alone let such frames through: PROTOCOL.md §2.9 [Go quirk]).
     fn encode_data(&self, store_id: Uuid, channel: Uuid, payload: Vec<u8>) -> Result<Vec<u8>, MuxError> {
         let bytes = self.codec.encode_frame(&Frame::data(store_id, channel, payload));
         let limit = self.config.limits.max_frame;
@@ -605,7 +605,7 @@ impl MuxSession {
         self.events.push_back(MuxEvent::Shutdown { reason });
     }
 
-    /// Routing of a data frame (spec §2.5.1).
+    /// Routing of a data frame (PROTOCOL.md §2.5.1).
     fn on_data_frame(&mut self, frame: Frame) {
         let Frame { store_id, channel_id: channel, payload, .. } = frame;
         // A data frame with a null payload carries an empty message; the application's decoder decides.
@@ -657,7 +657,7 @@ impl MuxSession {
         self.enqueue_payload(channel, payload);
     }
 
-    /// An `error` control frame (spec §2.7): ends a registered stream; ignored otherwise.
+    /// An `error` control frame (PROTOCOL.md §2.7): ends a registered stream; ignored otherwise.
     fn on_error_frame(&mut self, frame: Frame) {
         let channel = frame.channel_id;
         if self.streams.get(&channel).is_none_or(|s| s.peer_closed) {

@@ -1,4 +1,4 @@
-//! Tombstones (spec §2.9): channel ids whose late frames are dropped instead of opening a new stream.
+//! Tombstones (PROTOCOL.md §2.9): channel ids whose late frames are dropped instead of opening a new stream.
 //!
 //! Created for streams rejected or aborted by the session and for streams the application released
 //! before the peer closed them. Pruned by age first, then oldest-first over capacity; an expired

@@ -1,4 +1,4 @@
-//! The segment-notification circuit breaker (spec §6.2), one per node.
+//! The segment-notification circuit breaker (PROTOCOL.md §6.2), one per node.
 //!
 //! A failed bus publish is tolerated (the produce continues) until `threshold` consecutive publishes have
 //! failed: the failure that reaches it opens the circuit for `window` and fails its produce. While the

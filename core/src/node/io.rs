@@ -222,7 +222,7 @@ pub fn worker_presence_route(store_id: &Uuid) -> String {
 const NOTIFICATION_ROUTE: &str = "inbox.streamkit.segment_notification";
 
 /// The bus route of a space's segment notifications:
-/// `inbox.streamkit.segment_notification[<UUIDv5(namespace = store id, name = space)>]` (spec §6.2).
+/// `inbox.streamkit.segment_notification[<UUIDv5(namespace = store id, name = space)>]` (PROTOCOL.md §6.2).
 pub fn segment_notification_route(store_id: &Uuid, space: &str) -> String {
     let id = Uuid::new_v5(store_id, space.as_bytes());
     format!("{NOTIFICATION_ROUTE}[{}]", id.hyphenated())

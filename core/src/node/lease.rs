@@ -1,4 +1,4 @@
-//! Leases (spec §4.9, §6.7): single-holder coordination keyed by a string, with a time to live.
+//! Leases (PROTOCOL.md §4.9, §6.7): single-holder coordination keyed by a string, with a time to live.
 //!
 //! The logic is split in two so that the storage of the table can change without touching the rules:
 //!
@@ -83,7 +83,7 @@ pub enum LeaseChange {
     Remove,
 }
 
-/// The rules of spec §6.7: whether `request` succeeds against `current` at `now`, and the change to store.
+/// The rules of PROTOCOL.md §6.7: whether `request` succeeds against `current` at `now`, and the change to store.
 pub fn decide(request: LeaseRequest<'_>, current: Option<&Lease>, now: i64) -> (bool, LeaseChange) {
     let lease = |holder: &str, ttl: Millis| Lease {
         holder: holder.into(),

@@ -1,4 +1,4 @@
-//! The per-store engine (spec §4–6): one [`Node`] per store executes the requests of every logical
+//! The per-store engine (PROTOCOL.md §4–6): one [`Node`] per store executes the requests of every logical
 //! stream addressed to that store, as a pure state machine.
 //!
 //! A node never touches storage or a bus itself: it emits [`NodeOutput::Storage`] and
@@ -77,7 +77,7 @@ use crate::time::Millis;
 use crate::wire::Message;
 use watermark::Watermarks;
 
-/// Maximum entries one consume may return when a limit is given (spec §6.5).
+/// Maximum entries one consume may return when a limit is given (PROTOCOL.md §6.5).
 pub const MAX_CONSUME_ENTRIES: u64 = 10_000_000;
 
 /// Longest server heartbeat interval a subscription or worker may ask for, in seconds.
@@ -89,7 +89,7 @@ pub fn clamp_heartbeat_seconds(seconds: i64) -> i64 {
     if seconds <= 0 { 0 } else { seconds.min(MAX_HEARTBEAT_SECONDS) }
 }
 
-/// Tunables of a node. `Default` gives the spec's values.
+/// Tunables of a node. `Default` gives the values of PROTOCOL.md.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     /// Records per produce chunk (one commit, one status): 10,000.
@@ -112,7 +112,7 @@ pub struct NodeConfig {
     pub space_clock_retries: u32,
     /// Keep leases in the store (cluster-wide: every instance sharing the store sees them, and they
     /// survive restarts) instead of in the node's memory (Go's behaviour, lost when the node closes).
-    /// Each request reads the lease, applies the rules of spec §6.7 with this instance's clock, and
+    /// Each request reads the lease, applies the rules of PROTOCOL.md §6.7 with this instance's clock, and
     /// commits the change guarded by a precondition on what it read, so two instances deciding at once
     /// cannot both win.
     pub leases_in_storage: bool,
@@ -125,7 +125,7 @@ pub struct NodeConfig {
     pub presence_announce_interval: Millis,
     /// Floor of how long another instance's announcement stays valid: its workers are dropped once it
     /// has not announced for `max(presence_stale_floor, 3 × presence_announce_interval)`. 30 s by
-    /// default (the floor of the worker TTL, spec §6.6); lower it only where instances announce often
+    /// default (the floor of the worker TTL, PROTOCOL.md §6.6); lower it only where instances announce often
     /// and a dead instance's workers must vanish quickly (tests, small clusters on a fast bus).
     pub presence_stale_floor: Millis,
     /// Entries read from storage per scan.
@@ -140,7 +140,7 @@ pub struct NodeConfig {
     pub bus_configured: bool,
     /// Segment heads cached per node (they spare a storage read per produce).
     pub head_cache_capacity: usize,
-    /// Consecutive failed bus publishes that open the notification circuit (spec §6.2): 5.
+    /// Consecutive failed bus publishes that open the notification circuit (PROTOCOL.md §6.2): 5.
     pub notify_failure_threshold: u32,
     /// How long the notification circuit stays open: 1 minute.
     pub notify_open_window: Millis,
@@ -321,7 +321,7 @@ impl Services {
         ready
     }
 
-    /// The greatest timestamp readers of `space` may see right now (spec §5.5 and §4.3): the watermark,
+    /// The greatest timestamp readers of `space` may see right now (PROTOCOL.md §5.5 and §4.3): the watermark,
     /// and never beyond `now`.
     pub fn visible_max(&self, space: &str) -> i64 {
         let now = self.wall.as_timestamp();
@@ -536,7 +536,7 @@ impl Node {
     }
 
     /// A later message of a stream could not be decoded; `error` is the decoder's text. Most operations
-    /// close the stream with it; a worker-presence stream is torn down (spec §6.6).
+    /// close the stream with it; a worker-presence stream is torn down (PROTOCOL.md §6.6).
     pub fn handle_bad_message(&mut self, now: Millis, stream: StreamId, error: String) {
         self.advance(now);
         self.dispatch(stream, |op, sv| op.on_bad_message(sv, stream, error));

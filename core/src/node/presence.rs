@@ -1,4 +1,4 @@
-//! Worker presence (spec §6.6): a live inventory of the workers of a store, kept in memory by its node.
+//! Worker presence (PROTOCOL.md §6.6): a live inventory of the workers of a store, kept in memory by its node.
 //!
 //! A `SubscribeWorkers` stream with a nil `worker_id` is an **observer**: it receives the current
 //! inventory, then every change. With a `worker_id` it is a **worker**: it is registered (replacing any

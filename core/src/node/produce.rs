@@ -1,4 +1,4 @@
-//! Produce (spec §4.1, §5.3): records streamed in, validated against the segment head, committed in
+//! Produce (PROTOCOL.md §4.1, §5.3): records streamed in, validated against the segment head, committed in
 //! chunks, acknowledged with a status per chunk, then announced on the bus.
 //!
 //! * A chunk is up to [`NodeConfig::produce_chunk_records`](super::NodeConfig) records (or
@@ -727,7 +727,7 @@ impl StreamOp for ProduceOp {
             }
             (TAG_VISIBLE, Phase::Notifying { token, status }) => {
                 // An open circuit fails the produce before publishing; its data is committed and its status
-                // was sent already (spec §6.2).
+                // was sent already (PROTOCOL.md §6.2).
                 if let Err(error) = sv.notify.check(sv.now) {
                     sv.watermarks.end(token);
                     self.fail(error);

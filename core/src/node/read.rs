@@ -1,4 +1,4 @@
-//! Reads (spec §4.2–4.6): Peek, ConsumeSegment, ConsumeSpace, Consume (several spaces merged by timestamp),
+//! Reads (PROTOCOL.md §4.2–4.6): Peek, ConsumeSegment, ConsumeSpace, Consume (several spaces merged by timestamp),
 //! GetSpaces and GetSegments.
 //!
 //! Streaming reads never hold more than one storage batch per space in memory: they read
@@ -115,7 +115,7 @@ fn peer_end(sv: &mut Services, stream: StreamId, end: StreamEnd) -> Step {
 // ---------------------------------------------------------------------------------------------------
 // Peek
 
-/// Peek: the last entry of a segment, or the empty entry (spec §4.2).
+/// Peek: the last entry of a segment, or the empty entry (PROTOCOL.md §4.2).
 pub(crate) struct PeekOp {
     space: String,
     segment: String,

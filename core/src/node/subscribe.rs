@@ -1,4 +1,4 @@
-//! Segment-status subscriptions (spec §4.7, §6.3): a snapshot of a segment (or of every segment of a
+//! Segment-status subscriptions (PROTOCOL.md §4.7, §6.3): a snapshot of a segment (or of every segment of a
 //! space, `"*"`), then live updates from the message bus.
 //!
 //! **Routers.** A node holds one router per space with subscribers. The router owns the node's single

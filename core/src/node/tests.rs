@@ -1,4 +1,4 @@
-//! Node tests: produce and read semantics of spec §4–5 and the §9.1/§9.2 scenarios at the core level.
+//! Node tests: produce and read semantics of PROTOCOL.md §4–5 and the §9.1/§9.2 scenarios at the core level.
 
 use alloc::collections::BTreeMap;
 use alloc::format;

@@ -1,4 +1,4 @@
-//! Space watermarks (spec §5.5): what a reader of a space may see without ever skipping an entry that
+//! Space watermarks (PROTOCOL.md §5.5): what a reader of a space may see without ever skipping an entry that
 //! commits later.
 //!
 //! Entries are ordered in a space by timestamp, and a commit's timestamp is fixed before it becomes

@@ -6,7 +6,7 @@ use alloc::string::String;
 
 use crate::api::Envelope;
 
-/// The operation a stream runs: the type of its request (spec §1.3).
+/// The operation a stream runs: the type of its request (PROTOCOL.md §1.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(missing_docs)]
 pub enum Operation {

@@ -255,7 +255,7 @@ impl Engine {
                 Self::start(node, &mut self.effects, self.now, stream, request, charge);
             }
             Access::Queued => {}
-            // Go turns every failure to get the store's node into "store unavailable" (spec §2.5.1).
+            // Go turns every failure to get the store's node into "store unavailable" (PROTOCOL.md §2.5.1).
             Access::Refused((stream, _), _) => self.reject(stream),
         }
     }

@@ -1,4 +1,4 @@
-//! Stored value encodings: entries and segment heads. Our own, versioned (spec §5.2 says only the space
+//! Stored value encodings: entries and segment heads. Our own, versioned (PROTOCOL.md §5.2 says only the space
 //! key layout must match Go, not the values).
 //!
 //! Entry, version 1 (little-endian):

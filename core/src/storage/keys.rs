@@ -1,4 +1,4 @@
-//! The key layout of spec §5.2, with exact name matching.
+//! The key layout of PROTOCOL.md §5.2, with exact name matching.
 //!
 //! | key | value |
 //! |---|---|

@@ -1,5 +1,5 @@
 //! The storage model, written once for every backend: the ordered key-value contract ([`kv`]), the key
-//! layout of spec §5.2 ([`keys`]) and the stored encodings ([`encoding`]).
+//! layout of PROTOCOL.md §5.2 ([`keys`]) and the stored encodings ([`encoding`]).
 
 pub mod encoding;
 pub mod keys;

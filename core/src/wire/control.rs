@@ -1,4 +1,4 @@
-//! Stream-control objects (spec §2.6): how a logical stream ends, carried inside a frame's payload.
+//! Stream-control objects (PROTOCOL.md §2.6): how a logical stream ends, carried inside a frame's payload.
 //!
 //! ```text
 //! {"type":"mux::close"}                  end of what this side sends (half-close)
@@ -132,7 +132,7 @@ impl StreamControl {
         }
     }
 
-    /// Why the stream ended, for its reader (spec §2.6): `None` for a clean end.
+    /// Why the stream ended, for its reader (PROTOCOL.md §2.6): `None` for a clean end.
     pub fn into_reader_error(self) -> Option<EndReason> {
         match self {
             StreamControl::Close { err: None } => None,

@@ -1,4 +1,4 @@
-//! The physical frame (Go `MuxerMsg`, spec §2.4) and its JSON and CBOR encodings.
+//! The physical frame (Go `MuxerMsg`, PROTOCOL.md §2.4) and its JSON and CBOR encodings.
 //!
 //! JSON (text WebSocket frames, what Go speaks), keys in Go's order, payload as padded base64:
 //!

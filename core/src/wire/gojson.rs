@@ -1,7 +1,7 @@
 //! A serde serializer that writes JSON exactly as Go's `encoding/json` does.
 //!
 //! serde_json cannot be configured in `no_std` builds, and its string escaping differs from Go's, so the
-//! wire codec writes JSON with this serializer. What it reproduces (spec §1, vectors README):
+//! wire codec writes JSON with this serializer. What it reproduces (PROTOCOL.md §1, vectors README):
 //!
 //! * struct fields in declaration order (what serde derives emit), map keys in the order given (callers use
 //!   `BTreeMap`, which matches Go's bytewise-sorted map keys);

@@ -1,11 +1,11 @@
 //! Wire formats: the frame, the inner messages and their two codecs.
 //!
-//! Every WebSocket message is one **frame** (Go `MuxerMsg`, spec §2.4); a `data` frame carries one inner
+//! Every WebSocket message is one **frame** (Go `MuxerMsg`, PROTOCOL.md §2.4); a `data` frame carries one inner
 //! message of a logical stream in its `payload`. The codec is chosen per connection.
 //!
 //! # JSON ([`Codec::Json`]): what Go speaks
 //!
-//! WebSocket **text** frames, byte-compatible with Go's `encoding/json` (spec §1, §2.4; written by
+//! WebSocket **text** frames, byte-compatible with Go's `encoding/json` (PROTOCOL.md §1, §2.4; written by
 //! [`gojson`]):
 //!
 //! ```text
@@ -71,7 +71,7 @@ pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
 /// Default maximum size of one decoded inner message (6 MiB).
 pub const DEFAULT_MAX_PAYLOAD: usize = 6 << 20;
 
-/// Size limits applied before decoding allocates (spec §2.9).
+/// Size limits applied before decoding allocates (PROTOCOL.md §2.9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Maximum bytes of one physical frame.
@@ -271,7 +271,7 @@ impl Codec {
     }
 }
 
-/// An inner message of a logical stream, as a typed value (spec §1.4).
+/// An inner message of a logical stream, as a typed value (PROTOCOL.md §1.4).
 ///
 /// In-process transports pass these directly; socket transports encode them with a [`Codec`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Hostile input over a real socket, written by hand ([`RawSocket`]): garbage frames, bad base64,
 //! invalid UTF-8, unknown `$type`, missing content, oversized frames, a flood of streams, and a few
 //! hundred random mutations of valid frames. The server answers a bad request on its stream with Go's
-//! error text, or closes that one connection (a frame that does not decode, spec §2.9) — and it keeps
+//! error text, or closes that one connection (a frame that does not decode, PROTOCOL.md §2.9) — and it keeps
 //! serving its other connections, which these tests check after every attack.
 
 use std::net::SocketAddr;
@@ -445,7 +445,7 @@ fn drain(socket: &mut RawSocket) -> bool {
     socket.poll_open(Duration::from_millis(2))
 }
 
-/// A stream the server ended frees its channel at once (Go's close-send-and-release; spec §2.6): a
+/// A stream the server ended frees its channel at once (Go's close-send-and-release; PROTOCOL.md §2.6): a
 /// client that sends its next request on the same channel id, without a `mux::close` of its own, gets
 /// an answer every time, whatever operation the server ended before, with both codecs.
 #[test]

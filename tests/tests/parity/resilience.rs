@@ -1,4 +1,4 @@
-//! Spec §9.3 "live resilience", over WebSocket: the server restarts (same port, same data directory)
+//! PROTOCOL.md §9.3 "live resilience", over WebSocket: the server restarts (same port, same data directory)
 //! while operations are open.
 //!
 //! * a consume-segment, consume-space or multi-space consume that loses its connection ends with an

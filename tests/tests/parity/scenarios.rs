@@ -1,4 +1,4 @@
-//! Spec §9.1: every scenario of the Go integration tests (`test/*_integration_test.go`), with the exact
+//! PROTOCOL.md §9.1: every scenario of the Go integration tests (`test/*_integration_test.go`), with the exact
 //! expectations written there, in every configuration. Where Go observes something through its handler
 //! API that a Rust `Stream` expresses differently (an unsubscribed handler, a cancelled context), the
 //! scenario checks the equivalent on the server (its stream and subscription counts).
@@ -148,7 +148,7 @@ async fn consume_segment_sequence_bounds_are_inclusive(env: Env) {
         let got = sequences(&consume_segment(&env, env.client(), request).await);
         assert_eq!(got, expected, "min {min} max {max}");
     }
-    // max < min is raised to min (spec §4.3).
+    // max < min is raised to min (PROTOCOL.md §4.3).
     let mut request = segment_request("bounds", "seg");
     request.min_sequence = 5;
     request.max_sequence = 3;

@@ -166,7 +166,7 @@ fn sends_over_the_limits_fail_and_leave_the_stream_usable() {
 
 #[test]
 fn wire_bytes_match_the_spec_examples() {
-    // Access denied (spec §2.11), with the full ids the example abbreviates.
+    // Access denied (PROTOCOL.md §2.11), with the full ids the example abbreviates.
     let mut s = server_with(Codec::Json, quiet(), only(OTHER_STORE));
     s.handle_frame(T0, &data(Codec::Json, STORE, CHANNEL, b"{}"));
     assert_eq!(

@@ -1,4 +1,4 @@
-//! Heartbeat (spec §2.8) and the timer contract.
+//! Heartbeat (PROTOCOL.md §2.8) and the timer contract.
 
 use alloc::vec;
 

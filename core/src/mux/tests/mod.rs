@@ -19,7 +19,7 @@ use crate::auth::StoreScopes;
 use crate::time::Millis;
 use crate::wire::{Codec, ControlType, Frame, Limits, StreamControl};
 
-/// Store and channel of the spec's example frames (§2.11).
+/// Store and channel of the example frames of PROTOCOL.md §2.11.
 const STORE: Uuid = Uuid::from_u128(0x6f1c2a9e_3b4d_4e5f_8a7b_1c2d3e4f5a6b);
 const CHANNEL: Uuid = Uuid::from_u128(0x0b7e3c1a_9d2f_4c6e_a1b3_5d7f9e1c3a5b);
 const OTHER_STORE: Uuid = Uuid::from_u128(0xa1a1a1a1_0000_4000_8000_000000000001);

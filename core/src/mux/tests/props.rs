@@ -109,7 +109,7 @@ impl App {
                         match (last, lossy) {
                             // A server registration may start mid-stream: a late frame of a stream
                             // rejected at the stream cap opens a new one once its tombstone is pruned
-                            // (spec §2.9, as in Go). Streams the client opened start at 0.
+                            // (PROTOCOL.md §2.9, as in Go). Streams the client opened start at 0.
                             (None, false) if !end.session.role().is_server() => {
                                 assert_eq!(seq, 0, "first payload of a stream")
                             }

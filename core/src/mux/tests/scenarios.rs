@@ -1,4 +1,4 @@
-//! End-to-end scenarios: client and server sessions over simulated links (spec §9.3 muxer and bidi
+//! End-to-end scenarios: client and server sessions over simulated links (PROTOCOL.md §9.3 muxer and bidi
 //! stream tests that apply to a sans-IO session).
 
 use alloc::vec;
