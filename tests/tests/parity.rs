@@ -1,5 +1,5 @@
 //! The end-to-end parity suite: every scenario of the Go integration tests (PROTOCOL.md §9.1), the live
-//! resilience scenarios (§9.3), the invariants of DESIGN.md over real sockets, cancelled reads, and
+//! resilience scenarios (§9.3), the invariants of ARCHITECTURE.md over real sockets, cancelled reads, and
 //! hostile input, against real servers and clients (see the `streamkit_tests` harness).
 //!
 //! One test binary (link time): each scenario is an `async fn(Env)`, expanded by [`across_all!`] into

@@ -1,7 +1,7 @@
 //! Tombstones (PROTOCOL.md §2.9): channel ids whose late frames are dropped instead of opening a new stream.
 //!
-//! Created for streams rejected or aborted by the session and for streams the application released
-//! before the peer closed them. Pruned by age first, then oldest-first over capacity; an expired
+//! Created for streams the application rejects and streams the session aborts (the peer may still have
+//! frames in flight for them); a released stream leaves none, so its channel id is free at once. Pruned by age first, then oldest-first over capacity; an expired
 //! tombstone behaves as absent. Time never goes backwards inside a session, so insertion order is age
 //! order and one ordered index serves both prunings.
 

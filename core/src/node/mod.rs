@@ -104,7 +104,7 @@ pub struct NodeConfig {
     /// Each commit advances the space's clock key to the commit's timestamp, strictly increasing, guarded
     /// by a precondition on the value it read: a commit can therefore never land behind an entry another
     /// instance already committed in the space, and space cursors cannot skip entries whatever instance
-    /// wrote them (DESIGN.md invariant 3 across instances, where node-local watermarks cannot see). The
+    /// wrote them (ARCHITECTURE.md invariant 3 across instances, where node-local watermarks cannot see). The
     /// cost: the commits of one space are serialised (one at a time per node, conflicts retried across
     /// nodes). Off for a single node, whose watermarks already give the guarantee.
     pub shared_space_clock: bool,

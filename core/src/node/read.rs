@@ -5,7 +5,7 @@
 //! [`NodeConfig::read_batch`](super::NodeConfig) entries at a time, and only while the stream has send
 //! credit.
 //!
-//! Space cursors (ConsumeSpace, Consume) must never skip an entry that commits later (DESIGN.md invariant
+//! Space cursors (ConsumeSpace, Consume) must never skip an entry that commits later (ARCHITECTURE.md invariant
 //! 3). Their upper bound is therefore below every in-flight write of the space (the watermark) **and**
 //! below the current millisecond: a write that starts later in the same millisecond would otherwise land
 //! behind a cursor taken now. So that a read right after a produce still sees it, a read whose bound

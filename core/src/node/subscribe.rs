@@ -22,7 +22,7 @@
 //! 5. then forwards live notifications.
 //!
 //! A subscriber never sends a status older than one it already sent for the same segment, so its
-//! `last_sequence` per segment never goes backwards (DESIGN.md invariant 4), whatever order the bus,
+//! `last_sequence` per segment never goes backwards (ARCHITECTURE.md invariant 4), whatever order the bus,
 //! the snapshot and other nodes produce them in.
 //!
 //! Statuses wait for send credit in a queue of at most `subscription_queue` (1024) statuses holding one

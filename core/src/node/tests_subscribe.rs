@@ -1,5 +1,5 @@
 //! Subscription and notification tests: the §9.2 subscription scenarios, the notification circuit
-//! breaker, and DESIGN.md invariant 4 as a property.
+//! breaker, and ARCHITECTURE.md invariant 4 as a property.
 
 use alloc::collections::BTreeMap;
 use alloc::format;

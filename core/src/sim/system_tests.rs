@@ -1,5 +1,5 @@
 //! End-to-end scenarios inside the simulation: the §9.1 integration scenarios at the core level (both
-//! codecs), scope enforcement, and DESIGN.md invariants 1, 3 and 4 under random interleavings.
+//! codecs), scope enforcement, and ARCHITECTURE.md invariants 1, 3 and 4 under random interleavings.
 
 use alloc::collections::BTreeMap;
 use alloc::format;

@@ -1,4 +1,4 @@
-//! DESIGN.md invariants 1–4 over real sockets, with several connections of both codecs at once.
+//! ARCHITECTURE.md invariants 1–4 over real sockets, with several connections of both codecs at once.
 //!
 //! 1. racing producers leave a segment exactly 1..N, and every stored record is the one whose produce
 //!    was acknowledged;

@@ -1,4 +1,4 @@
-//! One tenant never hurts another (DESIGN.md invariant 7): the abuse cases that once took a server down
+//! One tenant never hurts another (ARCHITECTURE.md invariant 7): the abuse cases that once took a server down
 //! for every store, replayed against the real `streamkit serve` (a child process, so its memory is its
 //! own), by an attacker holding a token for one store only. Each test measures the growth of the
 //! server's peak resident memory while the attack runs and requires every operation of another
