@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use streamkit_core::Millis;
-use streamkit_core::auth::{ScopeError, StoreScopes};
+use streamkit_proto::Millis;
+use streamkit_proto::auth::{ScopeError, StoreScopes};
 
 /// Clock-skew allowance for `exp`, `nbf` and `iat` unless configured otherwise.
 ///

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use streamkit_core::time::Millis;
+use streamkit_proto::time::Millis;
 
 /// Wall-clock milliseconds made non-decreasing (entry timestamps and lease expiries must not go back
 /// when the system clock is stepped), shareable between tasks.
@@ -72,7 +72,7 @@ impl MonotonicClock {
 
 /// The clocks of an engine: it is driven with monotonic milliseconds (every timer ignores steps of
 /// the system clock) and learns the wall clock as an offset
-/// ([`Engine::set_wall_offset`](streamkit_core::server::Engine::set_wall_offset)).
+/// ([`Engine::set_wall_offset`](streamkit_proto::server::Engine::set_wall_offset)).
 #[derive(Clone, Debug, Default)]
 pub struct EngineClock {
     mono: MonotonicClock,

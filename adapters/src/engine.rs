@@ -37,10 +37,10 @@ use async_channel::{Receiver, Sender, TrySendError};
 use futures_util::future::poll_fn;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Stream, StreamExt};
-use streamkit_core::node::{BusCommand, BusEvent, BusMessage, OpId};
-use streamkit_core::server::{Engine, EngineConfig, EngineEffect, EngineInput, EngineOutput, shard_of};
-use streamkit_core::storage::{KvError, StorageOp, StorageResult};
-use streamkit_core::stream::{EndReason, StreamId};
+use streamkit_proto::node::{BusCommand, BusEvent, BusMessage, OpId};
+use streamkit_proto::server::{Engine, EngineConfig, EngineEffect, EngineInput, EngineOutput, shard_of};
+use streamkit_proto::storage::{KvError, StorageOp, StorageResult};
+use streamkit_proto::stream::{EndReason, StreamId};
 use uuid::Uuid;
 
 use crate::bus::{BusDelivery, MemoryBus, MessageBus};
@@ -543,7 +543,7 @@ impl EngineTask {
     }
 
     /// One input from a connection.
-    fn input(&mut self, now: streamkit_core::Millis, input: EngineInput) {
+    fn input(&mut self, now: streamkit_proto::Millis, input: EngineInput) {
         if let EngineInput::Open { stream, store, request, .. } = &input
             && tracing::enabled!(tracing::Level::DEBUG)
         {

@@ -1,5 +1,5 @@
 //! streamkit: an embeddable, hierarchical event-streaming store — server, client SDK and CLI on top of
-//! the sans-IO `streamkit-core`, wire compatible with the Go streamkit.
+//! the sans-IO `streamkit-proto`, wire compatible with the Go streamkit.
 //!
 //! # Quick start
 //!
@@ -45,7 +45,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
-pub use streamkit_core as core;
+pub use streamkit_proto as core;
 
 /// The payload type of records and entries (`bytes::Bytes`), so users need no direct dependency.
 pub use bytes::Bytes;
@@ -57,11 +57,11 @@ pub use client::{Client, ClientBuilder, Error, ErrorKind, StoreHandle, connect};
 /// rustls, for the TLS settings of the client ([`ClientBuilder::tls_config`]) and the server.
 #[cfg(feature = "tls")]
 pub use futures_rustls::rustls;
-pub use streamkit_core::api::{
+pub use streamkit_proto::api::{
     Consume, ConsumeSegment, ConsumeSpace, Entry, LeaseResult, Metadata, PayloadError, PayloadFormat, Record,
     SegmentStatus, WorkerInventory,
 };
-pub use streamkit_core::wire::Codec;
+pub use streamkit_proto::wire::Codec;
 
 // The README's Rust examples are compiled with the doctests, so they cannot drift from the API.
 #[cfg(doctest)]

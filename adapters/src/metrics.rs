@@ -37,12 +37,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use streamkit_core::node::Refusal;
+use streamkit_proto::node::Refusal;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub use streamkit_core::server::{EngineStats, Operation, Outcome};
+pub use streamkit_proto::server::{EngineStats, Operation, Outcome};
 
 /// Kinds of errors, the `kind` label of `errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

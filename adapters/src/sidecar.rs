@@ -67,7 +67,7 @@ where
 }
 
 /// Blocks the calling thread until `future` completes (for synchronous callers such as
-/// [`OrderedKv`](streamkit_core::storage::OrderedKv) implementations). Never call it from a thread of
+/// [`OrderedKv`](streamkit_proto::storage::OrderedKv) implementations). Never call it from a thread of
 /// an async executor.
 #[cfg(any(feature = "postgres", test))]
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {

@@ -3,20 +3,20 @@
 //! record it receives), and the node's produce path end to end on the in-memory store (validation of
 //! each record's sequence, chunking, the commit batch with two puts per record, the status).
 //!
-//! `cargo bench -p streamkit-core --features sim --bench hot` (the produce group drives the node through
+//! `cargo bench -p streamkit-proto --features sim --bench hot` (the produce group drives the node through
 //! the `sim` harness).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use streamkit_core::api::{Metadata, Produce, Record, Request, Trx};
-use streamkit_core::node::NodeConfig;
-use streamkit_core::node::harness::NodeHarness;
-use streamkit_core::storage::encoding::{decode_entry, encode_entry};
-use streamkit_core::storage::keys;
-use streamkit_core::stream::StreamEnd;
-use streamkit_core::wire::{Codec, Message, MessageKind};
+use streamkit_proto::api::{Metadata, Produce, Record, Request, Trx};
+use streamkit_proto::node::NodeConfig;
+use streamkit_proto::node::harness::NodeHarness;
+use streamkit_proto::storage::encoding::{decode_entry, encode_entry};
+use streamkit_proto::storage::keys;
+use streamkit_proto::stream::StreamEnd;
+use streamkit_proto::wire::{Codec, Message, MessageKind};
 use uuid::Uuid;
 
 fn payload() -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! decoded with each codec, frame and inner message together, as a server sends and a client receives it
 //! (`Codec::encode_message` / `decode_message`, the paths the mux uses).
 //!
-//! `cargo bench -p streamkit-core --bench wire`. Throughput is the size of the encoded frame of each
+//! `cargo bench -p streamkit-proto --bench wire`. Throughput is the size of the encoded frame of each
 //! codec. The `parts` group splits the CBOR and JSON work into frame and inner message, to show which
 //! layer dominates.
 
@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use streamkit_core::api::{Entry, Trx};
-use streamkit_core::wire::{Codec, Frame, Limits, Message, MessageKind};
+use streamkit_proto::api::{Entry, Trx};
+use streamkit_proto::wire::{Codec, Frame, Limits, Message, MessageKind};
 use uuid::Uuid;
 
 const STORE: Uuid = Uuid::from_u128(0x6f1c2a9e_3b4d_4e5f_8a7b_1c2d3e4f5a6b);

@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 use serde::Deserialize;
-use streamkit_core::wire::{Codec, ControlType, Frame, Limits, Message, MessageKind, StreamControl};
+use streamkit_proto::wire::{Codec, ControlType, Frame, Limits, Message, MessageKind, StreamControl};
 
 #[derive(Deserialize)]
 struct Vector {

@@ -15,9 +15,9 @@ use base64::Engine as _;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::select;
-use streamkit_core::api::*;
-use streamkit_core::lexkey::LexKey;
-use streamkit_core::wire::{
+use streamkit_proto::api::*;
+use streamkit_proto::lexkey::LexKey;
+use streamkit_proto::wire::{
     Codec, ControlType, Frame, Limits, Message, MessageKind, StreamControl, TraceContext, WireError, gojson,
 };
 use uuid::Uuid;
@@ -1119,7 +1119,7 @@ fn default_limits_are_go_s() {
 mod cbor_fast_vs_ciborium {
     use super::*;
     use ciborium::Value;
-    use streamkit_core::wire::{cbor, cbor_fast};
+    use streamkit_proto::wire::{cbor, cbor_fast};
 
     fn ciborium_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
         let mut out = Vec::new();

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| streamkit_core::wire::fuzzing::envelope(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| streamkit_proto::wire::fuzzing::envelope(data));

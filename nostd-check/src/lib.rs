@@ -1,4 +1,4 @@
-//! A `no_std` static library that links `streamkit-core` and exercises its codecs, so the linker must
+//! A `no_std` static library that links `streamkit-proto` and exercises its codecs, so the linker must
 //! resolve everything the core uses without the standard library.
 #![no_std]
 
@@ -7,8 +7,8 @@ extern crate alloc;
 use core::alloc::{GlobalAlloc, Layout};
 use core::panic::PanicInfo;
 
-use streamkit_core::api::{Entry, Envelope, Peek};
-use streamkit_core::wire::{Codec, Frame, Limits, MessageKind};
+use streamkit_proto::api::{Entry, Envelope, Peek};
+use streamkit_proto::wire::{Codec, Frame, Limits, MessageKind};
 
 /// An allocator that always fails: enough to link; the check only needs the symbols resolved.
 struct NoAlloc;

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use streamkit_core::wire::{Codec, ControlType, Frame, Limits};
+use streamkit_proto::wire::{Codec, ControlType, Frame, Limits};
 use uuid::Uuid;
 
 /// WebSocket opcodes.

@@ -11,8 +11,8 @@
 //! PostgreSQL.
 
 use serde::{Deserialize, Serialize};
-use streamkit_core::api::Envelope;
-use streamkit_core::node::{BusMessage, PresenceAnnouncement};
+use streamkit_proto::api::Envelope;
+use streamkit_proto::node::{BusMessage, PresenceAnnouncement};
 use uuid::Uuid;
 
 /// `$type` of a presence announcement on the bus.
@@ -96,8 +96,8 @@ pub fn pg_channel(schema: &str, route: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use streamkit_core::api::{Metadata, SegmentNotification, SegmentStatus, WorkerInfo};
-    use streamkit_core::node::{segment_notification_route, worker_presence_route};
+    use streamkit_proto::api::{Metadata, SegmentNotification, SegmentStatus, WorkerInfo};
+    use streamkit_proto::node::{segment_notification_route, worker_presence_route};
 
     use super::*;
 

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_channel::Sender;
-use streamkit_core::node::{BusEvent, BusMessage};
+use streamkit_proto::node::{BusEvent, BusMessage};
 use uuid::Uuid;
 
 use crate::runtime::BoxFuture;
@@ -175,7 +175,7 @@ impl MessageBus for MemoryBus {
 #[cfg(test)]
 mod tests {
     use futures_lite::future::block_on;
-    use streamkit_core::api::{SegmentNotification, SegmentStatus};
+    use streamkit_proto::api::{SegmentNotification, SegmentStatus};
 
     use super::*;
 

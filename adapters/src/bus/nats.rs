@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use futures_util::StreamExt;
-use streamkit_core::node::BusMessage;
+use streamkit_proto::node::BusMessage;
 
 use super::codec::{self, nats_subject};
 use super::{BusDelivery, BusError, MessageBus};

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
-use streamkit_core::node::BusMessage;
+use streamkit_proto::node::BusMessage;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::codec::{self, pg_channel};
@@ -342,8 +342,8 @@ impl MessageBus for PgBus {
 
 #[cfg(test)]
 mod tests {
-    use streamkit_core::api::WorkerInfo;
-    use streamkit_core::node::{BusEvent, PresenceAnnouncement};
+    use streamkit_proto::api::WorkerInfo;
+    use streamkit_proto::node::{BusEvent, PresenceAnnouncement};
     use uuid::Uuid;
 
     use super::*;

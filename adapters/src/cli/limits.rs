@@ -2,11 +2,11 @@
 //! budget of a connection, the request limits and the store quotas.
 
 use clap::Args;
-use streamkit_core::limits::{
+use streamkit_proto::limits::{
     DEFAULT_MAX_CONSUME_SPACES, DEFAULT_MAX_INVENTORY_BYTES, DEFAULT_MAX_METADATA_BYTES,
     DEFAULT_MAX_METADATA_ENTRIES, DEFAULT_MAX_NAME_BYTES, DEFAULT_MAX_WORKER_METADATA_BYTES, RequestLimits,
 };
-use streamkit_core::node::quota::StoreQuotas;
+use streamkit_proto::node::quota::StoreQuotas;
 
 use crate::server::ServerConfig;
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use streamkit_core::Millis;
-use streamkit_core::mux::OverloadPolicy;
+use streamkit_proto::Millis;
+use streamkit_proto::mux::OverloadPolicy;
 
 use super::{CliError, KeyArgs, algorithm_name, random_hex};
 use crate::auth::{JwtVerifier, TokenClaims, TokenSigner};
@@ -255,9 +255,9 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
     }
     config.idle_eviction = match args.idle_evict_secs {
         0 => None,
-        secs => Some(streamkit_core::manager::IdleEviction {
+        secs => Some(streamkit_proto::manager::IdleEviction {
             ttl: Millis::from_secs(secs),
-            ..streamkit_core::manager::IdleEviction::default()
+            ..streamkit_proto::manager::IdleEviction::default()
         }),
     };
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use streamkit_core::wire::Codec;
+use streamkit_proto::wire::Codec;
 
 use super::{Client, ClientOptions, Error, ErrorKind, Result, RetryPolicy, TokenSource, static_token};
 #[cfg(feature = "server")]

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use streamkit_core::stream::EndReason;
+use streamkit_proto::stream::EndReason;
 
 use crate::ws::DialError;
 

@@ -5,7 +5,7 @@ use std::pin::Pin;
 
 use futures_core::Stream;
 use futures_util::StreamExt;
-use streamkit_core::api::{ConsumeSegment, Entry};
+use streamkit_proto::api::{ConsumeSegment, Entry};
 use uuid::Uuid;
 
 use super::{Client, EntryStream, Result, StatusStream, SubscribeOptions};

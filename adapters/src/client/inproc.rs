@@ -14,10 +14,10 @@ use std::task::Poll;
 
 use async_channel::{Receiver, Sender, WeakSender};
 use futures_core::Stream as _;
-use streamkit_core::api::Request;
-use streamkit_core::server::{EngineInput, EngineOutput, INPUT_WINDOW};
-use streamkit_core::stream::{EndReason, StreamEnd, StreamId};
-use streamkit_core::wire::{Message, StreamControl};
+use streamkit_proto::api::Request;
+use streamkit_proto::server::{EngineInput, EngineOutput, INPUT_WINDOW};
+use streamkit_proto::stream::{EndReason, StreamEnd, StreamId};
+use streamkit_proto::wire::{Message, StreamControl};
 use uuid::Uuid;
 
 use super::ClientOptions;

@@ -7,8 +7,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
-use streamkit_core::api::{Entry, Envelope, SegmentStatus, WorkerInventory};
-use streamkit_core::wire::Message;
+use streamkit_proto::api::{Entry, Envelope, SegmentStatus, WorkerInventory};
+use streamkit_proto::wire::Message;
 
 use super::error::{Error, ErrorKind, HEARTBEAT_MISSED, INVALID_ENTRY};
 use super::stream::OpStream;

@@ -5,7 +5,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use futures_util::future::{Either, select};
-use streamkit_core::api::{LeaseAcquire, LeaseRelease, LeaseRenew, Request};
+use streamkit_proto::api::{LeaseAcquire, LeaseRelease, LeaseRenew, Request};
 use uuid::Uuid;
 
 use super::error::{Error, ErrorKind, LEASE_LOST, LEASE_NOT_ACQUIRED};

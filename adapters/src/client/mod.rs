@@ -75,13 +75,13 @@ use async_channel::Sender;
 use futures_channel::oneshot;
 use futures_util::StreamExt;
 use serde::Serialize;
-use streamkit_core::api::{
+use streamkit_proto::api::{
     Consume, ConsumeSegment, ConsumeSpace, Entry, Envelope, GetSegments, GetSpaces, LeaseResult, Metadata,
     Peek, Presence, Produce, Record, Request, SegmentStatus, SubscribeToSegmentStatus, SubscribeWorkers,
     WorkerInventory, to_json,
 };
-use streamkit_core::mux::MuxConfig;
-use streamkit_core::wire::{Codec, Message};
+use streamkit_proto::mux::MuxConfig;
+use streamkit_proto::wire::{Codec, Message};
 use uuid::Uuid;
 
 use self::items::Mapped;

@@ -32,12 +32,12 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender, WeakSender};
 use bytes::Bytes;
 use futures_core::Stream;
-use streamkit_core::api::Request;
-use streamkit_core::client::{ClientConnection, ClientEvent, ClientItem};
-use streamkit_core::mux::MuxError;
-use streamkit_core::stream::EndReason;
-use streamkit_core::time::Millis;
-use streamkit_core::wire::Codec;
+use streamkit_proto::api::Request;
+use streamkit_proto::client::{ClientConnection, ClientEvent, ClientItem};
+use streamkit_proto::mux::MuxError;
+use streamkit_proto::stream::EndReason;
+use streamkit_proto::time::Millis;
+use streamkit_proto::wire::Codec;
 use uuid::Uuid;
 
 use super::error::{Error, ErrorKind};

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use serde::Serialize;
-use streamkit_core::api::{Consume, ConsumeSegment, ConsumeSpace, Entry, Metadata, Record, SegmentStatus};
+use streamkit_proto::api::{Consume, ConsumeSegment, ConsumeSpace, Entry, Metadata, Record, SegmentStatus};
 use uuid::Uuid;
 
 use super::{

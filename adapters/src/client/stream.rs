@@ -15,9 +15,9 @@ use std::task::{Context, Poll};
 use async_channel::{Receiver, Sender};
 use futures_channel::oneshot;
 use futures_core::Stream;
-use streamkit_core::api::Request;
-use streamkit_core::stream::StreamEnd;
-use streamkit_core::wire::Message;
+use streamkit_proto::api::Request;
+use streamkit_proto::stream::StreamEnd;
+use streamkit_proto::wire::Message;
 use uuid::Uuid;
 
 use super::error::Error;

@@ -57,7 +57,7 @@ use std::time::Duration;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_util::AsyncWriteExt;
-use streamkit_core::wire::{CBOR_SUBPROTOCOL, Codec};
+use streamkit_proto::wire::{CBOR_SUBPROTOCOL, Codec};
 
 use crate::auth::{AuthError, JwtVerifier, Principal};
 use crate::runtime::{BoxFuture, BoxedStream, Listener, Runtime, RuntimeExt, until};

@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use async_channel::Receiver;
 use futures_util::{Stream, future::poll_fn};
-use streamkit_core::Millis;
-use streamkit_core::mux::{MuxConfig, MuxCounters, MuxSession, Role};
-use streamkit_core::server::{ConnectionConfig, EngineOutput, ServerConnection};
-use streamkit_core::stream::EndReason;
+use streamkit_proto::Millis;
+use streamkit_proto::mux::{MuxConfig, MuxCounters, MuxSession, Role};
+use streamkit_proto::server::{ConnectionConfig, EngineOutput, ServerConnection};
+use streamkit_proto::stream::EndReason;
 
 use crate::clock::{MonotonicClock, WallClock};
 use crate::engine::{EngineHandle, EngineStopped, TrySendInputs};

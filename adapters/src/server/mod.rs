@@ -34,12 +34,12 @@ use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
 use futures_util::FutureExt;
-use streamkit_core::Millis;
-use streamkit_core::manager::{IdleEviction, ManagerConfig};
-use streamkit_core::mux::{MuxConfig, OverloadPolicy};
-use streamkit_core::node::NodeConfig;
-use streamkit_core::server::{ConnectionConfig, DEFAULT_MEMORY_BUDGET, EngineConfig};
-use streamkit_core::wire::{DEFAULT_MAX_FRAME, DEFAULT_MAX_PAYLOAD, Limits};
+use streamkit_proto::Millis;
+use streamkit_proto::manager::{IdleEviction, ManagerConfig};
+use streamkit_proto::mux::{MuxConfig, OverloadPolicy};
+use streamkit_proto::node::NodeConfig;
+use streamkit_proto::server::{ConnectionConfig, DEFAULT_MEMORY_BUDGET, EngineConfig};
+use streamkit_proto::wire::{DEFAULT_MAX_FRAME, DEFAULT_MAX_PAYLOAD, Limits};
 
 use crate::auth::JwtVerifier;
 use crate::bus::{MemoryBus, MessageBus};

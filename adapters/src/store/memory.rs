@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use streamkit_core::storage::{CommitOutcome, KvError, KvPair, MemoryKv, OrderedKv, ScanRange, WriteBatch};
+use streamkit_proto::storage::{CommitOutcome, KvError, KvPair, MemoryKv, OrderedKv, ScanRange, WriteBatch};
 
 /// A clone-able handle on one in-memory store; clones share the data.
 #[derive(Clone, Debug, Default)]

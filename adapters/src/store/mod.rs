@@ -9,7 +9,7 @@
 //! * [`Store`]: what the engine executes storage effects on, whichever backend holds the store;
 //! * [`StoreFactory`]: opens the store of a store UUID, embedded, in memory or in PostgreSQL.
 //!
-//! [`OrderedKv`]: streamkit_core::storage::OrderedKv
+//! [`OrderedKv`]: streamkit_proto::storage::OrderedKv
 #![warn(missing_docs)]
 
 pub mod memory;
@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use streamkit_core::storage::{
+use streamkit_proto::storage::{
     CommitOutcome, KvError, KvPair, ScanRange, StorageOp, StorageResult, WriteBatch,
 };
 use uuid::Uuid;
@@ -270,7 +270,7 @@ fn store_dir(data_dir: &Path, store_id: &Uuid) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use futures_lite::future::block_on;
-    use streamkit_core::storage::{CommitOutcome, WriteBatch};
+    use streamkit_proto::storage::{CommitOutcome, WriteBatch};
 
     use super::*;
 

@@ -81,7 +81,7 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender, TryRecvError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, TimeoutType};
 use futures_channel::oneshot;
-use streamkit_core::storage::{
+use streamkit_proto::storage::{
     CommitOutcome, KvError, KvPair, OrderedKv, ScanRange, StorageOp, StorageResult, WriteBatch,
 };
 use tokio_postgres::NoTls;

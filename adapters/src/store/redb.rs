@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
-use streamkit_core::storage::{CommitOutcome, KvError, KvPair, OrderedKv, ScanRange, WriteBatch};
+use streamkit_proto::storage::{CommitOutcome, KvError, KvPair, OrderedKv, ScanRange, WriteBatch};
 
 use crate::log_limit::limited_log;
 
@@ -302,7 +302,7 @@ fn panic_text(panic: &Box<dyn Any + Send>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use streamkit_core::storage::Precondition;
+    use streamkit_proto::storage::Precondition;
 
     use super::*;
 

@@ -32,7 +32,7 @@
 //! A commit request that was queued is executed even if its caller's future is dropped meanwhile:
 //! once sent, a write cannot be recalled, exactly as with a network request.
 //!
-//! [`MemoryKv`]: streamkit_core::storage::MemoryKv
+//! [`MemoryKv`]: streamkit_proto::storage::MemoryKv
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +41,7 @@ use std::thread;
 
 use async_channel::{Receiver, Sender, TryRecvError};
 use futures_channel::oneshot;
-use streamkit_core::storage::{
+use streamkit_proto::storage::{
     CommitOutcome, KvError, KvPair, OrderedKv, ScanRange, StorageOp, StorageResult, WriteBatch,
 };
 use uuid::Uuid;
@@ -727,7 +727,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use futures_lite::future::block_on;
-    use streamkit_core::storage::{MemoryKv, Precondition};
+    use streamkit_proto::storage::{MemoryKv, Precondition};
 
     use super::*;
 

@@ -41,7 +41,7 @@ use async_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use bytes::Bytes;
 use futures_util::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use futures_util::{AsyncRead, AsyncWrite, Sink, Stream};
-use streamkit_core::wire::{CBOR_SUBPROTOCOL, Codec, DEFAULT_MAX_FRAME};
+use streamkit_proto::wire::{CBOR_SUBPROTOCOL, Codec, DEFAULT_MAX_FRAME};
 
 use crate::runtime::{BoxedStream, Runtime, RuntimeExt};
 pub use frame_reader::FrameReader;

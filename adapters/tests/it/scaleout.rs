@@ -18,14 +18,14 @@ use streamkit::bus::NatsConfig;
 use streamkit::runtime::{Runtime, RuntimeExt, TokioRuntime};
 use streamkit::server::{BusKind, RunningServer, ServerConfig};
 use streamkit::store::PgConfig;
-use streamkit_core::Millis;
-use streamkit_core::api::{
+use streamkit_proto::Millis;
+use streamkit_proto::api::{
     ConsumeSegment, ConsumeSpace, Entry, Envelope, LeaseAcquire, LeaseRelease, Peek, Record, Request,
     SubscribeToSegmentStatus, SubscribeWorkers,
 };
-use streamkit_core::client::ClientItem;
-use streamkit_core::stream::StreamEnd;
-use streamkit_core::wire::{Codec, Message};
+use streamkit_proto::client::ClientItem;
+use streamkit_proto::stream::StreamEnd;
+use streamkit_proto::wire::{Codec, Message};
 use support::*;
 use uuid::Uuid;
 

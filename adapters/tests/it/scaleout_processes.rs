@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use scaleout_support::{TestSchema, nats_available, nats_url, pg_available};
 use streamkit::runtime::{Runtime, RuntimeExt, TokioRuntime};
-use streamkit_core::api::{ConsumeSegment, Envelope, Record, Request, SubscribeWorkers};
-use streamkit_core::client::ClientItem;
-use streamkit_core::wire::{Codec, Message};
+use streamkit_proto::api::{ConsumeSegment, Envelope, Record, Request, SubscribeWorkers};
+use streamkit_proto::client::ClientItem;
+use streamkit_proto::wire::{Codec, Message};
 use support::{PATIENCE, SECRET, TestClient, admin_token, within};
 use uuid::Uuid;
 

@@ -13,9 +13,9 @@ use std::time::Duration;
 use streamkit::runtime::{Runtime, RuntimeExt, TokioRuntime};
 use streamkit::server::ServerConfig;
 use streamkit::store::StoreFactory;
-use streamkit_core::api::{Peek, Record, Request};
-use streamkit_core::mux::OverloadPolicy;
-use streamkit_core::wire::Codec;
+use streamkit_proto::api::{Peek, Record, Request};
+use streamkit_proto::mux::OverloadPolicy;
+use streamkit_proto::wire::Codec;
 use support::*;
 use uuid::Uuid;
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use streamkit::runtime::{Runtime, RuntimeExt, TokioRuntime};
 use streamkit::server::{Durability, RunningServer, ServerConfig};
-use streamkit_core::api::{ConsumeSegment, Request};
-use streamkit_core::wire::Codec;
+use streamkit_proto::api::{ConsumeSegment, Request};
+use streamkit_proto::wire::Codec;
 use support::*;
 use uuid::Uuid;
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use streamkit::http::{DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP};
 use streamkit::runtime::{Runtime, RuntimeExt};
-use streamkit_core::api::Record;
-use streamkit_core::wire::Codec;
+use streamkit_proto::api::Record;
+use streamkit_proto::wire::Codec;
 use support::*;
 use uuid::Uuid;
 

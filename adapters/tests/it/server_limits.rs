@@ -10,12 +10,12 @@ use streamkit::runtime::{Runtime, TokioRuntime};
 use streamkit::server::ServerConfig;
 use streamkit::store::{RedbOptions, StoreFactory};
 use streamkit::ws::{DialError, DialOptions, dial};
-use streamkit_core::Millis;
-use streamkit_core::api::{ConsumeSegment, GetSpaces, Record, Request, SubscribeToSegmentStatus};
-use streamkit_core::client::ClientConnection;
-use streamkit_core::manager::IdleEviction;
-use streamkit_core::mux::MuxConfig;
-use streamkit_core::wire::Codec;
+use streamkit_proto::Millis;
+use streamkit_proto::api::{ConsumeSegment, GetSpaces, Record, Request, SubscribeToSegmentStatus};
+use streamkit_proto::client::ClientConnection;
+use streamkit_proto::manager::IdleEviction;
+use streamkit_proto::mux::MuxConfig;
+use streamkit_proto::wire::Codec;
 use support::*;
 use uuid::Uuid;
 
@@ -79,8 +79,8 @@ async fn a_flood_of_streams_is_capped_per_connection() {
     let mut refused = 0;
     for op in ops {
         match within(&runtime, "first item", op.next()).await {
-            Some(streamkit_core::client::ClientItem::Message(_)) => live.push(op),
-            Some(streamkit_core::client::ClientItem::End(end)) => {
+            Some(streamkit_proto::client::ClientItem::Message(_)) => live.push(op),
+            Some(streamkit_proto::client::ClientItem::End(end)) => {
                 assert_eq!(
                     end.error().map(ToString::to_string).as_deref(),
                     Some("remote error: too many active streams")

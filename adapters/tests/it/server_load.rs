@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use streamkit::runtime::{Runtime, TokioRuntime};
 use streamkit::server::{RunningServer, ServerConfig};
-use streamkit_core::api::{ConsumeSegment, Record, Request};
-use streamkit_core::wire::Codec;
+use streamkit_proto::api::{ConsumeSegment, Record, Request};
+use streamkit_proto::wire::Codec;
 use support::*;
 use uuid::Uuid;
 

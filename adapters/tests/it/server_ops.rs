@@ -9,14 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use streamkit::runtime::{Runtime, TokioRuntime};
-use streamkit_core::api::{
+use streamkit_proto::api::{
     Consume, ConsumeSegment, ConsumeSpace, Envelope, GetSegments, GetSpaces, LeaseAcquire, LeaseRelease,
     LeaseRenew, Peek, Record, Request, SubscribeToSegmentStatus, SubscribeWorkers,
 };
-use streamkit_core::client::ClientItem;
-use streamkit_core::lexkey::LexKey;
-use streamkit_core::stream::StreamEnd;
-use streamkit_core::wire::{Codec, Message};
+use streamkit_proto::client::ClientItem;
+use streamkit_proto::lexkey::LexKey;
+use streamkit_proto::stream::StreamEnd;
+use streamkit_proto::wire::{Codec, Message};
 use support::*;
 use uuid::Uuid;
 

@@ -7,9 +7,9 @@ use crate::support;
 use std::sync::Arc;
 
 use streamkit::runtime::{Runtime, TokioRuntime};
-use streamkit_core::api::{ConsumeSegment, Record, Request};
-use streamkit_core::node::quota::{QuotaConfig, StoreQuotas};
-use streamkit_core::wire::Codec;
+use streamkit_proto::api::{ConsumeSegment, Record, Request};
+use streamkit_proto::node::quota::{QuotaConfig, StoreQuotas};
+use streamkit_proto::wire::Codec;
 use support::*;
 use uuid::Uuid;
 

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use streamkit::auth::{TokenClaims, TokenSigner};
 use streamkit::runtime::Runtime;
 use streamkit::ws::{DialError, DialOptions, dial};
-use streamkit_core::api::{ConsumeSegment, Request};
-use streamkit_core::wire::Codec;
+use streamkit_proto::api::{ConsumeSegment, Request};
+use streamkit_proto::wire::Codec;
 use support::*;
 use uuid::Uuid;
 

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use streamkit::runtime::{Runtime, TokioRuntime};
 use streamkit::server::ServerConfig;
 use streamkit::store::{RedbOptions, StoreFactory};
-use streamkit_core::api::{GetSpaces, Request, SubscribeToSegmentStatus};
-use streamkit_core::client::ClientItem;
-use streamkit_core::stream::StreamEnd;
-use streamkit_core::wire::Codec;
+use streamkit_proto::api::{GetSpaces, Request, SubscribeToSegmentStatus};
+use streamkit_proto::client::ClientItem;
+use streamkit_proto::stream::StreamEnd;
+use streamkit_proto::wire::Codec;
 use support::*;
 use uuid::Uuid;
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use streamkit::client::Client;
 use streamkit::runtime::Runtime;
-use streamkit_core::api::{ConsumeSegment, Request, SubscribeToSegmentStatus};
-use streamkit_core::server::shard_of;
-use streamkit_core::wire::{Codec, Message};
+use streamkit_proto::api::{ConsumeSegment, Request, SubscribeToSegmentStatus};
+use streamkit_proto::server::shard_of;
+use streamkit_proto::wire::{Codec, Message};
 use support::*;
 use uuid::Uuid;
 
@@ -44,7 +44,7 @@ async fn one_connection_uses_stores_of_every_shard(runtime: Arc<dyn Runtime>) {
         // Produces on every store at once, interleaved on the connection.
         let mut producers = Vec::new();
         for store in &stores {
-            let request = Request::Produce(streamkit_core::api::Produce {
+            let request = Request::Produce(streamkit_proto::api::Produce {
                 space: "sp".into(),
                 segment: segment.clone(),
             });
@@ -52,7 +52,7 @@ async fn one_connection_uses_stores_of_every_shard(runtime: Arc<dyn Runtime>) {
         }
         for sequence in 1..=RECORDS {
             for producer in &producers {
-                let record = streamkit_core::api::Record::new(sequence, format!("r{sequence}"));
+                let record = streamkit_proto::api::Record::new(sequence, format!("r{sequence}"));
                 producer.send(Message::Record(record)).await;
             }
         }

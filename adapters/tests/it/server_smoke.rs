@@ -10,11 +10,11 @@ use streamkit::runtime::{Runtime, TokioRuntime};
 use streamkit::server::{ServerConfig, start};
 use streamkit::store::StoreFactory;
 use streamkit::ws::{DialOptions, dial};
-use streamkit_core::api::{ConsumeSegment, Produce, Record, Request};
-use streamkit_core::client::{ClientConnection, ClientEvent, ClientItem};
-use streamkit_core::mux::MuxConfig;
-use streamkit_core::stream::StreamEnd;
-use streamkit_core::wire::{Codec, Message};
+use streamkit_proto::api::{ConsumeSegment, Produce, Record, Request};
+use streamkit_proto::client::{ClientConnection, ClientEvent, ClientItem};
+use streamkit_proto::mux::MuxConfig;
+use streamkit_proto::stream::StreamEnd;
+use streamkit_proto::wire::{Codec, Message};
 use uuid::Uuid;
 
 const SECRET: &[u8] = b"top-secret";

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use streamkit::store::{RedbKv, RedbOptions, StoreFactory};
-use streamkit_core::storage::{KvError, OrderedKv, ScanRange, WriteBatch};
+use streamkit_proto::storage::{KvError, OrderedKv, ScanRange, WriteBatch};
 use uuid::Uuid;
 
 fn everything() -> ScanRange {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_lite::future::block_on;
 use streamkit::store::{CommitDurability, RedbKv, RedbOptions, StoreConfig, StoreHandle};
-use streamkit_core::storage::{CommitOutcome, OrderedKv, WriteBatch};
+use streamkit_proto::storage::{CommitOutcome, OrderedKv, WriteBatch};
 
 const DB_VAR: &str = "STREAMKIT_TEST_CHILD_DB";
 const MODE_VAR: &str = "STREAMKIT_TEST_CHILD_MODE";

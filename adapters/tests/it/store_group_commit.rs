@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future::block_on;
 use streamkit::store::{RedbKv, RedbOptions, StoreConfig, StoreHandle, StoreStats};
-use streamkit_core::storage::{CommitOutcome, OrderedKv, Precondition, ScanRange, WriteBatch};
+use streamkit_proto::storage::{CommitOutcome, OrderedKv, Precondition, ScanRange, WriteBatch};
 
 use crate::support::join_all;
 

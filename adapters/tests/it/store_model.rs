@@ -13,7 +13,7 @@ use crate::scaleout_support;
 use futures_lite::future::block_on;
 use proptest::prelude::*;
 use streamkit::store::{RedbKv, RedbOptions, StoreConfig, StoreHandle};
-use streamkit_core::storage::{
+use streamkit_proto::storage::{
     MemoryKv, OrderedKv, Precondition, ScanRange, StorageOp, StorageResult, WriteBatch,
 };
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future::block_on;
 use scaleout_support::{PrivatePostgres, TestSchema, pg_available, sql};
 use streamkit::store::{PgConfig, PgDatabase, PgStore};
-use streamkit_core::storage::{CommitOutcome, Precondition, ScanRange, WriteBatch};
+use streamkit_proto::storage::{CommitOutcome, Precondition, ScanRange, WriteBatch};
 use uuid::Uuid;
 
 fn put(key: &[u8], value: &[u8]) -> WriteBatch {

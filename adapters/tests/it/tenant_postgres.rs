@@ -22,8 +22,8 @@ use streamkit::client::{Client, ClientOptions, static_token};
 use streamkit::runtime::{Runtime, TokioRuntime};
 use streamkit::server::{RunningServer, ServerConfig};
 use streamkit::store::{PgDatabase, StoreFactory};
-use streamkit_core::api::{GetSegments, LeaseAcquire, Metadata, Record, Request};
-use streamkit_core::wire::Codec;
+use streamkit_proto::api::{GetSegments, LeaseAcquire, Metadata, Record, Request};
+use streamkit_proto::wire::Codec;
 use uuid::Uuid;
 
 /// Produces of the victim, spread over this many concurrent publishers (one segment each), so that

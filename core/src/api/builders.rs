@@ -6,7 +6,7 @@
 //! start at 1, a timestamp of 0 is the Unix epoch, and a limit of 0 reads without limit.
 //!
 //! ```
-//! use streamkit_core::api::{ConsumeSegment, ConsumeSpace};
+//! use streamkit_proto::api::{ConsumeSegment, ConsumeSpace};
 //!
 //! let next_page = ConsumeSegment::new("orders", "order-42").from_sequence(101).limit(100);
 //! assert_eq!((next_page.min_sequence, next_page.max_sequence, next_page.limit), (101, 0, 100));

@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
-//! use streamkit_core::api::{Entry, Record};
+//! use streamkit_proto::api::{Entry, Record};
 //!
 //! #[derive(Serialize, Deserialize, PartialEq, Debug)]
 //! struct OrderPlaced { id: u32, total_cents: u64 }
@@ -14,7 +14,7 @@
 //!
 //! let entry = Entry { payload: record.payload, ..Entry::default() };
 //! assert_eq!(entry.json::<OrderPlaced>()?, OrderPlaced { id: 42, total_cents: 1999 });
-//! # Ok::<(), streamkit_core::api::PayloadError>(())
+//! # Ok::<(), streamkit_proto::api::PayloadError>(())
 //! ```
 
 use alloc::string::{String, ToString};

@@ -72,10 +72,10 @@
 //! The same loop, synchronously, for a client and a server session wired back to back:
 //!
 //! ```
-//! use streamkit_core::auth::StoreScopes;
-//! use streamkit_core::mux::{MuxConfig, MuxEvent, MuxSession, Role, StreamEnd, StreamInput};
-//! use streamkit_core::wire::Codec;
-//! use streamkit_core::Millis;
+//! use streamkit_proto::auth::StoreScopes;
+//! use streamkit_proto::mux::{MuxConfig, MuxEvent, MuxSession, Role, StreamEnd, StreamInput};
+//! use streamkit_proto::wire::Codec;
+//! use streamkit_proto::Millis;
 //!
 //! let now = Millis(0);
 //! let mut client = MuxSession::new(Role::Client, Codec::Json, MuxConfig::default(), now, 1);

@@ -11,7 +11,7 @@
 //! of this module writes it to disk when `STREAMKIT_FUZZ_CORPUS_DIR` is set:
 //!
 //! ```text
-//! STREAMKIT_FUZZ_CORPUS_DIR=$PWD/fuzz/corpus cargo test -p streamkit-core --lib seed_corpus
+//! STREAMKIT_FUZZ_CORPUS_DIR=$PWD/fuzz/corpus cargo test -p streamkit-proto --lib seed_corpus
 //! ```
 
 use alloc::format;

@@ -19,11 +19,11 @@ use streamkit::clock::WallClock;
 use streamkit::runtime::{Runtime, RuntimeExt};
 use streamkit::server::{RunningServer, ServerConfig, start};
 use streamkit::ws::{DialError, DialOptions, dial};
-use streamkit_core::api::{Entry, LeaseResult, Produce, Record, Request, SegmentStatus};
-use streamkit_core::client::{ClientConnection, ClientEvent, ClientItem};
-use streamkit_core::mux::MuxConfig;
-use streamkit_core::stream::{EndReason, StreamEnd};
-use streamkit_core::wire::{Codec, Message};
+use streamkit_proto::api::{Entry, LeaseResult, Produce, Record, Request, SegmentStatus};
+use streamkit_proto::client::{ClientConnection, ClientEvent, ClientItem};
+use streamkit_proto::mux::MuxConfig;
+use streamkit_proto::stream::{EndReason, StreamEnd};
+use streamkit_proto::wire::{Codec, Message};
 use uuid::Uuid;
 
 /// The HS256 secret of every test server.
