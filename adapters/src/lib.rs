@@ -29,6 +29,7 @@
 //! | `tls` | | `wss://` for clients, TLS for the server ([`tls`]), rustls re-exported |
 //! | `postgres` | | the PostgreSQL store and `LISTEN/NOTIFY` bus (several instances sharing one database) |
 //! | `nats` | | the NATS bus |
+//! | `axum` | | mount the server on an axum application ([`http::axum::router`]), with [`server::start_embedded`] |
 //!
 //! A program that only talks to a server takes `default-features = false, features = ["tokio",
 //! "client"]` (68 crates in its tree instead of 95; no storage, JWT or metrics crates).

@@ -44,7 +44,12 @@
 //! `max_pending_handshakes_per_ip` or set it to 0 (no per-address cap), and let the proxy limit
 //! per client.
 
+#[cfg(feature = "axum")]
+pub mod axum;
+mod embed;
 mod request;
+
+pub use embed::AcceptedUpgrade;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -254,6 +259,49 @@ pub enum Rejection {
     Tls(String),
 }
 
+/// The HTTP answer to a [`Rejection`]: what the front itself writes, for an application that answers
+/// on its own stack ([`HttpFront::accept_upgrade`]). Bodies are plain text, shaped like Go's
+/// `http.Error`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectionAnswer {
+    /// The status code.
+    pub status: u16,
+    /// Its reason phrase.
+    pub reason: &'static str,
+    /// The `text/plain` body.
+    pub body: &'static str,
+    /// Headers beyond the content type (`Retry-After`, `Sec-WebSocket-Version`).
+    pub headers: Vec<(&'static str, &'static str)>,
+}
+
+impl Rejection {
+    /// The answer this rejection gets. Rejections that are dropped rather than answered by the
+    /// front's own listener (timeouts, pending-handshake caps, TLS failures) answer 503 here.
+    pub fn answer(&self) -> RejectionAnswer {
+        let (status, reason, body, headers) = match self {
+            Rejection::Unauthorized(_) => (401, "Unauthorized", "Unauthorized\n", vec![]),
+            Rejection::NotReady => (503, "Service Unavailable", "Service Unavailable\n", vec![]),
+            Rejection::BadRequest(_) => (400, "Bad Request", "Bad Request\n", vec![]),
+            Rejection::UnsupportedVersion => {
+                (426, "Upgrade Required", "Upgrade Required\n", vec![("Sec-WebSocket-Version", "13")])
+            }
+            Rejection::NotFound => (404, "Not Found", "404 page not found\n", vec![]),
+            Rejection::HeadTooLarge => {
+                (431, "Request Header Fields Too Large", "Request Header Fields Too Large\n", vec![])
+            }
+            Rejection::HeaderTimeout
+            | Rejection::Timeout
+            | Rejection::TooManyPending
+            | Rejection::TooManyPendingFromIp
+            | Rejection::Tls(_) => (503, "Service Unavailable", "Service Unavailable\n", vec![]),
+            Rejection::ConnectionLimit => {
+                (503, "Service Unavailable", "Service Unavailable\n", vec![("Retry-After", "1")])
+            }
+        };
+        RejectionAnswer { status, reason, body, headers }
+    }
+}
+
 /// What the server plugs into the front.
 pub trait ConnectionHandler: Send + Sync + 'static {
     /// Runs an accepted connection. The returned future runs on the connection's own task, after the
@@ -406,7 +454,7 @@ impl HttpFront {
         };
         drop(negotiation);
         drop(slot);
-        let Upgrade { principal, codec, leftover, permit } = upgrade;
+        let Upgrade { principal, codec, leftover, permit, .. } = upgrade;
         let connection = WsConnection::accepted(stream, leftover, inner.config.websocket, codec).await;
         inner.handler.on_websocket(AcceptedWebSocket { connection, principal, codec, peer, permit }).await;
     }
@@ -448,7 +496,11 @@ impl HttpFront {
         }
         let response = match route {
             Route::Streamz => match self.upgrade(&head) {
-                Ok((upgrade, response)) => {
+                Ok(upgrade) => {
+                    let mut response = Response::empty(101, "Switching Protocols");
+                    for (name, value) in upgrade.response_headers() {
+                        response = response.header(name, &value);
+                    }
                     // The handshake succeeded only if the 101 actually went out.
                     return response.write(stream).await.then_some(Upgrade { leftover, ..upgrade });
                 }
@@ -480,8 +532,9 @@ impl HttpFront {
         Response::rejection(&rejection).write(stream).await;
     }
 
-    /// Checks an upgrade request: readiness, then the token, then the WebSocket headers.
-    fn upgrade(&self, head: &RequestHead) -> Result<(Upgrade, Response), Rejection> {
+    /// Checks an upgrade request: readiness, then the token, then the WebSocket headers, and last
+    /// takes a place under the connection limit.
+    fn upgrade(&self, head: &RequestHead) -> Result<Upgrade, Rejection> {
         if self.inner.readiness.state() != ReadinessState::Ready {
             return Err(Rejection::NotReady);
         }
@@ -510,17 +563,10 @@ impl HttpFront {
         } else {
             Codec::Json
         };
-
-        let mut response = Response::empty(101, "Switching Protocols")
-            .header("Upgrade", "websocket")
-            .header("Connection", "Upgrade")
-            .header("Sec-WebSocket-Accept", &derive_accept_key(key));
-        if codec == Codec::Cbor {
-            response = response.header("Sec-WebSocket-Protocol", CBOR_SUBPROTOCOL);
-        }
+        let accept_key = derive_accept_key(key);
         // Last, so that only a request that would otherwise be upgraded takes a place.
         let permit = self.inner.handler.admit().ok_or(Rejection::ConnectionLimit)?;
-        Ok((Upgrade { principal, codec, leftover: Vec::new(), permit }, response))
+        Ok(Upgrade { principal, codec, leftover: Vec::new(), permit, accept_key })
     }
 }
 
@@ -557,6 +603,23 @@ struct Upgrade {
     codec: Codec,
     leftover: Vec<u8>,
     permit: ConnectionPermit,
+    /// `Sec-WebSocket-Accept` of the 101.
+    accept_key: String,
+}
+
+impl Upgrade {
+    /// The headers of the 101 answer.
+    fn response_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            ("Upgrade", "websocket".to_owned()),
+            ("Connection", "Upgrade".to_owned()),
+            ("Sec-WebSocket-Accept", self.accept_key.clone()),
+        ];
+        if self.codec == Codec::Cbor {
+            headers.push(("Sec-WebSocket-Protocol", CBOR_SUBPROTOCOL.to_owned()));
+        }
+        headers
+    }
 }
 
 /// The connections in the pre-upgrade phase: how many in all, and how many from each source.
@@ -663,26 +726,12 @@ impl Response {
     }
 
     fn rejection(rejection: &Rejection) -> Self {
-        match rejection {
-            Rejection::Unauthorized(_) => Self::text(401, "Unauthorized", "Unauthorized\n"),
-            Rejection::NotReady => Self::text(503, "Service Unavailable", "Service Unavailable\n"),
-            Rejection::BadRequest(_) => Self::text(400, "Bad Request", "Bad Request\n"),
-            Rejection::UnsupportedVersion => Self::text(426, "Upgrade Required", "Upgrade Required\n")
-                .header("Sec-WebSocket-Version", "13"),
-            Rejection::NotFound => Self::text(404, "Not Found", "404 page not found\n"),
-            Rejection::HeadTooLarge => {
-                Self::text(431, "Request Header Fields Too Large", "Request Header Fields Too Large\n")
-            }
-            // A TLS failure is never answered in HTTP (there is no channel to answer on).
-            Rejection::HeaderTimeout
-            | Rejection::Timeout
-            | Rejection::TooManyPending
-            | Rejection::TooManyPendingFromIp
-            | Rejection::Tls(_) => Self::text(503, "Service Unavailable", "Service Unavailable\n"),
-            Rejection::ConnectionLimit => {
-                Self::text(503, "Service Unavailable", "Service Unavailable\n").header("Retry-After", "1")
-            }
+        let answer = rejection.answer();
+        let mut response = Self::text(answer.status, answer.reason, answer.body);
+        for (name, value) in answer.headers {
+            response = response.header(name, value);
         }
+        response
     }
 
     fn header(mut self, name: &str, value: &str) -> Self {

@@ -18,6 +18,16 @@ pub(crate) struct RequestHead {
 }
 
 impl RequestHead {
+    /// The head of a `GET /streamz` HTTP/1.1 request another HTTP stack already read: its headers.
+    pub fn upgrade_request<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        Self {
+            method: "GET".to_owned(),
+            path: super::STREAMZ_PATH.to_owned(),
+            minor_version: 1,
+            headers: headers.into_iter().map(|(name, value)| (name.to_owned(), value.to_vec())).collect(),
+        }
+    }
+
     /// Every value of header `name` (case-insensitive), in request order.
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())

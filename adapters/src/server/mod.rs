@@ -17,11 +17,13 @@
 //! ```
 //!
 //! The same [`start`] runs on tokio, smol and (deprecated) async-std: the runtime is a value
-//! ([`Runtime`]), and nothing below it depends on a particular executor.
+//! ([`Runtime`](crate::runtime::Runtime)), and nothing below it depends on a particular executor.
 
 mod connection;
+mod running;
 
 pub use connection::{ConnectionContext, run_connection};
+pub use running::{EmbeddedServer, RunningServer, start, start_embedded};
 
 use std::fmt;
 use std::io;
@@ -43,13 +45,10 @@ use streamkit_proto::wire::{DEFAULT_MAX_FRAME, DEFAULT_MAX_PAYLOAD, Limits};
 
 use crate::auth::JwtVerifier;
 use crate::bus::{MemoryBus, MessageBus};
-use crate::engine::{EngineHandle, EngineTaskConfig, spawn_engine};
-use crate::http::{
-    AcceptedWebSocket, ConnectionHandler, ConnectionPermit, HttpConfig, HttpFront, Readiness, Rejection,
-};
+use crate::http::{AcceptedWebSocket, ConnectionHandler, ConnectionPermit, HttpConfig, Rejection};
 use crate::log_limit::limited_log;
 use crate::metrics::{ErrorKind, Metrics};
-use crate::runtime::{BoxFuture, JoinHandle, Runtime, RuntimeExt};
+use crate::runtime::BoxFuture;
 use crate::store::{CommitDurability, CommitObserver, RedbOptions, StoreConfig, StoreFactory};
 
 /// The address [`ServerConfig`] listens on unless told otherwise.
@@ -626,194 +625,6 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// A running server; stop it with [`RunningServer::shutdown`]. Dropping it stops accepting
-/// connections at once (without the graceful drain of `shutdown`).
-#[must_use = "dropping a RunningServer stops it: keep it while the server should run, then call shutdown"]
-pub struct RunningServer {
-    local_addr: SocketAddr,
-    engine: EngineHandle,
-    readiness: Readiness,
-    runtime: Arc<dyn Runtime>,
-    stop: Option<futures_channel::oneshot::Sender<()>>,
-    accept_done: Option<JoinHandle<()>>,
-    metrics: Arc<Metrics>,
-    tracker: Arc<ConnectionTracker>,
-    connections: Arc<AtomicUsize>,
-    grace: Duration,
-    tls: bool,
-}
-
-impl fmt::Debug for RunningServer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunningServer")
-            .field("local_addr", &self.local_addr)
-            .field("runtime", &self.runtime.name())
-            .field("connections", &self.connection_count())
-            .finish_non_exhaustive()
-    }
-}
-
-impl RunningServer {
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The URL clients dial: `ws://` (`wss://` when serving TLS) and [`local_addr`](Self::local_addr).
-    pub fn url(&self) -> String {
-        let scheme = if self.tls { "wss" } else { "ws" };
-        format!("{scheme}://{}", self.local_addr)
-    }
-
-    /// The engine (for in-process clients).
-    pub fn engine(&self) -> &EngineHandle {
-        &self.engine
-    }
-
-    /// The metrics registry (what `GET /metrics` renders).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// WebSocket connections currently served.
-    pub fn connection_count(&self) -> usize {
-        self.connections.load(Ordering::Acquire)
-    }
-
-    /// Serves until `signal` completes (say `tokio::signal::ctrl_c()`, or a channel an application closes
-    /// on its own shutdown), then shuts down gracefully like [`shutdown`](Self::shutdown).
-    pub async fn shutdown_on<F: Future>(self, signal: F) {
-        signal.await;
-        self.shutdown().await;
-    }
-
-    /// Stops the server gracefully:
-    ///
-    /// 1. `/readyz` turns 503 and the listener stops accepting;
-    /// 2. new streams on existing connections are refused (`server shutting down`); commits already
-    ///    started get up to [`ServerConfig::shutdown_grace`] to finish, and their producers get their
-    ///    statuses (an acknowledged produce is durable);
-    /// 3. every remaining stream is closed (`store closed`), every store is closed after its queued
-    ///    commits, and every connection is sent its `close` frame and closed;
-    /// 4. resolves once the connections are gone (or after another grace period for connections whose
-    ///    peer does not read).
-    pub async fn shutdown(mut self) {
-        tracing::info!(local_addr = %self.local_addr, "streamkit server shutting down");
-        self.readiness.set_draining();
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(accept) = self.accept_done.take() {
-            let _ = accept.await;
-        }
-        self.tracker.close();
-        self.engine.drain_and_shutdown(self.grace).await;
-        let grace = self.grace.max(Duration::from_millis(100));
-        if self.runtime.timeout(grace, self.tracker.wait()).await.is_err() {
-            tracing::warn!(
-                connections = self.connection_count(),
-                "connections still open after the grace period"
-            );
-        }
-        tracing::info!(local_addr = %self.local_addr, "streamkit server stopped");
-    }
-}
-
-/// Starts a server on `runtime`: connects the database and the bus when configured, binds the
-/// listener, starts the engine task and accepts connections in the background. Fails if the address
-/// cannot be bound or the database or bus cannot be reached.
-pub async fn start(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> Result<RunningServer, StartError> {
-    let metrics = Arc::new(Metrics::new());
-    let seed =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64);
-    let observer = {
-        let metrics = metrics.clone();
-        CommitObserver::new(move |report| metrics.transaction(report.batches, report.fsynced))
-    };
-    let addr = config.listen;
-    let listener = runtime.bind(addr).map_err(|source| StartError::Bind { addr, source })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-    let mux = config.mux_config();
-    let stores = config.take_store_factory(observer).await?;
-    let cluster = config.apply_cluster_mode(stores.is_shared());
-    let custom_bus = config.bus.is_some();
-    let bus = config.take_bus(&stores).await?;
-    if cluster && !custom_bus && config.bus_kind == BusKind::Memory {
-        tracing::warn!(
-            "cluster features on with the in-process bus: subscriptions and worker presence will not \
-             reach clients of other instances (use a NATS or postgres bus)"
-        );
-    }
-    let engine_config = config.engine_config();
-    let engine = spawn_engine(
-        runtime.clone(),
-        EngineTaskConfig {
-            shards: config.shards,
-            engine: engine_config,
-            stores,
-            bus,
-            metrics: metrics.clone(),
-            seed,
-        },
-    );
-    let readiness = Readiness::new();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let tracker = Arc::new(ConnectionTracker::new());
-    let context = ConnectionContext {
-        engine: engine.clone(),
-        runtime: runtime.clone(),
-        mux,
-        connection: config.connection_config(),
-        metrics: metrics.clone(),
-    };
-    let handler = Arc::new(Handler {
-        context,
-        metrics: metrics.clone(),
-        connections: connections.clone(),
-        max_connections: config.max_connections,
-        seeds: AtomicU64::new(seed ^ 0x5eed),
-        tracker: tracker.clone(),
-    });
-    let tls = config.tls_enabled();
-    let mut http = config.http;
-    http.websocket = http
-        .websocket
-        .max_message_size(Some(config.max_frame_bytes))
-        .max_frame_size(Some(config.max_frame_bytes));
-    let front = HttpFront::new(runtime.clone(), config.verifier, handler, readiness.clone(), http);
-    let (stop, stopped) = futures_channel::oneshot::channel::<()>();
-    let accept_done = runtime.spawn(async move {
-        front
-            .serve(listener, async move {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    readiness.set_ready();
-    tracing::info!(
-        %local_addr,
-        runtime = runtime.name(),
-        store = %config.store,
-        durability = %config.durability,
-        bus = %config.bus_kind,
-        cluster,
-        "streamkit server listening"
-    );
-    Ok(RunningServer {
-        local_addr,
-        engine,
-        readiness,
-        runtime,
-        stop: Some(stop),
-        accept_done: Some(accept_done),
-        metrics,
-        tracker,
-        connections,
-        grace: config.shutdown_grace,
-        tls,
-    })
 }
 
 #[cfg(test)]

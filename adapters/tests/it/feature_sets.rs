@@ -1,5 +1,6 @@
 //! The feature sets keep their promises: a client-only build depends on none of the server's or the
-//! CLI's crates (checked with `cargo tree`, which reads the lock file and needs no network).
+//! CLI's crates, and a smol build of client and server (what `examples/smol_embed.rs` uses) contains
+//! no tokio (checked with `cargo tree`, which reads the lock file).
 
 use std::process::Command;
 
@@ -62,4 +63,12 @@ fn the_server_feature_brings_the_server_crates() {
     for expected in ["redb", "jsonwebtoken", "prometheus-client"] {
         assert!(names.iter().any(|name| name == expected), "no {expected} in {names:?}");
     }
+}
+
+#[test]
+fn a_smol_build_of_client_and_server_contains_no_tokio() {
+    let names = dependency_names("smol,client,server");
+    assert!(names.iter().any(|name| name == "redb"), "the tree was not read: {names:?}");
+    let tokio: Vec<&String> = names.iter().filter(|name| name.starts_with("tokio")).collect();
+    assert!(tokio.is_empty(), "the smol build depends on {tokio:?}");
 }

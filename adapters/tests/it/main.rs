@@ -41,6 +41,7 @@ mod scaleout;
 mod scaleout_processes;
 mod server_backpressure;
 mod server_durability;
+mod server_embedding;
 mod server_handshake_limits;
 mod server_limits;
 mod server_load;
