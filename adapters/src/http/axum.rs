@@ -23,6 +23,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A `Router` is a tower `Service`, so the same routes serve any tower-based stack running on hyper
+//! (`Router::into_service`); hyper must be the server, since the upgrade is hyper's.
+//!
 //! The peer address in logs comes from axum's `ConnectInfo<SocketAddr>` when the application serves
 //! with `into_make_service_with_connect_info`; without it, connections are logged as `0.0.0.0:0`.
 
