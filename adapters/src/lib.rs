@@ -91,6 +91,8 @@ pub mod log_limit;
 pub mod logging;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(any(feature = "server", feature = "tls"))]
+mod reloading;
 pub mod runtime;
 #[cfg(feature = "server")]
 pub mod server;

@@ -14,8 +14,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
 
 use futures_rustls::TlsAcceptor;
 use futures_rustls::rustls::crypto::{self, CryptoProvider};
@@ -25,10 +24,9 @@ use futures_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClie
 use futures_rustls::rustls::sign::CertifiedKey;
 use futures_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+pub use crate::reloading::RELOAD_CHECK;
+use crate::reloading::Reloading;
 use crate::runtime::BoxedStream;
-
-/// How often, at most, the certificate files are looked at for a change.
-pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 /// Why TLS could not be set up. The texts name the file, for the operator starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -130,66 +128,25 @@ fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
 }
 
 /// The certificate handed to every handshake, read again when its files change.
-struct ReloadingCertificate {
-    cert: PathBuf,
-    key: PathBuf,
-    provider: Arc<CryptoProvider>,
-    state: Mutex<Loaded>,
-}
-
-struct Loaded {
-    key: Arc<CertifiedKey>,
-    /// Modification times of the certificate and key files when they were read.
-    modified: (Option<SystemTime>, Option<SystemTime>),
-    checked: Instant,
-}
+struct ReloadingCertificate(Reloading<CertifiedKey, TlsError>);
 
 impl ReloadingCertificate {
     fn load(cert: PathBuf, key: PathBuf, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
-        let modified = (modified(&cert), modified(&key));
-        let certified = certified_key(&cert, &key, &provider)?;
-        let state = Mutex::new(Loaded { key: certified, modified, checked: Instant::now() });
-        Ok(Self { cert, key, provider, state })
-    }
-
-    /// The current key, after reading the files again if they changed since the last look.
-    fn current(&self) -> Arc<CertifiedKey> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.checked.elapsed() >= RELOAD_CHECK {
-            state.checked = Instant::now();
-            let now = (modified(&self.cert), modified(&self.key));
-            if now != state.modified {
-                match certified_key(&self.cert, &self.key, &self.provider) {
-                    Ok(key) => {
-                        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
-                        state.key = key;
-                        state.modified = now;
-                    }
-                    // Typically a renewal caught half written: the next look tries again.
-                    Err(error) => {
-                        tracing::warn!(%error, "TLS certificate not reloaded; the previous one stays")
-                    }
-                }
-            }
-        }
-        state.key.clone()
+        let paths = vec![cert.clone(), key.clone()];
+        Reloading::new("TLS certificate", paths, move || certified_key(&cert, &key, &provider)).map(Self)
     }
 }
 
 impl std::fmt::Debug for ReloadingCertificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReloadingCertificate").field("cert", &self.cert).finish_non_exhaustive()
+        self.0.fmt(f)
     }
 }
 
 impl ResolvesServerCert for ReloadingCertificate {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
+        Some(self.0.current())
     }
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    fs::metadata(path).and_then(|metadata| metadata.modified()).ok()
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -201,12 +158,12 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
     Ok(certificates)
 }
 
-fn certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
+fn certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let chain = read_certificates(cert)?;
     let pem = fs::read(key).map_err(|source| TlsError::Read { path: key.to_owned(), source })?;
     let key_der = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|_| TlsError::Empty { path: key.to_owned(), what: "private key" })?;
     let certified =
         CertifiedKey::from_der(chain, key_der, provider).map_err(|e| TlsError::Invalid(e.to_string()))?;
-    Ok(Arc::new(certified))
+    Ok(certified)
 }

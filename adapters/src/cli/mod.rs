@@ -162,10 +162,16 @@ struct TokenArgs {
     /// Subject claim.
     #[arg(long)]
     subject: Option<String>,
+    /// Key id (`kid` header) for a server that checks tokens against a JWKS (`serve --jwks`).
+    #[arg(long)]
+    kid: Option<String>,
 }
 
 fn token(args: TokenArgs) -> Result<(), CliError> {
-    let signer = args.key.signer()?;
+    let mut signer = args.key.signer()?;
+    if let Some(kid) = args.kid {
+        signer = signer.with_key_id(kid);
+    }
     let mut claims = TokenClaims::new(args.scopes, args.ttl);
     if let Some(subject) = args.subject {
         claims = claims.with_subject(subject);

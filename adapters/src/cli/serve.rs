@@ -10,7 +10,7 @@ use streamkit_proto::Millis;
 use streamkit_proto::mux::OverloadPolicy;
 
 use super::{CliError, KeyArgs, algorithm_name, random_hex};
-use crate::auth::{JwtVerifier, TokenClaims, TokenSigner};
+use crate::auth::{Authenticator, JwksVerifier, JwtVerifier, TokenClaims, TokenSigner};
 use crate::bus::NatsConfig;
 use crate::http;
 use crate::runtime::Runtime;
@@ -94,6 +94,11 @@ pub(super) struct ServeArgs {
     data: PathBuf,
     #[command(flatten)]
     key: KeyArgs,
+    /// A JWKS document (`{"keys": [...]}`) instead of one key: tokens are checked with the key their
+    /// `kid` names (RS256, ES256, HS256), and the file is read again when it changes, so keys rotate
+    /// without a restart.
+    #[arg(long, env = "STREAMKIT_JWKS", conflicts_with_all = ["jwt_secret", "jwt_key"])]
+    jwks: Option<PathBuf>,
     /// Storage backend: `embedded` (redb under `--data`), `memory`, or a PostgreSQL connection string
     /// (`postgres://user[:password]@host[:port]/database`) shared by several instances.
     #[arg(long, env = "STREAMKIT_STORAGE", default_value = "embedded", value_parser = parse_store)]
@@ -188,22 +193,29 @@ const fn millis(duration: Duration) -> u64 {
 }
 
 pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<(), CliError> {
-    let verifier = match args.key.verifier()? {
-        Some(verifier) => verifier,
-        None => {
-            // Never a fixed default secret: a fresh random one, and a token for it.
-            let secret = random_hex(32);
-            let token = TokenSigner::hs256(secret.as_bytes())?
-                .sign(&TokenClaims::new(["streamkit::*"], Duration::from_secs(24 * 3600)))?;
-            println!("no JWT key configured: generated a random HS256 secret for this run");
-            println!("STREAMKIT_JWT_SECRET={secret}");
-            println!("STREAMKIT_TOKEN={token}");
-            JwtVerifier::hs256(secret.as_bytes())?
-        }
+    let (authenticator, keys): (Arc<dyn Authenticator>, String) = if let Some(path) = &args.jwks {
+        let jwks = JwksVerifier::from_file(path)?;
+        let keys = format!("JWKS {}, key ids {}", path.display(), jwks.key_ids().join(", "));
+        (Arc::new(jwks), keys)
+    } else {
+        let verifier = match args.key.verifier()? {
+            Some(verifier) => verifier,
+            None => {
+                // Never a fixed default secret: a fresh random one, and a token for it.
+                let secret = random_hex(32);
+                let token = TokenSigner::hs256(secret.as_bytes())?
+                    .sign(&TokenClaims::new(["streamkit::*"], Duration::from_secs(24 * 3600)))?;
+                println!("no JWT key configured: generated a random HS256 secret for this run");
+                println!("STREAMKIT_JWT_SECRET={secret}");
+                println!("STREAMKIT_TOKEN={token}");
+                JwtVerifier::hs256(secret.as_bytes())?
+            }
+        };
+        let algorithm = algorithm_name(verifier.algorithm()).to_owned();
+        (Arc::new(verifier), algorithm)
     };
-    let algorithm = algorithm_name(verifier.algorithm());
     let mut config = match &args.store {
-        StoreArg::Memory => ServerConfig::new(args.listen, verifier, StoreFactory::memory()),
+        StoreArg::Memory => ServerConfig::new(args.listen, authenticator, StoreFactory::memory()),
         StoreArg::Embedded => {
             std::fs::create_dir_all(&args.data)
                 .map_err(|e| format!("cannot create data directory {}: {e}", args.data.display()))?;
@@ -213,12 +225,12 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
             };
             let stores =
                 StoreFactory::embedded(&args.data, RedbOptions { durability, ..RedbOptions::default() });
-            ServerConfig::new(args.listen, verifier, stores)
+            ServerConfig::new(args.listen, authenticator, stores)
         }
         StoreArg::Postgres(url) => {
             let mut database = PgConfig::new(url.clone()).with_schema(args.pg_schema.clone());
             database.pool_size = args.pg_pool.max(1);
-            ServerConfig::postgres(args.listen, verifier, database)
+            ServerConfig::postgres(args.listen, authenticator, database)
         }
     };
     config.bus_kind = match &args.bus {
@@ -269,7 +281,7 @@ pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<()
     }
     let server = start(runtime, config).await.map_err(|e| format!("cannot start the server: {e}"))?;
     // Scripts read this line for the address (with `--listen 127.0.0.1:0`).
-    println!("streamkit listening on {} ({}/streamz, {algorithm})", server.local_addr(), server.url());
+    println!("streamkit listening on {} ({}/streamz, {keys})", server.local_addr(), server.url());
     server
         .shutdown_on(async {
             shutdown_signal().await;

@@ -64,10 +64,11 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_util::AsyncWriteExt;
 use streamkit_proto::wire::{CBOR_SUBPROTOCOL, Codec};
 
-use crate::auth::{AuthError, JwtVerifier, Principal};
+use crate::auth::{AuthError, AuthRefusal, AuthRequest, Authenticator, Principal};
 use crate::runtime::{BoxFuture, BoxedStream, Listener, Runtime, RuntimeExt, until};
 use crate::ws::{WsConnection, default_websocket_config, sanitize_config};
-use request::{HeadError, RequestHead, read_head};
+pub(crate) use request::RequestHead;
+use request::{HeadError, read_head};
 
 /// The WebSocket endpoint's path.
 pub const STREAMZ_PATH: &str = "/streamz";
@@ -223,6 +224,9 @@ pub enum Rejection {
     /// 401: the token was missing or refused.
     #[error("unauthorized: {0}")]
     Unauthorized(AuthError),
+    /// 403: the authenticator refused credentials it recognised ([`AuthRefusal::Forbidden`]).
+    #[error("forbidden: {0}")]
+    Forbidden(AuthError),
     /// 503: the server is not ready (starting or draining).
     #[error("not ready")]
     NotReady,
@@ -280,6 +284,7 @@ impl Rejection {
     pub fn answer(&self) -> RejectionAnswer {
         let (status, reason, body, headers) = match self {
             Rejection::Unauthorized(_) => (401, "Unauthorized", "Unauthorized\n", vec![]),
+            Rejection::Forbidden(_) => (403, "Forbidden", "Forbidden\n", vec![]),
             Rejection::NotReady => (503, "Service Unavailable", "Service Unavailable\n", vec![]),
             Rejection::BadRequest(_) => (400, "Bad Request", "Bad Request\n", vec![]),
             Rejection::UnsupportedVersion => {
@@ -334,7 +339,7 @@ pub struct HttpFront {
 
 struct Inner {
     runtime: Arc<dyn Runtime>,
-    verifier: JwtVerifier,
+    authenticator: Arc<dyn Authenticator>,
     handler: Arc<dyn ConnectionHandler>,
     readiness: Readiness,
     config: HttpConfig,
@@ -345,7 +350,6 @@ impl fmt::Debug for HttpFront {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpFront")
             .field("runtime", &self.inner.runtime.name())
-            .field("verifier", &self.inner.verifier)
             .field("readiness", &self.inner.readiness.state())
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
@@ -353,10 +357,10 @@ impl fmt::Debug for HttpFront {
 }
 
 impl HttpFront {
-    /// A front that authenticates with `verifier` and hands connections to `handler`.
+    /// A front that authenticates with `authenticator` and hands connections to `handler`.
     pub fn new(
         runtime: Arc<dyn Runtime>,
-        verifier: JwtVerifier,
+        authenticator: Arc<dyn Authenticator>,
         handler: Arc<dyn ConnectionHandler>,
         readiness: Readiness,
         mut config: HttpConfig,
@@ -364,7 +368,7 @@ impl HttpFront {
         config.websocket = sanitize_config(config.websocket);
         let pending =
             PendingHandshakes::new(config.max_pending_handshakes, config.max_pending_handshakes_per_ip);
-        let inner = Inner { runtime, verifier, handler, readiness, config, pending };
+        let inner = Inner { runtime, authenticator, handler, readiness, config, pending };
         Self { inner: Arc::new(inner) }
     }
 
@@ -538,12 +542,13 @@ impl HttpFront {
         if self.inner.readiness.state() != ReadinessState::Ready {
             return Err(Rejection::NotReady);
         }
-        // More than one Authorization header is ambiguous: treated as none.
-        let principal = self
-            .inner
-            .verifier
-            .verify_authorization(head.single_header("authorization"))
-            .map_err(Rejection::Unauthorized)?;
+        // More than one Authorization header is ambiguous: `AuthRequest::header` reads it as none.
+        let principal = self.inner.authenticator.authenticate(&AuthRequest::new(head)).map_err(
+            |refusal| match refusal {
+                AuthRefusal::Unauthorized(error) => Rejection::Unauthorized(error),
+                AuthRefusal::Forbidden(error) => Rejection::Forbidden(error),
+            },
+        )?;
         if head.minor_version != 1 {
             return Err(Rejection::BadRequest("websocket upgrade needs HTTP/1.1"));
         }

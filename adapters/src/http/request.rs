@@ -18,6 +18,11 @@ pub(crate) struct RequestHead {
 }
 
 impl RequestHead {
+    /// Every header (name as sent, value), in request order.
+    pub fn headers(&self) -> &[(String, Vec<u8>)] {
+        &self.headers
+    }
+
     /// The head of a `GET /streamz` HTTP/1.1 request another HTTP stack already read: its headers.
     pub fn upgrade_request<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
         Self {

@@ -43,6 +43,8 @@ use streamkit_proto::node::NodeConfig;
 use streamkit_proto::server::{ConnectionConfig, DEFAULT_MEMORY_BUDGET, EngineConfig};
 use streamkit_proto::wire::{DEFAULT_MAX_FRAME, DEFAULT_MAX_PAYLOAD, Limits};
 
+use crate::auth::Authenticator;
+#[cfg(any(doc, test))]
 use crate::auth::JwtVerifier;
 use crate::bus::{MemoryBus, MessageBus};
 use crate::http::{AcceptedWebSocket, ConnectionHandler, ConnectionPermit, HttpConfig, Rejection};
@@ -208,8 +210,10 @@ impl From<Durability> for CommitDurability {
 pub struct ServerConfig {
     /// Address to listen on (default [`DEFAULT_LISTEN`]; port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Token verification (algorithm and key; no default: a server never runs with a fixed secret).
-    pub verifier: JwtVerifier,
+    /// Who may connect: a [`JwtVerifier`] (one key), a [`JwksVerifier`](crate::auth::JwksVerifier)
+    /// (a key set chosen by `kid`) or any [`Authenticator`]. No default: a server never runs with a
+    /// fixed secret.
+    pub authenticator: Arc<dyn Authenticator>,
     /// Storage backend (default [`StoreKind::Embedded`]).
     pub store: StoreKind,
     /// Directory of the embedded stores, one sub-directory per store UUID (default `./data`; created
@@ -294,7 +298,6 @@ impl fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerConfig")
             .field("listen", &self.listen)
-            .field("verifier", &self.verifier)
             .field("store", &self.store)
             .field("data_dir", &self.data_dir)
             .field("durability", &self.durability)
@@ -318,10 +321,10 @@ impl fmt::Debug for ServerConfig {
 
 impl ServerConfig {
     /// Defaults for everything but the address and the verifier: embedded, durable stores in `./data`.
-    pub fn defaults(listen: SocketAddr, verifier: JwtVerifier) -> Self {
+    pub fn defaults(listen: SocketAddr, authenticator: impl Authenticator) -> Self {
         Self {
             listen,
-            verifier,
+            authenticator: Arc::new(authenticator),
             store: StoreKind::Embedded,
             data_dir: PathBuf::from("./data"),
             durability: Durability::Fsync,
@@ -358,25 +361,33 @@ impl ServerConfig {
     }
 
     /// Defaults, with the stores `stores` opens (embedded or memory, as built).
-    pub fn new(listen: SocketAddr, verifier: JwtVerifier, stores: StoreFactory) -> Self {
-        Self { store_factory: Some(stores), ..Self::defaults(listen, verifier) }
+    pub fn new(listen: SocketAddr, authenticator: impl Authenticator, stores: StoreFactory) -> Self {
+        Self { store_factory: Some(stores), ..Self::defaults(listen, authenticator) }
     }
 
     /// Defaults, with embedded stores under `data_dir`.
-    pub fn embedded(listen: SocketAddr, verifier: JwtVerifier, data_dir: impl Into<PathBuf>) -> Self {
-        Self { data_dir: data_dir.into(), ..Self::defaults(listen, verifier) }
+    pub fn embedded(
+        listen: SocketAddr,
+        authenticator: impl Authenticator,
+        data_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self { data_dir: data_dir.into(), ..Self::defaults(listen, authenticator) }
     }
 
     /// Defaults, with memory stores.
-    pub fn memory(listen: SocketAddr, verifier: JwtVerifier) -> Self {
-        Self { store: StoreKind::Memory, ..Self::defaults(listen, verifier) }
+    pub fn memory(listen: SocketAddr, authenticator: impl Authenticator) -> Self {
+        Self { store: StoreKind::Memory, ..Self::defaults(listen, authenticator) }
     }
 
     /// Defaults, with the stores in PostgreSQL (the cluster features on, the bus still
     /// [`BusKind::Memory`] until set).
     #[cfg(feature = "postgres")]
-    pub fn postgres(listen: SocketAddr, verifier: JwtVerifier, database: crate::store::PgConfig) -> Self {
-        Self { store: StoreKind::Postgres, postgres: Some(database), ..Self::defaults(listen, verifier) }
+    pub fn postgres(
+        listen: SocketAddr,
+        authenticator: impl Authenticator,
+        database: crate::store::PgConfig,
+    ) -> Self {
+        Self { store: StoreKind::Postgres, postgres: Some(database), ..Self::defaults(listen, authenticator) }
     }
 
     /// The mux configuration of every connection.
@@ -595,7 +606,7 @@ impl ConnectionHandler for Handler {
         // One line per refused socket at the rate a client can open sockets would be a log flood:
         // these two are rate limited (the metrics count every one).
         match rejection {
-            Rejection::Unauthorized(error) => {
+            Rejection::Unauthorized(error) | Rejection::Forbidden(error) => {
                 self.metrics.error(ErrorKind::Auth);
                 limited_log!(info, [%peer, %error], "handshake refused: unauthorized");
             }
@@ -660,7 +671,9 @@ mod tests {
         assert_eq!(mux.heartbeat_interval, Millis::ZERO);
         assert_eq!(mux.idle_timeout, Millis::from_secs(90));
         assert_eq!(config.engine_config().manager.idle_eviction, None);
-        assert!(ServerConfig::embedded(config.listen, config.verifier.clone(), "d").idle_eviction.is_some());
+        assert!(
+            ServerConfig::embedded(config.listen, config.authenticator.clone(), "d").idle_eviction.is_some()
+        );
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl ServerCore {
             .websocket
             .max_message_size(Some(config.max_frame_bytes))
             .max_frame_size(Some(config.max_frame_bytes));
-        let front = HttpFront::new(runtime.clone(), config.verifier, handler, readiness.clone(), http);
+        let front = HttpFront::new(runtime.clone(), config.authenticator, handler, readiness.clone(), http);
         tracing::info!(
             runtime = runtime.name(),
             store = %config.store,

@@ -204,3 +204,40 @@ fn tail_follows_a_segment() {
     let _ = tail.wait();
     assert!(server.terminate().success());
 }
+
+#[test]
+fn serve_checks_tokens_against_a_jwks_file_by_kid() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let oct = |kid: &str, secret: &str| {
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        serde_json::json!({ "kty": "oct", "alg": "HS256", "kid": kid, "k": k })
+    };
+    let document = serde_json::json!({ "keys": [oct("k1", "first secret"), oct("k2", "second secret")] });
+    std::fs::write(&jwks, serde_json::to_vec(&document).unwrap()).unwrap();
+    let mut server =
+        Server::start_with(None, &dir.path().join("data"), &["--jwks".as_ref(), jwks.as_os_str()]);
+    let (url, before) = server.wait_listening();
+    assert!(!before.iter().any(|line| line.contains("STREAMKIT_JWT_SECRET")), "{before:?}");
+    let token = run(
+        &[("STREAMKIT_JWT_SECRET", "second secret")],
+        &["token", "--kid", "k2", "--scope", "streamkit::*", "--ttl", "5m"],
+        "",
+    );
+    let store = uuid::Uuid::new_v4().to_string();
+    let env = client_env(&url, token.trim(), &store);
+    run(&env, &["produce", "--space", "s", "--segment", "g"], "one\ntwo\n");
+    assert_eq!(run(&env, &["consume", "--space", "s", "--segment", "g"], "").lines().count(), 2);
+    // The same secret without a kid names no key of a two-key set: refused.
+    let anonymous = admin_token_of("second secret");
+    let refused =
+        Command::new(BIN).args(["spaces"]).envs(client_env(&url, &anonymous, &store)).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    server.terminate();
+}

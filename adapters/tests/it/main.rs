@@ -43,6 +43,7 @@ mod server_backpressure;
 mod server_durability;
 mod server_embedding;
 mod server_handshake_limits;
+mod server_jwks;
 mod server_limits;
 mod server_load;
 #[cfg(feature = "cli")]

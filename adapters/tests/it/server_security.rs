@@ -58,7 +58,7 @@ async fn a_connection_is_closed_when_its_token_expires() {
     let runtime = tokio_runtime();
     let mut config = memory_config();
     // No leeway: the token is refused, and the connection closed, exactly at `exp`.
-    config.verifier = verifier().with_leeway(Duration::ZERO);
+    config.authenticator = Arc::new(verifier().with_leeway(Duration::ZERO));
     let server = serve(&runtime, config).await;
     let store = Uuid::new_v4();
     let token = token_for(["streamkit::*"], Duration::from_secs(2));

@@ -136,7 +136,7 @@ impl TestServer {
         });
         let readiness = Readiness::new();
         readiness.set_ready();
-        let front = HttpFront::new(runtime.clone(), verifier, handler, readiness.clone(), config);
+        let front = HttpFront::new(runtime.clone(), Arc::new(verifier), handler, readiness.clone(), config);
         let (shutdown, stop) = oneshot::channel::<()>();
         let serving = front.clone();
         runtime

@@ -234,7 +234,7 @@ fn key_rotation(config: streamkit_tests::Config) {
     let secret = Arc::new(Mutex::new(streamkit_tests::SECRET.to_vec()));
     let server_secret = secret.clone();
     let adjust = move |server: &mut ServerConfig| {
-        server.verifier = JwtVerifier::hs256(&server_secret.lock().unwrap()).unwrap();
+        server.authenticator = Arc::new(JwtVerifier::hs256(&server_secret.lock().unwrap()).unwrap());
     };
     streamkit_tests::run_with(config, adjust, |env| async move {
         let signing = secret.clone();

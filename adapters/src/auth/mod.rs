@@ -15,7 +15,14 @@
 //! * the `scopes` claim (a JSON array of strings, or one comma-separated string) must grant a usable
 //!   store scope according to [`StoreScopes::from_scopes`] (`streamkit::*` or `streamkit::{uuid}`).
 //!
-//! Every failure is an [`AuthError`]; the HTTP front answers all of them with 401.
+//! Every failure is an [`AuthError`]; the HTTP front answers it with 401. Other ways to authenticate (a
+//! key set chosen by `kid`, a closure of the application's) are [`Authenticator`]s.
+
+mod authenticator;
+mod jwks;
+
+pub use authenticator::{AuthRefusal, AuthRequest, Authenticator};
+pub use jwks::{JwksError, JwksVerifier};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,7 +75,8 @@ pub enum KeyError {
     },
 }
 
-/// Why a request is not authenticated. Every variant answers HTTP 401.
+/// Why a request is not authenticated: answered 401, unless an [`Authenticator`] refuses with
+/// [`AuthRefusal::Forbidden`] (403).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No `Authorization` header (or more than one).
@@ -104,6 +112,13 @@ pub enum AuthError {
     /// The scopes grant no usable store (PROTOCOL.md §3).
     #[error(transparent)]
     Scope(#[from] ScopeError),
+    /// No key of the verifier's key set matches the token (`kid` unknown, or missing with several
+    /// keys).
+    #[error("no key for this token: {0}")]
+    UnknownKey(String),
+    /// Refused by an authenticator of the application's, which says why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// An authenticated caller: what a verified token grants.
@@ -340,6 +355,7 @@ pub struct SignError(#[from] jsonwebtoken::errors::Error);
 pub struct TokenSigner {
     algorithm: JwtAlgorithm,
     key: EncodingKey,
+    key_id: Option<String>,
 }
 
 impl std::fmt::Debug for TokenSigner {
@@ -356,26 +372,33 @@ impl TokenSigner {
         }
         let key = EncodingKey::from_secret(secret)
             .map_err(|source| KeyError::Invalid { algorithm: JwtAlgorithm::Hs256, source })?;
-        Ok(Self { algorithm: JwtAlgorithm::Hs256, key })
+        Ok(Self { algorithm: JwtAlgorithm::Hs256, key, key_id: None })
     }
 
     /// RS256 with an RSA private key in PEM (PKCS#1 or PKCS#8).
     pub fn rs256_pem(private_key_pem: &[u8]) -> Result<Self, KeyError> {
         let key = EncodingKey::from_rsa_pem(private_key_pem)
             .map_err(|source| KeyError::Invalid { algorithm: JwtAlgorithm::Rs256, source })?;
-        Ok(Self { algorithm: JwtAlgorithm::Rs256, key })
+        Ok(Self { algorithm: JwtAlgorithm::Rs256, key, key_id: None })
     }
 
     /// ES256 with a P-256 private key in PEM (PKCS#8).
     pub fn es256_pem(private_key_pem: &[u8]) -> Result<Self, KeyError> {
         let key = EncodingKey::from_ec_pem(private_key_pem)
             .map_err(|source| KeyError::Invalid { algorithm: JwtAlgorithm::Es256, source })?;
-        Ok(Self { algorithm: JwtAlgorithm::Es256, key })
+        Ok(Self { algorithm: JwtAlgorithm::Es256, key, key_id: None })
     }
 
     /// The algorithm tokens are signed with.
     pub fn algorithm(&self) -> JwtAlgorithm {
         self.algorithm
+    }
+
+    /// Names the key in every token's header (`kid`), for servers that pick the key from a set
+    /// ([`JwksVerifier`]).
+    pub fn with_key_id(mut self, key_id: impl Into<String>) -> Self {
+        self.key_id = Some(key_id.into());
+        self
     }
 
     /// Signs `claims`.
@@ -385,7 +408,9 @@ impl TokenSigner {
 
     /// Signs arbitrary claims (tests use it to build tokens the verifier must refuse).
     pub fn sign_claims<T: Serialize>(&self, claims: &T) -> Result<String, SignError> {
-        Ok(jsonwebtoken::encode(&Header::new(self.algorithm.jsonwebtoken()), claims, &self.key)?)
+        let mut header = Header::new(self.algorithm.jsonwebtoken());
+        header.kid.clone_from(&self.key_id);
+        Ok(jsonwebtoken::encode(&header, claims, &self.key)?)
     }
 }
 
