@@ -23,12 +23,13 @@
 //! | `tokio` | yes | the tokio runtime |
 //! | `client` | yes | the client SDK ([`Client`], [`connect`]) over a WebSocket: runtime, WebSocket and codecs only |
 //! | `server` | yes | the server ([`server::start`]): engine shards, the redb store, JWT verification, the HTTP front, Prometheus metrics; with `client` also [`Client::in_process`] |
-//! | `cli` | | the `streamkit` binary (server, token minting, client commands, bench); brings `client`, `server`, `tokio`, `postgres`, `nats`, `tls` |
+//! | `cli` | | the `streamkit` binary (server, token minting, client commands, bench); brings `client`, `server`, `tokio`, `postgres`, `nats`, `tls`, `jwks-url` |
 //! | `smol` | | the smol runtime (runtimes are additive: pick one per client or server) |
 //! | `async-std` | | the async-std runtime (deprecated upstream) |
 //! | `tls` | | `wss://` for clients, TLS for the server ([`tls`]), rustls re-exported |
 //! | `postgres` | | the PostgreSQL store and `LISTEN/NOTIFY` bus (several instances sharing one database) |
 //! | `nats` | | the NATS bus |
+//! | `jwks-url` | | [`auth::JwksVerifier::from_url`]: keys fetched from an identity provider and refreshed (reqwest) |
 //! | `axum` | | mount the server on an axum application ([`http::axum::router`]), with [`server::start_embedded`] |
 //!
 //! A program that only talks to a server takes `default-features = false, features = ["tokio",

@@ -58,7 +58,7 @@ where
 
 /// Spawns `future` on the I/O runtime without waiting for it (background loops); an error if the
 /// runtime is unavailable.
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "jwks-url"))]
 pub(crate) fn spawn<F>(future: F) -> Result<tokio::task::JoinHandle<()>, String>
 where
     F: Future<Output = ()> + Send + 'static,

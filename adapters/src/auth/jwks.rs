@@ -10,6 +10,7 @@
 //!
 //! Rotation: [`JwksVerifier::from_file`] watches its file and reads it again when it changes (looked
 //! at most once a second, on a handshake; a document that does not load keeps the previous keys);
+//! `JwksVerifier::from_url` (feature `jwks-url`) fetches a provider's `jwks_uri` periodically;
 //! [`JwksVerifier::replace`] takes a new document from the application (say, one it fetched from
 //! the provider's `jwks_uri`). Publish the new key before signing with it, and remove the old one
 //! once its tokens have expired: tokens keep working for as long as their key is in the set.
@@ -42,6 +43,14 @@ pub enum JwksError {
     /// Not a JWKS document.
     #[error("not a JWKS document: {0}")]
     Malformed(String),
+    /// The document could not be fetched from its URL.
+    #[error("cannot fetch the JWKS document from {url}: {reason}")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The document holds no key this verifier can use.
     #[error("the JWKS document holds no usable signing key (RS256, ES256 or HS256 with a kid)")]
     NoUsableKey,
@@ -109,6 +118,35 @@ impl JwksVerifier {
         };
         let keys = Reloading::new("JWKS", vec![path], reading)?;
         Ok(Self { source: Arc::new(Source::File(keys)), checks: default_checks() })
+    }
+
+    /// The keys published at `url` (an identity provider's `jwks_uri`, `https://` or `http://`):
+    /// fetched now (an error if that fails), then again every `refresh` for as long as the verifier
+    /// (or a clone) lives. A fetch that fails, or a document that does not load, keeps the keys in
+    /// use and is logged. Publish a new key at least one `refresh` before tokens are signed with it.
+    #[cfg(feature = "jwks-url")]
+    pub async fn from_url(url: impl Into<String>, refresh: Duration) -> Result<Self, JwksError> {
+        let url = url.into();
+        let document = fetch(url.clone()).await?;
+        let verifier = Self::from_json(&document)?;
+        let weak = Arc::downgrade(&verifier.source);
+        let refresh = refresh.max(Duration::from_secs(1));
+        let refreshing_url = url.clone();
+        crate::sidecar::spawn(async move {
+            let url = refreshing_url;
+            loop {
+                tokio::time::sleep(refresh).await;
+                let Some(source) = weak.upgrade() else { return };
+                let Source::Given(current) = &*source else { return };
+                match fetch(url.clone()).await.and_then(|document| key_set(&document)) {
+                    Ok(keys) => *current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys),
+                    Err(error) => tracing::warn!(%error, "JWKS not refreshed; the previous keys stay in use"),
+                }
+            }
+        })
+        .map_err(|reason| JwksError::Fetch { url, reason })?;
+        tracing::info!(keys = ?verifier.key_ids(), "JWKS fetched; refreshed every {refresh:?}");
+        Ok(verifier)
     }
 
     /// Replaces the keys with those of `document` (for keys the application fetches itself). An
@@ -181,6 +219,43 @@ impl Authenticator for JwksVerifier {
 
 fn default_checks() -> Checks {
     Checks { leeway: DEFAULT_LEEWAY, issuer: None, audience: None }
+}
+
+/// The largest JWKS document fetched (providers publish a few keys: kilobytes).
+#[cfg(feature = "jwks-url")]
+const MAX_FETCHED_DOCUMENT: usize = 1 << 20;
+
+/// GETs the document at `url` on the I/O runtime, at most [`MAX_FETCHED_DOCUMENT`] bytes, within 10 s.
+#[cfg(feature = "jwks-url")]
+async fn fetch(url: String) -> Result<Vec<u8>, JwksError> {
+    let failed = |url: &str, reason: String| JwksError::Fetch { url: url.to_owned(), reason };
+    let fetching = {
+        let url = url.clone();
+        async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut response = client
+                .get(&url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| e.to_string())?;
+            let mut document = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+                if document.len() + chunk.len() > MAX_FETCHED_DOCUMENT {
+                    return Err(format!("the document is over {MAX_FETCHED_DOCUMENT} bytes"));
+                }
+                document.extend_from_slice(&chunk);
+            }
+            Ok(document)
+        }
+    };
+    crate::sidecar::run(fetching)
+        .await
+        .map_err(|reason| failed(&url, reason))?
+        .map_err(|reason| failed(&url, reason))
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, JwksError> {

@@ -97,8 +97,15 @@ pub(super) struct ServeArgs {
     /// A JWKS document (`{"keys": [...]}`) instead of one key: tokens are checked with the key their
     /// `kid` names (RS256, ES256, HS256), and the file is read again when it changes, so keys rotate
     /// without a restart.
-    #[arg(long, env = "STREAMKIT_JWKS", conflicts_with_all = ["jwt_secret", "jwt_key"])]
+    #[arg(long, env = "STREAMKIT_JWKS", conflicts_with_all = ["jwt_secret", "jwt_key", "jwks_url"])]
     jwks: Option<PathBuf>,
+    /// A JWKS document at a URL (an identity provider's `jwks_uri`), fetched at start and refreshed
+    /// every `--jwks-refresh-secs`.
+    #[arg(long, env = "STREAMKIT_JWKS_URL", conflicts_with_all = ["jwt_secret", "jwt_key"])]
+    jwks_url: Option<String>,
+    /// Seconds between two fetches of `--jwks-url`.
+    #[arg(long, default_value_t = 300)]
+    jwks_refresh_secs: u64,
     /// Storage backend: `embedded` (redb under `--data`), `memory`, or a PostgreSQL connection string
     /// (`postgres://user[:password]@host[:port]/database`) shared by several instances.
     #[arg(long, env = "STREAMKIT_STORAGE", default_value = "embedded", value_parser = parse_store)]
@@ -193,7 +200,11 @@ const fn millis(duration: Duration) -> u64 {
 }
 
 pub(super) async fn run(runtime: Arc<dyn Runtime>, args: ServeArgs) -> Result<(), CliError> {
-    let (authenticator, keys): (Arc<dyn Authenticator>, String) = if let Some(path) = &args.jwks {
+    let (authenticator, keys): (Arc<dyn Authenticator>, String) = if let Some(url) = &args.jwks_url {
+        let jwks = JwksVerifier::from_url(url, Duration::from_secs(args.jwks_refresh_secs)).await?;
+        let keys = format!("JWKS {url}, key ids {}", jwks.key_ids().join(", "));
+        (Arc::new(jwks), keys)
+    } else if let Some(path) = &args.jwks {
         let jwks = JwksVerifier::from_file(path)?;
         let keys = format!("JWKS {}, key ids {}", path.display(), jwks.key_ids().join(", "));
         (Arc::new(jwks), keys)

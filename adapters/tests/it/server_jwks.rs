@@ -197,3 +197,52 @@ fn a_key_set_picks_keys_by_kid_and_pins_their_algorithm() {
     assert!(verifier.verify(&token(&unknown)).is_ok());
     assert!(matches!(verifier.verify(&token(&a)), Err(AuthError::UnknownKey(_))));
 }
+
+/// Keys fetched from a URL (an identity provider's `jwks_uri`, served here by axum) and refreshed.
+#[cfg(all(feature = "jwks-url", feature = "axum"))]
+#[test]
+fn keys_fetched_from_a_url_are_refreshed() {
+    use std::sync::Mutex;
+
+    crate::runtimes::run_tokio(|runtime| async move {
+        let (old, new) = (es256_key("old"), es256_key("new"));
+        let published = Arc::new(Mutex::new(jwks(&[&old])));
+        let app: axum::Router = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get({
+                let published = published.clone();
+                move || {
+                    let document = published.lock().unwrap().clone();
+                    async move { document }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().unwrap());
+        let provider = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let verifier = JwksVerifier::from_url(&url, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(verifier.key_ids(), ["old"]);
+        assert!(verifier.verify(&token(&old)).is_ok());
+        *published.lock().unwrap() = jwks(&[&new]);
+        let mut rotated = false;
+        for _ in 0..60 {
+            if verifier.verify(&token(&new)).is_ok() {
+                rotated = true;
+                break;
+            }
+            runtime.sleep(Duration::from_millis(100)).await;
+        }
+        assert!(rotated, "the new key was never fetched");
+        assert!(matches!(verifier.verify(&token(&old)), Err(AuthError::UnknownKey(_))));
+
+        // A provider that answers garbage or goes away leaves the keys in place.
+        *published.lock().unwrap() = b"<html>maintenance</html>".to_vec();
+        runtime.sleep(Duration::from_millis(1500)).await;
+        assert!(verifier.verify(&token(&new)).is_ok());
+        provider.abort();
+        let unreachable =
+            JwksVerifier::from_url("http://127.0.0.1:1/jwks.json", Duration::from_secs(60)).await;
+        assert!(matches!(unreachable, Err(streamkit::auth::JwksError::Fetch { .. })));
+    });
+}
