@@ -7,7 +7,12 @@
 //! * `PgDatabase` / `PgStore` (feature `postgres`): every store in one PostgreSQL table, shared by
 //!   several server instances, with group commit across stores;
 //! * [`Store`]: what the engine executes storage effects on, whichever backend holds the store;
-//! * [`StoreFactory`]: opens the store of a store UUID, embedded, in memory or in PostgreSQL.
+//! * [`StoreFactory`]: opens the store of a store UUID, embedded, in memory, in PostgreSQL, or in a
+//!   backend of the application's own ([`StoreFactory::custom`] with a [`StoreOpener`]).
+//!
+//! A backend of your own implements the core's [`OrderedKv`] contract (point gets, bounded scans,
+//! group commits of batches guarded by preconditions) and proves it with the contract's conformance
+//! suite, [`streamkit_proto::storage::conformance`], from its own tests.
 //!
 //! [`OrderedKv`]: streamkit_proto::storage::OrderedKv
 #![warn(missing_docs)]
@@ -23,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use streamkit_proto::storage::{
-    CommitOutcome, KvError, KvPair, ScanRange, StorageOp, StorageResult, WriteBatch,
+    CommitOutcome, KvError, KvPair, OrderedKv, ScanRange, StorageOp, StorageResult, WriteBatch,
 };
 use uuid::Uuid;
 
@@ -148,6 +153,60 @@ enum Backend {
     Postgres {
         db: PgDatabase,
     },
+    /// A backend of the application's.
+    Custom {
+        opener: CustomOpener,
+    },
+}
+
+/// Opens the stores of a storage backend of the application's own ([`StoreFactory::custom`]).
+///
+/// Implemented for closures `Fn(&Uuid) -> Result<Box<dyn OrderedKv + Send>, KvError>`.
+pub trait StoreOpener: Send + Sync + 'static {
+    /// Opens the store of `store_id`, creating it empty when new; a store opened again (after the
+    /// server closed it, say when idle) must hold everything committed to it before. Each open store
+    /// runs on worker threads of its own, so its [`OrderedKv`] calls may block (disk, network); commits
+    /// come one group at a time.
+    fn open(&self, store_id: &Uuid) -> Result<Box<dyn OrderedKv + Send>, KvError>;
+}
+
+impl<F> StoreOpener for F
+where
+    F: Fn(&Uuid) -> Result<Box<dyn OrderedKv + Send>, KvError> + Send + Sync + 'static,
+{
+    fn open(&self, store_id: &Uuid) -> Result<Box<dyn OrderedKv + Send>, KvError> {
+        self(store_id)
+    }
+}
+
+/// The opener of a custom backend (no `Debug` of its own).
+struct CustomOpener(Box<dyn StoreOpener>);
+
+impl std::fmt::Debug for CustomOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreOpener")
+    }
+}
+
+/// A store of a custom backend, as the worker threads run it.
+struct CustomKv(Box<dyn OrderedKv + Send>);
+
+impl OrderedKv for CustomKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.0.get(key)
+    }
+
+    fn scan(&self, range: &ScanRange) -> Result<Vec<KvPair>, KvError> {
+        self.0.scan(range)
+    }
+
+    fn commit(&mut self, batches: &[WriteBatch]) -> Result<Vec<CommitOutcome>, KvError> {
+        self.0.commit(batches)
+    }
+
+    fn usage(&self) -> Result<u64, KvError> {
+        self.0.usage()
+    }
 }
 
 impl StoreFactory {
@@ -173,11 +232,21 @@ impl StoreFactory {
         Self { backend: Backend::Postgres { db }, config: StoreConfig::default() }
     }
 
+    /// Stores of a backend of the application's own, opened by `opener` (see [`StoreOpener`]). Each
+    /// store runs on worker threads of its own with group commit, like an embedded store; the cluster
+    /// features stay off (the stores are taken to belong to this instance alone).
+    pub fn custom(opener: impl StoreOpener) -> Self {
+        Self {
+            backend: Backend::Custom { opener: CustomOpener(Box::new(opener)) },
+            config: StoreConfig::default(),
+        }
+    }
+
     /// Whether the stores live in storage that other server instances may share (PostgreSQL), so
     /// the cluster features (shared space clock, leases in storage, cluster presence) are needed.
     pub fn is_shared(&self) -> bool {
         match &self.backend {
-            Backend::Embedded { .. } | Backend::Memory { .. } => false,
+            Backend::Embedded { .. } | Backend::Memory { .. } | Backend::Custom { .. } => false,
             #[cfg(feature = "postgres")]
             Backend::Postgres { .. } => true,
         }
@@ -214,7 +283,7 @@ impl StoreFactory {
     pub fn store_path(&self, store_id: &Uuid) -> Option<PathBuf> {
         match &self.backend {
             Backend::Embedded { data_dir, .. } => Some(store_dir(data_dir, store_id).join(DATABASE_FILE)),
-            Backend::Memory { .. } => None,
+            Backend::Memory { .. } | Backend::Custom { .. } => None,
             #[cfg(feature = "postgres")]
             Backend::Postgres { .. } => None,
         }
@@ -246,6 +315,9 @@ impl StoreFactory {
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres { db } => Ok(Store::Postgres(db.store(*store_id))),
+            Backend::Custom { opener } => {
+                StoreHandle::spawn(CustomKv(opener.0.open(store_id)?), config).map(Store::Local)
+            }
         }
     }
 

@@ -35,6 +35,7 @@ mod client_cli;
 mod client_leases;
 mod client_operations;
 mod client_resilience;
+mod custom_store;
 mod feature_sets;
 mod scaleout;
 #[cfg(feature = "cli")]
