@@ -40,6 +40,10 @@
 //! * at most [`HttpConfig::max_head_bytes`] of head. A socket that sent nothing costs its task (a
 //!   few KiB, fixed): the read buffer is allocated when the first bytes arrive.
 //!
+//! An application with an HTTP stack of its own serves `/streamz` through the same checks with
+//! [`HttpFront::accept_upgrade`] and [`HttpFront::serve_upgraded`] (or the [`axum`] router, feature
+//! `axum`); who may connect is the front's [`Authenticator`] either way.
+//!
 //! Behind a reverse proxy every connection comes from the proxy's address: raise
 //! `max_pending_handshakes_per_ip` or set it to 0 (no per-address cap), and let the proxy limit
 //! per client.
