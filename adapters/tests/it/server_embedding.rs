@@ -10,7 +10,7 @@ use streamkit::client::{Client, ClientOptions};
 use streamkit::core::api::ConsumeSegment;
 use streamkit::http::HttpFront;
 use streamkit::runtime::{BoxedStream, Runtime, RuntimeExt};
-use streamkit::server::start_embedded;
+use streamkit::server::{EmbeddedServer, start_embedded};
 use streamkit::{Codec, Uuid};
 
 use crate::client_support::{server_config, step, token};
@@ -103,6 +103,19 @@ async fn round_trip(runtime: &Arc<dyn Runtime>, url: String, codec: Codec) {
     client.close().await;
 }
 
+/// What every way of embedding must do at `addr`: serve clients of both codecs, answer a refused
+/// token with 401 before any upgrade, and refuse upgrades with 503 once the server is shut down.
+async fn check_the_endpoint(runtime: &Arc<dyn Runtime>, addr: std::net::SocketAddr, server: EmbeddedServer) {
+    round_trip(runtime, format!("ws://{addr}"), Codec::Json).await;
+    round_trip(runtime, format!("ws://{addr}"), Codec::Cbor).await;
+    let refused = raw_exchange(runtime, addr, &upgrade_request("not-a-token")).await;
+    assert!(refused.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{refused}");
+    assert!(refused.ends_with("Unauthorized\n"), "{refused}");
+    server.shutdown().await;
+    let after = raw_exchange(runtime, addr, &upgrade_request(&token(&["streamkit::*"]))).await;
+    assert!(after.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{after}");
+}
+
 async fn raw_entry_serves_an_application_upgraded_connection(runtime: Arc<dyn Runtime>) {
     let server =
         start_embedded(runtime.clone(), server_config("127.0.0.1:0".parse().unwrap())).await.unwrap();
@@ -118,17 +131,8 @@ async fn raw_entry_serves_an_application_upgraded_connection(runtime: Arc<dyn Ru
         })
     };
 
-    round_trip(&runtime, format!("ws://{addr}"), Codec::Json).await;
-    round_trip(&runtime, format!("ws://{addr}"), Codec::Cbor).await;
     assert!(raw_exchange(&runtime, addr, "GET /hello HTTP/1.1\r\n\r\n").await.ends_with("hello"));
-    let refused = raw_exchange(&runtime, addr, &upgrade_request("not-a-token")).await;
-    assert!(refused.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{refused}");
-    assert!(refused.ends_with("Unauthorized\n"), "{refused}");
-
-    server.shutdown().await;
-    // Once shut down, the front refuses new upgrades.
-    let after = raw_exchange(&runtime, addr, &upgrade_request(&token(&["streamkit::*"]))).await;
-    assert!(after.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{after}");
+    check_the_endpoint(&runtime, addr, server).await;
     drop(accept);
 }
 
@@ -141,12 +145,11 @@ mod on_axum {
 
     use axum::Router;
     use axum::routing::get;
-    use streamkit::Codec;
     use streamkit::runtime::{Runtime, TokioRuntime};
     use streamkit::server::start_embedded;
 
-    use super::{raw_exchange, round_trip, upgrade_request};
-    use crate::client_support::{server_config, token};
+    use super::{check_the_endpoint, raw_exchange};
+    use crate::client_support::server_config;
 
     #[test]
     fn the_server_mounts_on_an_axum_router_next_to_the_application_routes() {
@@ -165,8 +168,6 @@ mod on_axum {
                 axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
             });
 
-            round_trip(&runtime, format!("ws://{addr}"), Codec::Json).await;
-            round_trip(&runtime, format!("ws://{addr}"), Codec::Cbor).await;
             let hello =
                 raw_exchange(&runtime, addr, "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                     .await;
@@ -179,13 +180,7 @@ mod on_axum {
                 raw_exchange(&runtime, addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                     .await;
             assert!(metrics.contains("streamkit_"), "{metrics}");
-            let refused = raw_exchange(&runtime, addr, &upgrade_request("not-a-token")).await;
-            assert!(refused.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{refused}");
-            assert!(refused.ends_with("Unauthorized\n"), "{refused}");
-
-            server.shutdown().await;
-            let after = raw_exchange(&runtime, addr, &upgrade_request(&token(&["streamkit::*"]))).await;
-            assert!(after.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{after}");
+            check_the_endpoint(&runtime, addr, server).await;
             serving.abort();
         });
     }

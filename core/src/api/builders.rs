@@ -20,6 +20,36 @@ use alloc::string::String;
 use super::{Consume, ConsumeSegment, ConsumeSpace};
 use crate::lexkey::LexKey;
 
+/// The bounds every read request has: commit time and number of entries.
+macro_rules! time_and_count_bounds {
+    ($($request:ty),*) => {$(
+        impl $request {
+            /// Only entries committed strictly after this Unix time in milliseconds; `None` for all.
+            #[must_use]
+            pub fn after_timestamp(mut self, millis: impl Into<Option<i64>>) -> Self {
+                self.min_timestamp = millis.into().unwrap_or(0);
+                self
+            }
+
+            /// Only entries committed at or before this Unix time in milliseconds; `None` up to now.
+            #[must_use]
+            pub fn until_timestamp(mut self, millis: impl Into<Option<i64>>) -> Self {
+                self.max_timestamp = millis.into().unwrap_or(0);
+                self
+            }
+
+            /// At most this many entries (over all spaces of a [`Consume`]); `None` for no limit.
+            #[must_use]
+            pub fn limit(mut self, entries: impl Into<Option<u64>>) -> Self {
+                self.limit = entries.into().unwrap_or(0);
+                self
+            }
+        }
+    )*};
+}
+
+time_and_count_bounds!(ConsumeSegment, ConsumeSpace, Consume);
+
 impl ConsumeSegment {
     /// Reads the whole segment `segment` of `space`, in sequence order.
     pub fn new(space: impl Into<String>, segment: impl Into<String>) -> Self {
@@ -40,27 +70,6 @@ impl ConsumeSegment {
         self.max_sequence = sequence.into().unwrap_or(0);
         self
     }
-
-    /// Only entries committed strictly after this Unix time in milliseconds; `None` for all.
-    #[must_use]
-    pub fn after_timestamp(mut self, millis: impl Into<Option<i64>>) -> Self {
-        self.min_timestamp = millis.into().unwrap_or(0);
-        self
-    }
-
-    /// Only entries committed at or before this Unix time in milliseconds; `None` up to now.
-    #[must_use]
-    pub fn until_timestamp(mut self, millis: impl Into<Option<i64>>) -> Self {
-        self.max_timestamp = millis.into().unwrap_or(0);
-        self
-    }
-
-    /// At most this many entries; `None` for no limit.
-    #[must_use]
-    pub fn limit(mut self, entries: impl Into<Option<u64>>) -> Self {
-        self.limit = entries.into().unwrap_or(0);
-        self
-    }
 }
 
 impl ConsumeSpace {
@@ -74,27 +83,6 @@ impl ConsumeSpace {
     #[must_use]
     pub fn after(mut self, offset: impl Into<Option<LexKey>>) -> Self {
         self.offset = offset.into().unwrap_or_default();
-        self
-    }
-
-    /// Only entries committed strictly after this Unix time in milliseconds; `None` for all.
-    #[must_use]
-    pub fn after_timestamp(mut self, millis: impl Into<Option<i64>>) -> Self {
-        self.min_timestamp = millis.into().unwrap_or(0);
-        self
-    }
-
-    /// Only entries committed at or before this Unix time in milliseconds; `None` up to now.
-    #[must_use]
-    pub fn until_timestamp(mut self, millis: impl Into<Option<i64>>) -> Self {
-        self.max_timestamp = millis.into().unwrap_or(0);
-        self
-    }
-
-    /// At most this many entries; `None` for no limit.
-    #[must_use]
-    pub fn limit(mut self, entries: impl Into<Option<u64>>) -> Self {
-        self.limit = entries.into().unwrap_or(0);
         self
     }
 }
@@ -116,27 +104,6 @@ impl Consume {
     #[must_use]
     pub fn after(mut self, space: impl Into<String>, offset: impl Into<Option<LexKey>>) -> Self {
         self.offsets.insert(space.into(), offset.into().unwrap_or_default());
-        self
-    }
-
-    /// Only entries committed strictly after this Unix time in milliseconds; `None` for all.
-    #[must_use]
-    pub fn after_timestamp(mut self, millis: impl Into<Option<i64>>) -> Self {
-        self.min_timestamp = millis.into().unwrap_or(0);
-        self
-    }
-
-    /// Only entries committed at or before this Unix time in milliseconds; `None` up to now.
-    #[must_use]
-    pub fn until_timestamp(mut self, millis: impl Into<Option<i64>>) -> Self {
-        self.max_timestamp = millis.into().unwrap_or(0);
-        self
-    }
-
-    /// At most this many entries over all spaces; `None` for no limit.
-    #[must_use]
-    pub fn limit(mut self, entries: impl Into<Option<u64>>) -> Self {
-        self.limit = entries.into().unwrap_or(0);
         self
     }
 }
