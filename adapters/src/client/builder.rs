@@ -102,6 +102,25 @@ impl ClientBuilder {
         self
     }
 
+    /// Calls `listener` each time the client connects again after losing its connection.
+    pub fn on_reconnect(mut self, listener: impl Fn() + Send + Sync + 'static) -> Self {
+        self.options.hooks = self.options.hooks.on_reconnect(listener);
+        self
+    }
+
+    /// Calls `callback` with the error of each failed dial (e.g. to drop a cached token).
+    pub fn on_dial_failure(mut self, callback: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.options.hooks = self.options.hooks.on_dial_failure(callback);
+        self
+    }
+
+    /// Checks the connection every `interval` and redials in the background when it is lost
+    /// ([`ClientOptions::health_check`]).
+    pub fn health_check(mut self, interval: Duration) -> Self {
+        self.options.health_check = Some(interval);
+        self
+    }
+
     /// Replaces every setting but the runtime and the token with `options`.
     pub fn options(mut self, options: ClientOptions) -> Self {
         self.options = options;

@@ -45,6 +45,7 @@
 mod builder;
 mod error;
 mod follow;
+mod hooks;
 #[cfg(feature = "server")]
 mod inproc;
 mod items;
@@ -60,6 +61,7 @@ pub use error::{
     NO_STATUS_CONFIRMATION, is_retryable_text,
 };
 pub use follow::FollowStream;
+pub use hooks::ConnectionHooks;
 pub use items::ItemStream;
 pub use lease::Lease;
 pub use retry::RetryPolicy;
@@ -181,6 +183,12 @@ pub struct ClientOptions {
     /// with the Mozilla root certificates.
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<futures_rustls::rustls::ClientConfig>>,
+    /// Callbacks on reconnects and failed dials (none by default).
+    pub hooks: ConnectionHooks,
+    /// When set, the client looks at its connection every interval and, when it is lost, dials again
+    /// in the background, so that the next operation finds it up (Go's health check). `None`
+    /// (default): the next operation dials.
+    pub health_check: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -196,6 +204,8 @@ impl Default for ClientOptions {
             stall_timeout: Duration::from_secs(30),
             #[cfg(feature = "tls")]
             tls: None,
+            hooks: ConnectionHooks::default(),
+            health_check: None,
         }
     }
 }

@@ -86,6 +86,8 @@ pub(crate) fn spawn_driver(
         live: None,
         last_failure: None,
         closed: false,
+        connected_before: false,
+        next_health_check: None,
     };
     runtime.spawn(driver.run(commands_rx, signals_rx)).detach();
     commands
@@ -131,6 +133,10 @@ struct Driver {
     live: Option<Live>,
     last_failure: Option<(Instant, Error)>,
     closed: bool,
+    /// Whether a connection was ever up (a later one is a reconnect, for the hook).
+    connected_before: bool,
+    /// When the health check next looks at the connection ([`ClientOptions::health_check`]).
+    next_health_check: Option<Instant>,
 }
 
 enum Wake {
@@ -182,20 +188,38 @@ impl Driver {
                     self.close().await;
                     return;
                 }
-                Wake::Timer => self.handle_timer(),
+                Wake::Timer => {
+                    self.handle_timer();
+                    self.check_health().await;
+                }
             }
             self.process();
         }
     }
 
-    /// When the driver must wake up without input: the mux's timer, or the end of a pause's grace.
+    /// When the driver must wake up without input: the mux's timer, the end of a pause's grace, or
+    /// the next health check.
     fn deadline(&self) -> Option<Instant> {
-        let live = self.live.as_ref()?;
-        let mux = live.conn.poll_timeout().map(|(at, _)| self.clock.instant_of(at));
-        let stall = live.paused_since.map(|since| since + self.options.stall_timeout);
-        match (mux, stall) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let live = self.live.as_ref();
+        let mux = live.and_then(|live| live.conn.poll_timeout()).map(|(at, _)| self.clock.instant_of(at));
+        let stall = live.and_then(|live| live.paused_since).map(|since| since + self.options.stall_timeout);
+        [mux, stall, self.next_health_check].into_iter().flatten().min()
+    }
+
+    /// The health check ([`ClientOptions::health_check`]): when it is due and the connection is down
+    /// (lost, or never dialed since the last failure), dials again now rather than at the next
+    /// operation. A failed dial is reported to the hook and tried again at the next check.
+    async fn check_health(&mut self) {
+        let Some(interval) = self.options.health_check else { return };
+        let due = self.next_health_check.is_none_or(|at| Instant::now() >= at);
+        if !due || self.closed {
+            return;
+        }
+        self.next_health_check = Some(Instant::now() + interval);
+        if self.live.as_ref().is_none_or(|live| live.shutdown || live.conn.is_shut_down()) {
+            self.retire().await;
+            // The error went to the hook and the log; operations get their own on their next dial.
+            let _ = self.connect().await;
         }
     }
 
@@ -357,6 +381,12 @@ impl Driver {
             Ok(live) => {
                 self.last_failure = None;
                 self.live = Some(live);
+                if std::mem::replace(&mut self.connected_before, true) {
+                    self.options.hooks.reconnected();
+                }
+                if let Some(interval) = self.options.health_check {
+                    self.next_health_check = Some(Instant::now() + interval);
+                }
                 Ok(())
             }
             Err(mut error) => {
@@ -364,6 +394,10 @@ impl Driver {
                     error = error.into_transient();
                 }
                 tracing::debug!(url = %self.url, %error, "streamkit dial failed");
+                self.options.hooks.dial_failed(&error);
+                if let Some(interval) = self.options.health_check {
+                    self.next_health_check = Some(Instant::now() + interval);
+                }
                 self.last_failure = Some((Instant::now(), error.clone()));
                 Err(error)
             }

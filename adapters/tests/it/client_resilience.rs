@@ -404,7 +404,72 @@ per_runtime!(
         stalled_consumer_is_aborted_after_the_stall_timeout,
         concurrent_consumes_are_complete,
         subscription_heartbeats_are_filtered_and_keep_it_alive,
+        hooks_and_health_check_reconnect_in_the_background,
     ],
-    smol: [reconnects_after_the_server_restarts, a_follow_resumes_across_a_server_restart, concurrent_publishes_get_increasing_sequences, concurrent_consumes_are_complete],
+    smol: [hooks_and_health_check_reconnect_in_the_background, reconnects_after_the_server_restarts, a_follow_resumes_across_a_server_restart, concurrent_publishes_get_increasing_sequences, concurrent_consumes_are_complete],
     async_std: [reconnects_after_the_server_restarts],
 );
+
+/// The connection hooks and the health check (Go's reconnect listener, dial-failure callback and
+/// health check): a restart of the server is noticed and repaired in the background, before any
+/// operation asks, and every failed dial meanwhile reaches the callback.
+async fn hooks_and_health_check_reconnect_in_the_background(runtime: Arc<dyn Runtime>) {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        start(runtime.clone(), embedded_config("127.0.0.1:0".parse().unwrap(), dir.path())).await.unwrap();
+    let addr = server.local_addr();
+    let (reconnects, dial_failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let client = Client::builder()
+        .runtime(runtime.clone())
+        .token(token(&["streamkit::*"]))
+        .health_check(Duration::from_millis(100))
+        .on_reconnect({
+            let reconnects = reconnects.clone();
+            move || {
+                reconnects.fetch_add(1, Ordering::AcqRel);
+            }
+        })
+        .on_dial_failure({
+            let dial_failures = dial_failures.clone();
+            move |error| {
+                // A refused TCP connection is a transient connection error, not a refusal of the token.
+                if error.kind() == ErrorKind::Connection {
+                    dial_failures.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        })
+        .connect(url(&server))
+        .await
+        .unwrap();
+    let store = Uuid::new_v4();
+    step(&runtime, client.append(store, "s", "g", "before", Default::default())).await.unwrap();
+    assert_eq!(reconnects.load(Ordering::Acquire), 0, "the first connection is not a reconnect");
+
+    // Down: the health check dials and fails, and says so.
+    server.shutdown().await;
+    step(&runtime, async {
+        while dial_failures.load(Ordering::Acquire) == 0 {
+            runtime.sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // Up again: the health check reconnects without any operation asking.
+    let server = start(runtime.clone(), embedded_config(addr, dir.path())).await.unwrap();
+    step(&runtime, async {
+        while reconnects.load(Ordering::Acquire) == 0 {
+            runtime.sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    step(&runtime, async {
+        while server.connection_count() == 0 {
+            runtime.sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(step(&runtime, client.peek(store, "s", "g")).await.unwrap().sequence, 1);
+    assert_eq!(reconnects.load(Ordering::Acquire), 1);
+    client.close().await;
+    server.shutdown().await;
+}
