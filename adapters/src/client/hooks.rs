@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use super::Error;
 
+/// A callback on a failed dial.
+type DialFailureHook = Arc<dyn Fn(&Error) + Send + Sync>;
+
 /// Callbacks on the connection of a [`Client`](super::Client) (see [`ClientOptions::hooks`]).
 /// They run on the client's driver task: keep them short and never block in them.
 ///
@@ -13,7 +16,7 @@ use super::Error;
 #[derive(Clone, Default)]
 pub struct ConnectionHooks {
     on_reconnect: Option<Arc<dyn Fn() + Send + Sync>>,
-    on_dial_failure: Option<Arc<dyn Fn(&Error) + Send + Sync>>,
+    on_dial_failure: Option<DialFailureHook>,
 }
 
 impl fmt::Debug for ConnectionHooks {
