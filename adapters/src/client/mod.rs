@@ -45,6 +45,7 @@
 mod builder;
 mod error;
 mod follow;
+mod handlers;
 mod hooks;
 #[cfg(feature = "server")]
 mod inproc;
@@ -61,6 +62,7 @@ pub use error::{
     NO_STATUS_CONFIRMATION, is_retryable_text,
 };
 pub use follow::FollowStream;
+pub use handlers::{HandlerOptions, SubscriptionId, SubscriptionInfo, SubscriptionState};
 pub use hooks::ConnectionHooks;
 pub use items::ItemStream;
 pub use lease::Lease;
@@ -268,6 +270,8 @@ struct Inner {
     retry: RetryPolicy,
     publish_locks: Mutex<HashMap<PublishKey, Arc<futures_util::lock::Mutex<()>>>>,
     clock: WallClock,
+    /// The callback-style subscriptions ([`Client::subscriptions`]).
+    subscriptions: handlers::Registry,
 }
 
 /// A streamkit client; cheap to clone (clones share the connection). See the [module](self) docs.
@@ -464,6 +468,7 @@ impl Client {
                 retry,
                 publish_locks: Mutex::new(HashMap::new()),
                 clock: WallClock::default(),
+                subscriptions: handlers::Registry::default(),
             }),
         }
     }

@@ -32,6 +32,7 @@ mod support;
 
 #[cfg(feature = "cli")]
 mod client_cli;
+mod client_handlers;
 mod client_leases;
 mod client_operations;
 mod client_resilience;
