@@ -9,11 +9,11 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{CliError, ClientArgs};
-use crate::client::{Client, EntryStream, SubscribeOptions};
+use crate::client::EntryStream;
+use crate::clock::WallClock;
 use crate::core::api::{ConsumeSegment, ConsumeSpace, Entry, Record};
-use crate::core::lexkey::LexKey;
 use crate::core::wire::Codec;
-use crate::runtime::{Runtime, RuntimeExt};
+use crate::runtime::Runtime;
 
 /// Lines read ahead of the producer.
 const LINE_QUEUE: usize = 4096;
@@ -199,23 +199,22 @@ pub(super) struct TailArgs {
 /// Follows a segment or a space: a subscription says when something changed, a consume from the last
 /// printed position fetches it. Runs until interrupted or the connection fails.
 pub(super) async fn tail(runtime: Arc<dyn Runtime>, args: TailArgs) -> Result<(), CliError> {
-    let client = args.client.connect(runtime.clone()).await?;
+    let client = args.client.connect(runtime).await?;
     let store = args.client.store;
-    match &args.segment {
-        Some(segment) => tail_segment(&client, store, &args, segment).await,
-        None => tail_space(&client, &runtime, store, &args).await,
-    }
-}
-
-async fn tail_segment(
-    client: &Client,
-    store: uuid::Uuid,
-    args: &TailArgs,
-    segment: &str,
-) -> Result<(), CliError> {
-    let after = if args.from_start { 0 } else { client.peek(store, &args.space, segment).await?.sequence };
-    // Reads on across lost connections from the last printed entry.
-    let mut entries = client.follow_segment(store, args.space.clone(), segment, after);
+    // Both follows read on across lost connections from the last printed entry.
+    let mut entries = match &args.segment {
+        Some(segment) => {
+            let after =
+                if args.from_start { 0 } else { client.peek(store, &args.space, segment).await?.sequence };
+            client.follow_segment(store, args.space.clone(), segment, after)
+        }
+        None => {
+            // Without --from-start, only entries committed from now on.
+            let since =
+                if args.from_start { None } else { Some(WallClock::default().now().as_u64() as i64 - 1) };
+            client.follow_space(store, ConsumeSpace::new(args.space.clone()).after_timestamp(since))
+        }
+    };
     let stdout = std::io::stdout();
     while let Some(entry) = entries.next().await {
         let mut out = stdout.lock();
@@ -223,44 +222,6 @@ async fn tail_segment(
         out.flush()?;
     }
     Ok(())
-}
-
-async fn tail_space(
-    client: &Client,
-    runtime: &Arc<dyn Runtime>,
-    store: uuid::Uuid,
-    args: &TailArgs,
-) -> Result<(), CliError> {
-    let mut subscription =
-        client.subscribe_space(store, args.space.clone(), SubscribeOptions::default()).await?;
-    let mut offset = LexKey::default();
-    // Without --from-start, only entries committed from now on.
-    let mut min_timestamp =
-        if args.from_start { 0 } else { crate::clock::WallClock::default().now().as_u64() as i64 - 1 };
-    loop {
-        let request = ConsumeSpace {
-            space: args.space.clone(),
-            offset: offset.clone(),
-            min_timestamp,
-            ..Default::default()
-        };
-        if let Some(last) = print_entries(client.consume_space(store, request), args.json).await? {
-            offset = last.space_offset();
-            min_timestamp = 0;
-        }
-        match subscription.next().await {
-            Some(Ok(_)) => {
-                // Coalesce a burst of statuses into one read.
-                while let Ok(Some(item)) =
-                    runtime.timeout(std::time::Duration::from_millis(5), subscription.next()).await
-                {
-                    item?;
-                }
-            }
-            Some(Err(e)) => return Err(e.into()),
-            None => return Ok(()),
-        }
-    }
 }
 
 #[derive(Args, Debug)]

@@ -178,8 +178,10 @@ fn refused_token_fails_fast() {
 }
 
 /// `tail --segment` prints what is there (with `--from-start`), then each new entry as it is committed.
+/// `tail` of a segment (`--segment`) and of a whole space: what is there with `--from-start`, then what
+/// comes.
 #[test]
-fn tail_follows_a_segment() {
+fn tail_follows_a_segment_and_a_space() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "cli-tail-secret";
     let mut server = Server::start(Some(secret), &dir.path().join("data"));
@@ -187,21 +189,37 @@ fn tail_follows_a_segment() {
     let (token, store) = (admin_token_of(secret), uuid::Uuid::new_v4().to_string());
     let env = client_env(&url, &token, &store);
     run(&env, &["produce", "--space", "sp", "--segment", "sg"], "one\n");
-    let mut tail = Command::new(BIN)
-        .args(["tail", "--space", "sp", "--segment", "sg", "--from-start"])
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = stdout_lines(&mut tail);
-    let next = || lines.recv_timeout(Duration::from_secs(20)).expect("a line from tail");
-    assert_eq!(next(), "sp/sg:1\tone");
+    let tail = |args: &[&str]| {
+        let mut tail = Command::new(BIN)
+            .args(["tail", "--space", "sp", "--from-start"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = stdout_lines(&mut tail);
+        (tail, lines)
+    };
+    let (mut segment_tail, segment_lines) = tail(&["--segment", "sg"]);
+    let (mut space_tail, space_lines) = tail(&[]);
+    let next = |lines: &mpsc::Receiver<String>| {
+        lines.recv_timeout(Duration::from_secs(20)).expect("a line from tail")
+    };
+    assert_eq!(next(&segment_lines), "sp/sg:1\tone");
+    assert_eq!(next(&space_lines), "sp/sg:1\tone");
     run(&env, &["produce", "--space", "sp", "--segment", "sg"], "two\nthree\n");
-    assert_eq!(next(), "sp/sg:2\ttwo");
-    assert_eq!(next(), "sp/sg:3\tthree");
-    let _ = tail.kill();
-    let _ = tail.wait();
+    assert_eq!(next(&segment_lines), "sp/sg:2\ttwo");
+    assert_eq!(next(&segment_lines), "sp/sg:3\tthree");
+    assert_eq!(next(&space_lines), "sp/sg:2\ttwo");
+    assert_eq!(next(&space_lines), "sp/sg:3\tthree");
+    // Another segment of the space: only the space tail sees it.
+    run(&env, &["produce", "--space", "sp", "--segment", "other"], "four\n");
+    assert_eq!(next(&space_lines), "sp/other:1\tfour");
+    for tail in [&mut segment_tail, &mut space_tail] {
+        let _ = tail.kill();
+        let _ = tail.wait();
+    }
     assert!(server.terminate().success());
 }
 

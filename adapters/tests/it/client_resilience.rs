@@ -405,8 +405,9 @@ per_runtime!(
         concurrent_consumes_are_complete,
         subscription_heartbeats_are_filtered_and_keep_it_alive,
         hooks_and_health_check_reconnect_in_the_background,
+        a_space_follow_resumes_across_a_server_restart,
     ],
-    smol: [hooks_and_health_check_reconnect_in_the_background, reconnects_after_the_server_restarts, a_follow_resumes_across_a_server_restart, concurrent_publishes_get_increasing_sequences, concurrent_consumes_are_complete],
+    smol: [hooks_and_health_check_reconnect_in_the_background, a_space_follow_resumes_across_a_server_restart, reconnects_after_the_server_restarts, a_follow_resumes_across_a_server_restart, concurrent_publishes_get_increasing_sequences, concurrent_consumes_are_complete],
     async_std: [reconnects_after_the_server_restarts],
 );
 
@@ -471,5 +472,53 @@ async fn hooks_and_health_check_reconnect_in_the_background(runtime: Arc<dyn Run
     assert_eq!(step(&runtime, client.peek(store, "s", "g")).await.unwrap().sequence, 1);
     assert_eq!(reconnects.load(Ordering::Acquire), 1);
     client.close().await;
+    server.shutdown().await;
+}
+
+/// `follow_space` hands out every entry of every segment of a space once, in timestamp order, live and
+/// across a server restart.
+async fn a_space_follow_resumes_across_a_server_restart(runtime: Arc<dyn Runtime>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |listen| embedded_config(listen, dir.path());
+    let server = start(runtime.clone(), config("127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let addr = server.local_addr();
+    let connect = || {
+        Client::connect(
+            runtime.clone(),
+            url(&server),
+            static_token(token(&["streamkit::*"])),
+            ClientOptions::default(),
+        )
+    };
+    let (client, writer) = (connect().await.unwrap(), connect().await.unwrap());
+    let store = Uuid::new_v4();
+    let write = |segment: &'static str, payload: &'static str| {
+        writer.append(store, "s", segment, payload, Default::default())
+    };
+    step(&runtime, write("a", "1")).await.unwrap();
+    step(&runtime, write("b", "2")).await.unwrap();
+    let mut follow = client.follow_space(store, streamkit::ConsumeSpace::new("s"));
+    let mut seen = Vec::new();
+    let mut next = async || {
+        let entry = step(&runtime, follow.next()).await.unwrap().unwrap();
+        String::from_utf8(entry.payload.unwrap_or_default().to_vec()).unwrap()
+    };
+    for _ in 0..2 {
+        seen.push(next().await);
+    }
+    step(&runtime, write("a", "3")).await.unwrap();
+    seen.push(next().await);
+
+    server.shutdown().await;
+    let server = start(runtime.clone(), config(addr)).await.unwrap();
+    // Entries of one millisecond are in segment order: write in that order too.
+    step(&runtime, write("b", "4")).await.unwrap();
+    step(&runtime, write("c", "5")).await.unwrap();
+    for _ in 0..2 {
+        seen.push(next().await);
+    }
+    assert_eq!(seen, ["1", "2", "3", "4", "5"], "each entry once, in timestamp order");
+    client.close().await;
+    writer.close().await;
     server.shutdown().await;
 }
