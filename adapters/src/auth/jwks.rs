@@ -51,6 +51,9 @@ pub enum JwksError {
         /// What went wrong.
         reason: String,
     },
+    /// [`JwksVerifier::replace`] on a key set read from a file: the file is its source.
+    #[error("this key set follows its file; write the document there")]
+    FollowsFile,
     /// The document holds no key this verifier can use.
     #[error("the JWKS document holds no usable signing key (RS256, ES256 or HS256 with a kid)")]
     NoUsableKey,
@@ -154,9 +157,7 @@ impl JwksVerifier {
     /// as the source and refuses: write the document there instead.
     pub fn replace(&self, document: &[u8]) -> Result<(), JwksError> {
         let Source::Given(current) = &*self.source else {
-            return Err(JwksError::Malformed(
-                "this key set follows its file; write the document there".into(),
-            ));
+            return Err(JwksError::FollowsFile);
         };
         let keys = key_set(document)?;
         *current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);

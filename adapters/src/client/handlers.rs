@@ -145,6 +145,18 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// The last handle of a client is gone: its subscriptions stop (their tasks hold only a weak client,
+/// but an idle subscription would not notice until its next status).
+impl Drop for Registry {
+    fn drop(&mut self) {
+        for entry in self.entries().values() {
+            if let Some(task) = &entry.task {
+                task.abort();
+            }
+        }
+    }
+}
+
 /// How one handler call ended.
 enum Outcome {
     Delivered,

@@ -115,8 +115,35 @@ async fn a_handler_subscription_survives_a_server_restart(runtime: Arc<dyn Runti
     server.shutdown().await;
 }
 
+/// A client dropped everywhere takes its subscriptions (and so its connection) with it.
+async fn dropping_the_client_stops_its_subscriptions(runtime: Arc<dyn Runtime>) {
+    let server = start_server(&runtime).await;
+    let client = client(&runtime, &server, Via::Json).await;
+    client.subscribe_space_with(Uuid::new_v4(), "s", HandlerOptions::default(), |_| async {
+        Ok::<(), String>(())
+    });
+    until_info(&runtime, &client, |info| info.state == SubscriptionState::Active).await;
+    assert_eq!(server.connection_count(), 1);
+    drop(client);
+    step(&runtime, async {
+        while server.connection_count() > 0 {
+            runtime.sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    server.shutdown().await;
+}
+
 per_runtime!(
-    tokio: [a_stuck_or_panicking_handler_stalls_nothing, a_handler_subscription_survives_a_server_restart],
-    smol: [a_stuck_or_panicking_handler_stalls_nothing, a_handler_subscription_survives_a_server_restart],
+    tokio: [
+        a_stuck_or_panicking_handler_stalls_nothing,
+        a_handler_subscription_survives_a_server_restart,
+        dropping_the_client_stops_its_subscriptions,
+    ],
+    smol: [
+        a_stuck_or_panicking_handler_stalls_nothing,
+        a_handler_subscription_survives_a_server_restart,
+        dropping_the_client_stops_its_subscriptions,
+    ],
     async_std: [],
 );
