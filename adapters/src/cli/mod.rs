@@ -5,6 +5,7 @@ mod bench;
 mod commands;
 mod limits;
 mod serve;
+mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,6 +81,9 @@ enum Command {
     Segments(commands::SegmentsArgs),
     /// Load generator: produce then consume, print rates and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Check every embedded store of a stopped server: entries decode, sequences run 1..N to the
+    /// head, the space index agrees; exit status 1 on damage.
+    Verify(verify::VerifyArgs),
 }
 
 async fn run(cli: Cli, runtime: Arc<dyn Runtime>) -> Result<(), CliError> {
@@ -93,6 +97,7 @@ async fn run(cli: Cli, runtime: Arc<dyn Runtime>) -> Result<(), CliError> {
         Command::Spaces(args) => commands::spaces(runtime, args).await,
         Command::Segments(args) => commands::segments(runtime, args).await,
         Command::Bench(args) => bench::run(runtime, args).await,
+        Command::Verify(args) => verify::verify(args),
     }
 }
 

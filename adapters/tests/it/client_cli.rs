@@ -259,3 +259,47 @@ fn serve_checks_tokens_against_a_jwks_file_by_kid() {
     );
     server.terminate();
 }
+
+/// `streamkit verify` on the data directory of a stopped server: intact stores pass, a store with a
+/// deleted entry is reported with what is wrong, and the exit status says so.
+#[test]
+fn verify_reports_intact_and_damaged_stores() {
+    use streamkit::core::storage::{OrderedKv, WriteBatch, keys};
+    use streamkit::store::{DATABASE_FILE, RedbKv, RedbOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret = "cli-verify-secret";
+    let mut server = Server::start(Some(secret), &data);
+    let (url, _) = server.wait_listening();
+    let token = admin_token_of(secret);
+    let (good, bad) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+    for store in [&good, &bad] {
+        run(
+            &client_env(&url, &token, store),
+            &["produce", "--space", "sp", "--segment", "sg"],
+            "one\ntwo\nthree\n",
+        );
+    }
+    assert!(server.terminate().success());
+
+    let verify = || Command::new(BIN).args(["verify", "--data"]).arg(&data).output().unwrap();
+    let intact = verify();
+    let report = String::from_utf8_lossy(&intact.stdout).into_owned();
+    assert!(intact.status.success(), "{report}");
+    assert!(report.contains(&format!("{good}: ok (1 spaces, 1 segments, 3 entries)")), "{report}");
+
+    // Damage one store: its second entry disappears from the segment (its space-index copy stays).
+    let file = data.join(&bad).join(DATABASE_FILE);
+    let mut kv = RedbKv::open(&file, &RedbOptions::default()).unwrap();
+    let delete = WriteBatch { deletes: vec![keys::segment_entry("sp", "sg", 2)], ..WriteBatch::default() };
+    kv.commit(&[delete]).unwrap();
+    drop(kv);
+    let damaged = verify();
+    let report = String::from_utf8_lossy(&damaged.stdout).into_owned();
+    assert!(!damaged.status.success(), "{report}");
+    assert!(report.contains(&format!("{good}: ok")), "{report}");
+    assert!(report.contains(&format!("{bad}: DAMAGED")), "{report}");
+    assert!(report.contains("sp/sg: sequence 2 missing (next is 3)"), "{report}");
+    assert!(report.contains("space-index key for sg:2, which is not in the segment"), "{report}");
+}

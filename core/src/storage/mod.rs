@@ -6,6 +6,7 @@ pub mod encoding;
 pub mod keys;
 pub mod kv;
 pub mod memory;
+pub mod verify;
 
 pub use kv::*;
 pub use memory::MemoryKv;
