@@ -78,7 +78,7 @@ impl Client {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let (_server, client) = streamkit::doc_support::client().await?;
     /// # let store = streamkit::Uuid::new_v4();
-    /// use futures_util::{FutureExt, StreamExt};
+    /// use futures_util::StreamExt;
     ///
     /// client.append(store, "orders", "order-42", "created", Default::default()).await?;
     /// let mut entries = client.follow_segment(store, "orders", "order-42", 0);
@@ -110,7 +110,7 @@ impl Client {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let (_server, client) = streamkit::doc_support::client().await?;
     /// # let store = streamkit::Uuid::new_v4();
-    /// use futures_util::{FutureExt, StreamExt};
+    /// use futures_util::StreamExt;
     /// use streamkit::ConsumeSpace;
     ///
     /// client.append(store, "orders", "order-1", "created", Default::default()).await?;
